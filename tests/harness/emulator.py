@@ -1,0 +1,1 @@
+"""Placeholder: the emulator fixture is being written."""

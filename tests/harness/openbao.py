@@ -1,0 +1,1 @@
+"""Placeholder: the OpenBao fixture is being written."""
