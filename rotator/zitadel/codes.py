@@ -1,0 +1,78 @@
+"""From a gRPC/Connect status name to the project's own exception type.
+
+Both transports (v1 gRPC, v2 Connect JSON) meet ZITADEL's errors as a status
+*name*; this module is the single place that decides what each one means to
+the engine, so retry behaviour cannot drift between the two.
+"""
+
+from __future__ import annotations
+
+from rotator.errors import (
+    ZitadelError,
+    ZitadelNotFound,
+    ZitadelPermissionDenied,
+    ZitadelRejected,
+    ZitadelUnauthenticated,
+    ZitadelUnavailable,
+)
+
+#: Every gRPC status, by its canonical number, as the snake-case name
+#: Connect uses on the wire (``code`` in a Connect error body).
+GRPC_CODE_NAMES: dict[int, str] = {
+    0: "ok",
+    1: "canceled",
+    2: "unknown",
+    3: "invalid_argument",
+    4: "deadline_exceeded",
+    5: "not_found",
+    6: "already_exists",
+    7: "permission_denied",
+    8: "resource_exhausted",
+    9: "failed_precondition",
+    10: "aborted",
+    11: "out_of_range",
+    12: "unimplemented",
+    13: "internal",
+    14: "unavailable",
+    15: "data_loss",
+    16: "unauthenticated",
+}
+
+#: Status names worth retrying: the server or the path to it failed, not the request.
+RETRYABLE_CODES: frozenset[str] = frozenset(
+    {"unavailable", "resource_exhausted", "deadline_exceeded", "internal", "unknown", "aborted"}
+)
+
+_CLASS_BY_CODE: dict[str, type[ZitadelError]] = {
+    "not_found": ZitadelNotFound,
+    "permission_denied": ZitadelPermissionDenied,
+    "unauthenticated": ZitadelUnauthenticated,
+    **{code: ZitadelUnavailable for code in RETRYABLE_CODES},
+}
+
+
+def error_class(code: str) -> type[ZitadelError]:
+    """The exception class for a snake-case status name; unknown names are rejections."""
+    return _CLASS_BY_CODE.get(code, ZitadelRejected)
+
+
+def error_for(
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    method: str | None = None,
+) -> ZitadelError:
+    """Build the exception for a failed call.
+
+    ``message`` must already be free of secrets (server messages are; callers
+    must never pass request content).  ``code`` is normalised to lower case so
+    ``"NOT_FOUND"`` (grpc ``StatusCode.name``) and ``"not_found"`` agree.
+    """
+    normalised = code.strip().lower()
+    return error_class(normalised)(message, code=normalised, status=status, method=method)
+
+
+def code_name(number: int) -> str:
+    """The snake-case name of a numeric gRPC status (``unknown`` if out of range)."""
+    return GRPC_CODE_NAMES.get(number, "unknown")
