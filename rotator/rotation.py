@@ -1,0 +1,721 @@
+"""The rotation protocol, top to bottom.
+
+For one target the engine converges, on every call to :meth:`Engine.reconcile`,
+towards: exactly one current credential in ZITADEL, stored in Vault at the
+target's ``vault_path``, not yet due; plus at most one previous credential in
+its grace period.  A rotation goes through these steps::
+
+    plan      due?  (expiry - renew_before, or forced, or current missing)
+    intent    record {rotation id, expiry, phase=creating} in the state secret (CAS)
+    create    new key pair generated locally, public key registered in ZITADEL
+              (or a PAT issued)
+    store     the new credential's secret kept in the state secret (CAS);
+              if that write fails the new credential is removed again
+    verify    a real jwt-bearer exchange (key) or userinfo call (PAT),
+              retried with backoff to absorb ZITADEL's propagation lag;
+              if it never works the new credential is removed again
+    promote   consumer secret gets a new version: new credential, plus the
+              old one under ``previous`` (CAS); state: current=new, previous=old
+    retire    after ``grace`` (and always before the old expiry) the old
+              credential is removed from ZITADEL and dropped from the secret
+
+Every state write is check-and-set, so two rotators acting on one target at
+once cannot both succeed; the loser rolls back what it created.  Crash
+recovery needs no extra code path: ``reconcile`` first looks at the recorded
+phase and finishes (or cleans up) whatever was under way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from rotator import policy as rules
+from rotator.audit import AuditLog
+from rotator.clock import Clock
+from rotator.errors import (
+    RotatorError,
+    VaultError,
+    VerificationError,
+    ZitadelNotFound,
+)
+from rotator.keys import build_key_file, generate_key_pair
+from rotator.model import Target, Trigger
+from rotator.state import CredentialRef, Pending, Phase, PreviousCredential, TargetState
+from rotator.store import SecretStore, StoredSecret
+from rotator.zitadel.base import Credential, CredentialKind, User, ZitadelTransport
+
+MANAGED_BY = "zitadel-rotator"
+#: Clock skew tolerated when matching an orphan's creation time to our intent.
+_ORPHAN_SKEW = timedelta(minutes=5)
+
+
+class Verifier(Protocol):
+    def verify_key(self, key_file: Mapping[str, str]) -> None: ...
+
+    def verify_pat(self, token: str) -> None: ...
+
+
+class Outcome(StrEnum):
+    ROTATED = "rotated"
+    RETIRED = "retired"
+    UP_TO_DATE = "up_to_date"
+    DRY_RUN = "dry_run"
+    FAILED = "failed"
+    STUCK = "stuck"
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    target: str
+    outcome: Outcome
+    rotation_id: str | None = None
+    credential_id: str | None = None
+    previous_credential_id: str | None = None
+    expires_at: datetime | None = None
+    next_run_at: datetime | None = None
+    error: str | None = None
+    actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    target: str
+    kind: str
+    user_id: str | None
+    credential_id: str | None
+    expires_at: datetime | None
+    next_rotation_at: datetime | None
+    previous_credential_id: str | None
+    retire_at: datetime | None
+    vault_path: str
+    vault_version: int | None
+    state: str
+    failures: int
+    last_error: str | None
+    last_success_at: datetime | None
+
+
+@dataclass
+class _Run:
+    """What one reconcile call did, for the result and the audit trail."""
+
+    target: Target
+    trigger: Trigger
+    user: User
+    started: float = field(default_factory=time.monotonic)
+    rotated: bool = False
+    retired: bool = False
+    rotation_id: str | None = None
+
+
+class Engine:
+    def __init__(
+        self,
+        transport: ZitadelTransport,
+        store: SecretStore,
+        verifier: Verifier,
+        *,
+        clock: Clock,
+        audit: AuditLog,
+        state_prefix: str = "zitadel-rotator",
+        max_attempts: int = 5,
+        retry_base: timedelta = timedelta(minutes=1),
+        retry_cap: timedelta = timedelta(hours=1),
+    ) -> None:
+        self.transport = transport
+        self.store = store
+        self.verifier = verifier
+        self.clock = clock
+        self.audit = audit
+        self.state_prefix = state_prefix.strip("/")
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self._users: dict[str, User] = {}
+
+    # ------------------------------------------------------------------ API
+
+    def state_path(self, target: Target) -> str:
+        return f"{self.state_prefix}/targets/{target.name}"
+
+    def reconcile(
+        self,
+        target: Target,
+        *,
+        trigger: Trigger,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> RotationResult:
+        """Bring ``target`` to its desired state; see the module docstring.
+
+        Errors from ZITADEL or Vault do not propagate: they are recorded in the
+        target's state (failure count, next attempt, ``stuck`` after
+        ``max_attempts``) and returned as ``Outcome.FAILED`` / ``STUCK``.
+        """
+        try:
+            user = self._user(target)
+            state, version = self._load(target, user)
+        except RotatorError as exc:
+            return self._result_for_error(target, None, exc)
+
+        if dry_run:
+            return self._plan(target, state)
+
+        run = _Run(target=target, trigger=trigger, user=user)
+        try:
+            if state.stuck and not force:
+                return self._result(run, state, Outcome.STUCK, error=state.last_error)
+            if force and state.stuck:
+                state.stuck, state.failures = False, 0
+            waiting = state.next_attempt_at and self.clock.now() < state.next_attempt_at
+            if waiting and not force and state.pending is None:
+                return self._result(run, state, Outcome.FAILED, error=state.last_error)
+
+            state, version = self._resume(run, state, version)
+            state, version = self._retire_if_due(run, state, version)
+            reason = self._rotation_reason(target, state, force)
+            if reason is not None:
+                state, version = self._rotate(run, state, version, reason)
+        except RotatorError as exc:
+            return self._record_failure(run, exc)
+
+        if state.failures or state.last_error:
+            state.failures, state.last_error, state.next_attempt_at = 0, None, None
+            state, version = self._save(target, state, version)
+        outcome = Outcome.UP_TO_DATE
+        if run.rotated:
+            outcome = Outcome.ROTATED
+        elif run.retired:
+            outcome = Outcome.RETIRED
+        return self._result(run, state, outcome)
+
+    def plan(self, target: Target) -> RotationResult:
+        return self.reconcile(target, trigger=Trigger.CLI, dry_run=True)
+
+    def status(self, target: Target) -> TargetStatus:
+        raw = self.store.read(self.state_path(target))
+        secret = self.store.read(target.vault_path)
+        state = TargetState.from_dict(dict(raw.data)) if raw else None
+        now = self.clock.now()
+        current = state.current if state else None
+        next_rotation = (
+            rules.due_at(current.expires_at, target.policy) if current is not None else None
+        )
+        label = _state_label(state, now, next_rotation)
+        return TargetStatus(
+            target=target.name,
+            kind=target.kind.value,
+            user_id=state.user_id if state else None,
+            credential_id=current.id if current else None,
+            expires_at=current.expires_at if current else None,
+            next_rotation_at=next_rotation,
+            previous_credential_id=state.previous.id if state and state.previous else None,
+            retire_at=state.previous.retire_at if state and state.previous else None,
+            vault_path=target.vault_path,
+            vault_version=secret.version if secret else None,
+            state=label,
+            failures=state.failures if state else 0,
+            last_error=state.last_error if state else None,
+            last_success_at=state.last_success_at if state else None,
+        )
+
+    # ------------------------------------------------------- the decisions
+
+    def _rotation_reason(self, target: Target, state: TargetState, force: bool) -> str | None:
+        now = self.clock.now()
+        if force:
+            return "forced"
+        if state.current is None:
+            return "no current credential"
+        if state.current.expires_at <= now:
+            return "expired"
+        if now >= rules.due_at(state.current.expires_at, target.policy):
+            return "due"
+        if not any(c.id == state.current.id for c in self._list(target, self._user(target))):
+            return "current credential missing in ZITADEL"
+        return None
+
+    def _plan(self, target: Target, state: TargetState) -> RotationResult:
+        now = self.clock.now()
+        actions: list[str] = []
+        if state.pending is not None:
+            verb = "clean up" if state.pending.phase is Phase.CREATING else "finish"
+            actions.append(f"{verb} interrupted rotation {state.pending.rotation_id}")
+        if state.previous is not None:
+            retire = state.previous.retire_at
+            when = "now" if now >= retire else retire.isoformat()
+            actions.append(f"retire {target.kind.value} {state.previous.id} at {when}")
+        if state.stuck:
+            actions.append("stuck: waits for `rotator rotate --force`")
+        else:
+            reason = self._rotation_reason(target, state, force=False)
+            if reason is not None:
+                expiry = rules.new_expiry(now, target.policy.lifetime)
+                actions.append(
+                    f"rotate now ({reason}): new {target.kind.value} expiring {expiry.isoformat()}"
+                )
+            elif state.current is not None:
+                due = rules.due_at(state.current.expires_at, target.policy)
+                actions.append(f"rotate at {due.isoformat()}")
+        return RotationResult(
+            target=target.name,
+            outcome=Outcome.DRY_RUN,
+            credential_id=state.current.id if state.current else None,
+            previous_credential_id=state.previous.id if state.previous else None,
+            expires_at=state.current.expires_at if state.current else None,
+            next_run_at=self._next_run_at(target, state),
+            actions=tuple(actions),
+        )
+
+    def _next_run_at(self, target: Target, state: TargetState) -> datetime | None:
+        candidates = []
+        if state.stuck:
+            return None
+        if state.next_attempt_at is not None:
+            candidates.append(state.next_attempt_at)
+        if state.current is not None:
+            candidates.append(rules.due_at(state.current.expires_at, target.policy))
+        if state.previous is not None:
+            candidates.append(state.previous.retire_at)
+        if state.pending is not None or state.current is None:
+            candidates.append(self.clock.now())
+        return min(candidates) if candidates else None
+
+    # ------------------------------------------------------- the protocol
+
+    def _rotate(
+        self, run: _Run, state: TargetState, version: int, reason: str
+    ) -> tuple[TargetState, int]:
+        target, user = run.target, run.user
+        now = self.clock.now()
+        old = state.current
+        run.rotation_id = uuid.uuid4().hex
+        expires_at = rules.new_expiry(now, target.policy.lifetime)
+
+        # intent: written before any side effect, so a crash is recoverable
+        state.pending = Pending(
+            rotation_id=run.rotation_id,
+            trigger=run.trigger.value,
+            phase=Phase.CREATING,
+            started_at=now,
+            expires_at=expires_at,
+        )
+        state, version = self._save(target, state, version)
+        self._emit(
+            run,
+            "rotation.started",
+            reason=reason,
+            old_credential_id=old.id if old else None,
+            expired=bool(old and old.expires_at <= now),
+            new_expires_at=expires_at.isoformat(),
+        )
+
+        # create
+        credential, secret = self._create(target, user, expires_at)
+        self._emit(run, "credential.created", new_credential_id=credential.id)
+
+        # store: the secret is safe in Vault before anything depends on it
+        pending = state.pending
+        assert pending is not None
+        pending.phase = Phase.CREATED
+        pending.credential_id = credential.id
+        pending.secret = secret
+        try:
+            state, version = self._save(target, state, version)
+        except VaultError as exc:
+            self._remove_quietly(run, target, credential.id)
+            self._emit(
+                run,
+                "rotation.rolled_back",
+                new_credential_id=credential.id,
+                outcome="failure",
+                error=str(exc),
+            )
+            raise
+        self._emit(
+            run,
+            "credential.stored",
+            new_credential_id=credential.id,
+            vault_path=self.state_path(target),
+            vault_version=version,
+        )
+        return self._verify_and_promote(run, state, version)
+
+    def _create(
+        self, target: Target, user: User, expires_at: datetime
+    ) -> tuple[Credential, dict[str, str]]:
+        if target.kind is CredentialKind.KEY:
+            pair = generate_key_pair()
+            credential = self.transport.add_key(user, pair.public_key_pem, expires_at)
+            key_file = build_key_file(credential.id, user.id, pair.private_key_pem, expires_at)
+            return credential, dict(key_file)
+        issued = self.transport.add_pat(user, expires_at)
+        payload = {
+            "token": issued.token,
+            "token_id": issued.credential.id,
+            "user_id": user.id,
+            "expires_at": expires_at.isoformat(),
+        }
+        return issued.credential, payload
+
+    def _verify_and_promote(
+        self, run: _Run, state: TargetState, version: int
+    ) -> tuple[TargetState, int]:
+        target = run.target
+        pending = state.pending
+        assert pending is not None
+        assert pending.credential_id is not None
+        assert pending.secret is not None
+        run.rotation_id = pending.rotation_id
+
+        if pending.phase is Phase.CREATED:
+            try:
+                self._verify(target, pending.secret)
+            except VerificationError as exc:
+                self._remove_quietly(run, target, pending.credential_id)
+                state.pending = None
+                state, version = self._save(target, state, version)
+                self._emit(
+                    run,
+                    "rotation.rolled_back",
+                    new_credential_id=pending.credential_id,
+                    outcome="failure",
+                    error=str(exc),
+                )
+                raise
+            pending.phase = Phase.VERIFIED
+            state, version = self._save(target, state, version)
+            self._emit(run, "credential.verified", new_credential_id=pending.credential_id)
+
+        # promote
+        now = self.clock.now()
+        old = state.current
+        secret_version = self._promote(target, pending, old)
+        self._emit(
+            run,
+            "credential.promoted",
+            old_credential_id=old.id if old else None,
+            new_credential_id=pending.credential_id,
+            vault_path=target.vault_path,
+            vault_version=secret_version,
+        )
+        if old is not None:
+            state.previous = PreviousCredential(
+                id=old.id,
+                expires_at=old.expires_at,
+                retire_at=rules.retire_at(now, old.expires_at, target.policy),
+                created_by_rotator=old.created_by_rotator,
+            )
+        state.current = CredentialRef(
+            id=pending.credential_id, expires_at=pending.expires_at, created_at=pending.started_at
+        )
+        new = state.current
+        state.pending = None
+        state.failures, state.last_error, state.next_attempt_at = 0, None, None
+        state.last_success_at = now
+        state, version = self._save(target, state, version)
+        run.rotated = True
+        self._emit(
+            run,
+            "rotation.completed",
+            outcome="success",
+            old_credential_id=old.id if old else None,
+            new_credential_id=new.id,
+            vault_path=target.vault_path,
+            vault_version=secret_version,
+            expires_at=new.expires_at.isoformat(),
+            retire_at=state.previous.retire_at.isoformat() if state.previous else None,
+            duration_ms=round((time.monotonic() - run.started) * 1000),
+        )
+        # a grace of zero means the old credential goes right away
+        return self._retire_if_due(run, state, version)
+
+    def _verify(self, target: Target, secret: Mapping[str, str]) -> None:
+        """Retry until the new credential works or ``verify_timeout`` is spent.
+
+        ZITADEL serves a new key from a projection, so the first exchanges
+        after creation may fail; only a credential that never works is wrong.
+        """
+        deadline = time.monotonic() + target.policy.verify_timeout.total_seconds()
+        delay = 0.2
+        while True:
+            try:
+                if target.kind is CredentialKind.KEY:
+                    self.verifier.verify_key(secret)
+                else:
+                    self.verifier.verify_pat(secret["token"])
+                return
+            except VerificationError:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _promote(self, target: Target, pending: Pending, old: CredentialRef | None) -> int:
+        """Write the consumer secret: the new credential, the old one as ``previous``."""
+        assert pending.secret is not None
+        assert pending.credential_id is not None
+        existing = self.store.read(target.vault_path)
+        if existing is not None and _credential_id(existing) == pending.credential_id:
+            return existing.version  # promoted before a crash; nothing to redo
+        data: dict[str, Any] = dict(pending.secret)
+        if existing is not None and old is not None and _credential_id(existing) == old.id:
+            data["previous"] = {k: v for k, v in existing.data.items() if k != "previous"}
+        metadata = {
+            "managed-by": MANAGED_BY,
+            "credential_id": pending.credential_id,
+            "kind": target.kind.value,
+            "expires_at": pending.expires_at.isoformat(),
+            "rotation_id": pending.rotation_id,
+            "rotated_at": self.clock.now().isoformat(),
+            "previous_credential_id": old.id if old else "",
+        }
+        return self.store.write(
+            target.vault_path,
+            data,
+            cas=existing.version if existing else 0,
+            custom_metadata=metadata,
+        )
+
+    def _retire_if_due(
+        self, run: _Run, state: TargetState, version: int
+    ) -> tuple[TargetState, int]:
+        previous = state.previous
+        now = self.clock.now()
+        if previous is None or now < previous.retire_at:
+            return state, version
+        target = run.target
+        if previous.created_by_rotator or target.adopt:
+            # NotFound: removed before a crash, or by a person; the goal is reached
+            with suppress(ZitadelNotFound):
+                self._remove(target, run.user, previous.id)
+        self._drop_previous_from_secret(target, previous.id)
+        state.previous = None
+        state, version = self._save(target, state, version)
+        run.retired = True
+        self._emit(
+            run,
+            "credential.retired",
+            old_credential_id=previous.id,
+            expired=previous.expires_at <= now,
+            vault_path=target.vault_path,
+            outcome="success",
+        )
+        return state, version
+
+    def _drop_previous_from_secret(self, target: Target, previous_id: str) -> None:
+        existing = self.store.read(target.vault_path)
+        if existing is None or "previous" not in existing.data:
+            return
+        data = {k: v for k, v in existing.data.items() if k != "previous"}
+        metadata = {**existing.custom_metadata, "previous_credential_id": ""}
+        self.store.write(target.vault_path, data, cas=existing.version, custom_metadata=metadata)
+
+    # ------------------------------------------------------ crash recovery
+
+    def _resume(self, run: _Run, state: TargetState, version: int) -> tuple[TargetState, int]:
+        pending = state.pending
+        if pending is None:
+            return state, version
+        run.rotation_id = pending.rotation_id
+        self._emit(run, "rotation.resumed", phase=pending.phase.value)
+        if pending.phase is Phase.CREATING:
+            # ZITADEL may have created the credential before we died; its id was
+            # never recorded, so find it by the instant we asked it to expire at.
+            known = {c.id for c in (state.current, state.previous) if c is not None}
+            for credential in self._list(run.target, run.user):
+                if credential.id in known or credential.expires_at != pending.expires_at:
+                    continue
+                created = credential.created_at
+                if created is not None and created < pending.started_at - _ORPHAN_SKEW:
+                    continue
+                self._remove_quietly(run, run.target, credential.id)
+                self._emit(run, "orphan.removed", new_credential_id=credential.id)
+            state.pending = None
+            return self._save(run.target, state, version)
+        return self._verify_and_promote(run, state, version)
+
+    # ------------------------------------------------------------ helpers
+
+    def _user(self, target: Target) -> User:
+        key = f"{target.org_id or ''}/{target.user}"
+        if key not in self._users:
+            self._users[key] = self.transport.resolve_user(target.user, target.org_id)
+        return self._users[key]
+
+    def _load(self, target: Target, user: User) -> tuple[TargetState, int]:
+        raw = self.store.read(self.state_path(target))
+        if raw is not None:
+            return TargetState.from_dict(dict(raw.data)), raw.version
+        state = TargetState(target=target.name, kind=target.kind.value, user_id=user.id)
+        existing = self.store.read(target.vault_path)
+        if existing is not None:
+            state.current = self._adopt(target, user, existing)
+        return state, 0
+
+    def _adopt(self, target: Target, user: User, existing: StoredSecret) -> CredentialRef | None:
+        """A secret we have no state for: ours (state lost) or someone else's.
+
+        Returns None when the credential it names no longer exists in ZITADEL:
+        the target then rotates at once, and the stale value stays in the
+        secret's version history.
+        """
+        credential_id = _credential_id(existing)
+        ours = existing.custom_metadata.get("managed-by") == MANAGED_BY
+        if not (ours or target.adopt):
+            raise VaultError(
+                "holds a credential the rotator did not create; "
+                "set `adopt: true` on the target to take it over",
+                path=target.vault_path,
+            )
+        match = next((c for c in self._list(target, user) if c.id == credential_id), None)
+        if match is None:
+            return None
+        return CredentialRef(
+            id=match.id,
+            expires_at=match.expires_at,
+            created_at=match.created_at,
+            created_by_rotator=ours,
+        )
+
+    def _save(self, target: Target, state: TargetState, version: int) -> tuple[TargetState, int]:
+        new_version = self.store.write(self.state_path(target), state.to_dict(), cas=version)
+        return state, new_version
+
+    def _list(self, target: Target, user: User) -> list[Credential]:
+        if target.kind is CredentialKind.KEY:
+            return self.transport.list_keys(user)
+        return self.transport.list_pats(user)
+
+    def _remove(self, target: Target, user: User, credential_id: str) -> None:
+        if target.kind is CredentialKind.KEY:
+            self.transport.remove_key(user, credential_id)
+        else:
+            self.transport.remove_pat(user, credential_id)
+
+    def _remove_quietly(self, run: _Run, target: Target, credential_id: str) -> None:
+        """Best-effort rollback; a failure here leaves an orphan the next run removes."""
+        try:
+            self._remove(target, run.user, credential_id)
+        except ZitadelNotFound:
+            pass
+        except RotatorError as exc:
+            self._emit(run, "rollback.failed", new_credential_id=credential_id, error=str(exc))
+
+    def _record_failure(self, run: _Run, exc: RotatorError) -> RotationResult:
+        target = run.target
+        try:
+            raw = self.store.read(self.state_path(target))
+            state = (
+                TargetState.from_dict(dict(raw.data))
+                if raw
+                else TargetState(target=target.name, kind=target.kind.value, user_id=run.user.id)
+            )
+            version = raw.version if raw else 0
+        except RotatorError:
+            state, version = None, None
+
+        failures = (state.failures if state else 0) + 1
+        stuck = failures >= self.max_attempts
+        delay = rules.retry_delay(failures, base=self.retry_base, cap=self.retry_cap)
+        next_attempt = None if stuck else self.clock.now() + delay
+        self._emit(
+            run,
+            "rotation.failed",
+            outcome="failure",
+            error=str(exc),
+            error_type=type(exc).__name__,
+            attempt=failures,
+            next_attempt_at=next_attempt.isoformat() if next_attempt else None,
+        )
+        if stuck:
+            self._emit(run, "target.stuck", outcome="stuck", attempt=failures, error=str(exc))
+        if state is not None and version is not None:
+            state.failures, state.stuck, state.last_error = failures, stuck, str(exc)
+            state.next_attempt_at = next_attempt
+            # Vault may be what failed, or another replica moved on: nothing to record then
+            with suppress(VaultError):
+                self._save(target, state, version)
+        return RotationResult(
+            target=target.name,
+            outcome=Outcome.STUCK if stuck else Outcome.FAILED,
+            rotation_id=run.rotation_id,
+            credential_id=state.current.id if state and state.current else None,
+            next_run_at=next_attempt,
+            error=str(exc),
+        )
+
+    def _result_for_error(
+        self, target: Target, state: TargetState | None, exc: RotatorError
+    ) -> RotationResult:
+        self.audit.emit(
+            "rotation.failed",
+            target=target.name,
+            kind=target.kind.value,
+            outcome="failure",
+            error=str(exc),
+            error_type=type(exc).__name__,
+            vault_path=target.vault_path,
+        )
+        retry = self.clock.now() + rules.retry_delay(1, base=self.retry_base, cap=self.retry_cap)
+        return RotationResult(
+            target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=str(exc)
+        )
+
+    def _result(
+        self, run: _Run, state: TargetState, outcome: Outcome, *, error: str | None = None
+    ) -> RotationResult:
+        return RotationResult(
+            target=run.target.name,
+            outcome=outcome,
+            rotation_id=run.rotation_id,
+            credential_id=state.current.id if state.current else None,
+            previous_credential_id=state.previous.id if state.previous else None,
+            expires_at=state.current.expires_at if state.current else None,
+            next_run_at=self._next_run_at(run.target, state),
+            error=error,
+        )
+
+    def _emit(self, run: _Run, event: str, **fields: Any) -> None:
+        self.audit.emit(
+            event,
+            target=run.target.name,
+            kind=run.target.kind.value,
+            user_id=run.user.id,
+            org=run.user.org_id,
+            rotation_id=run.rotation_id,
+            trigger=run.trigger.value,
+            **fields,
+        )
+
+
+def _credential_id(secret: StoredSecret) -> str | None:
+    """The credential id a consumer secret holds (key file ``keyId`` or PAT ``token_id``)."""
+    data = secret.data
+    value = data.get("keyId") or data.get("token_id") or secret.custom_metadata.get("credential_id")
+    return str(value) if value else None
+
+
+def _state_label(state: TargetState | None, now: datetime, next_rotation: datetime | None) -> str:
+    if state is None or state.current is None:
+        return "missing" if state is None or state.pending is None else "rotating"
+    if state.stuck:
+        return "stuck"
+    if state.pending is not None:
+        return "rotating"
+    if state.failures:
+        return "failing"
+    if state.current.expires_at <= now:
+        return "expired"
+    if next_rotation is not None and now >= next_rotation:
+        return "due"
+    if state.previous is not None:
+        return "grace"
+    return "ready"

@@ -1,0 +1,123 @@
+"""The engine's bookkeeping for one target, as kept in Vault.
+
+It lives in the same KV v2 mount as the consumer secret, under
+``<state_prefix>/targets/<target>``, and is only ever written with
+check-and-set.  It is the write-ahead log of the rotation protocol: the
+intent to create a credential is recorded here *before* ZITADEL is called, so
+a rotator that dies at any point finds on restart exactly what it was doing.
+
+Only the ``pending`` record holds secret material (the new private key or
+PAT between creation and promotion); Vault is the one place allowed to hold it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class Phase(StrEnum):
+    #: Intent recorded; ZITADEL may or may not have created the credential.
+    CREATING = "creating"
+    #: Credential exists in ZITADEL and its secret is held in ``pending.secret``.
+    CREATED = "created"
+    #: Proven to work at ZITADEL's token endpoint; next is promotion.
+    VERIFIED = "verified"
+
+
+@dataclass
+class CredentialRef:
+    id: str
+    expires_at: datetime
+    created_at: datetime | None = None
+    #: False for a credential adopted from an existing secret (``adopt: true``).
+    created_by_rotator: bool = True
+
+
+@dataclass
+class PreviousCredential:
+    id: str
+    expires_at: datetime
+    retire_at: datetime
+    created_by_rotator: bool = True
+
+
+@dataclass
+class Pending:
+    rotation_id: str
+    trigger: str
+    phase: Phase
+    started_at: datetime
+    expires_at: datetime
+    credential_id: str | None = None
+    #: The consumer payload (key file or PAT record). Secret: never logged.
+    secret: dict[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass
+class TargetState:
+    target: str
+    kind: str
+    user_id: str
+    current: CredentialRef | None = None
+    previous: PreviousCredential | None = None
+    pending: Pending | None = None
+    failures: int = 0
+    stuck: bool = False
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **_encode(asdict(self))}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TargetState:
+        data = {k: v for k, v in raw.items() if k != "schema"}
+        state = cls(**_decode_fields(cls, data))
+        if isinstance(state.current, dict):
+            state.current = CredentialRef(**_decode_fields(CredentialRef, state.current))
+        if isinstance(state.previous, dict):
+            state.previous = PreviousCredential(
+                **_decode_fields(PreviousCredential, state.previous)
+            )
+        if isinstance(state.pending, dict):
+            pending = _decode_fields(Pending, state.pending)
+            pending["phase"] = Phase(pending["phase"])
+            state.pending = Pending(**pending)
+        return state
+
+
+_DATETIME_FIELDS = {
+    "expires_at",
+    "created_at",
+    "retire_at",
+    "started_at",
+    "next_attempt_at",
+    "last_success_at",
+}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode_fields(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in known:
+            continue  # written by a newer rotator: ignore rather than fail
+        is_instant = name in _DATETIME_FIELDS and isinstance(value, str)
+        out[name] = datetime.fromisoformat(value) if is_instant else value
+    return out
