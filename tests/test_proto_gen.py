@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import filecmp
 import importlib.metadata
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -311,7 +313,9 @@ def test_committed_stubs_are_what_gen_proto_produces(tmp_path: Path) -> None:
         f"stubs were generated with grpcio-tools {GRPCIO_TOOLS_VERSION} but {installed} is "
         "installed: install that version, or run scripts/gen-proto and commit the result"
     )
-    subprocess.run([str(REPO / "scripts" / "gen-proto"), str(tmp_path)], check=True, cwd=REPO)
+    env = {**os.environ, "PYTHON": sys.executable}
+    gen = [str(REPO / "scripts" / "gen-proto"), str(tmp_path)]
+    subprocess.run(gen, check=True, cwd=REPO, env=env)
     committed = sorted(p.name for p in GEN.glob("*.py"))
     regenerated = sorted(p.name for p in tmp_path.glob("*.py"))
     assert regenerated == committed
