@@ -1,0 +1,813 @@
+"""Strict configuration: YAML in, frozen dataclasses out.
+
+Two layers, so the rules can be tested without files:
+
+* :func:`parse_config` is pure: it takes the already-parsed YAML tree, the
+  name of the file it came from (for messages), the environment (for
+  ``${VAR}`` references and defaults) and the directory relative paths are
+  resolved against.  It raises :class:`ConfigError` naming the file and the
+  dotted field of the *first* problem it meets.
+* :func:`load_config` reads the file (rejecting duplicate YAML keys) and
+  calls it.
+
+Secrets never live in the configuration: there is no key for a token, a
+private key or a secret id; only the *names* of environment variables and
+paths of files that hold them.  ``${VAR}`` (or ``${VAR:-default}``) may be
+used in any string value for non-secret settings; ``$${`` escapes a literal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import yaml
+from apscheduler.triggers.cron import CronTrigger
+
+from rotator.errors import ConfigError
+from rotator.model import Policy, Target
+from rotator.zitadel.base import CredentialKind
+
+DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
+DEFAULT_K8S_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    #: PEM bundle to trust instead of the system CAs.
+    ca_file: str | None = None
+    #: Skip certificate verification (local testing only).
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class ZitadelCredentials:
+    """Where the rotator's own service-user key file comes from: exactly one is set."""
+
+    key_file: str | None = None
+    vault_path: str | None = None
+
+
+@dataclass(frozen=True)
+class ZitadelConfig:
+    url: str
+    api: str = "auto"  # "v1" | "v2" | "auto"
+    grpc_target: str = ""  # host:port of the v1 gRPC API
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    credentials: ZitadelCredentials = field(default_factory=ZitadelCredentials)
+    timeout: timedelta = timedelta(seconds=10)
+
+    @property
+    def grpc_plaintext(self) -> bool:
+        return self.url.startswith("http://")
+
+
+@dataclass(frozen=True)
+class VaultAuthConfig:
+    method: str = "token"  # "token" | "approle" | "kubernetes"
+    #: token: the environment variable holding the token (read at start, never stored).
+    token_env: str = "VAULT_TOKEN"  # noqa: S105 - a variable name, not a token
+    #: token: a file holding the token (takes precedence over ``token_env``).
+    token_file: str | None = None
+    #: approle / kubernetes: where the auth method is mounted.
+    mount_path: str | None = None
+    #: approle: the role id (not secret) or a file holding it.
+    role_id: str | None = None
+    role_id_file: str | None = None
+    #: approle: the secret id, from a file or an environment variable.
+    secret_id_file: str | None = None
+    secret_id_env: str | None = None
+    #: kubernetes: the Vault role and the service-account JWT file.
+    role: str | None = None
+    jwt_file: str = DEFAULT_K8S_JWT_FILE
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    url: str
+    mount: str = "secret"
+    state_prefix: str = "zitadel-rotator"
+    namespace: str | None = None
+    ca_file: str | None = None
+    timeout: timedelta = timedelta(seconds=10)
+    auth: VaultAuthConfig = field(default_factory=VaultAuthConfig)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A recurring period: starts at each ``cron`` match (in ``timezone``), lasts ``duration``."""
+
+    cron: str
+    duration: timedelta
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """No rotation inside this period: either a fixed range or a recurring window."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    #: Rotations (not retirements) happen only inside one of these; empty = any time.
+    windows: tuple[Window, ...] = ()
+    #: Rotations are held back inside any of these.
+    freeze: tuple[Freeze, ...] = ()
+
+
+@dataclass(frozen=True)
+class HaConfig:
+    enabled: bool = False
+    backend: str = "vault"  # "vault" | "kubernetes"
+    lease_ttl: timedelta = timedelta(seconds=30)
+    #: vault: KV path of the lease (default ``<state_prefix>/leader``).
+    lease_path: str | None = None
+    #: kubernetes: Lease object name and namespace (default: the pod's namespace).
+    lease_name: str = "zitadel-rotator"
+    lease_namespace: str | None = None
+    #: This replica's name in the lease (default: $HOSTNAME).
+    identity: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    listen: str = "127.0.0.1:9102"
+    reconcile_interval: timedelta = timedelta(minutes=5)
+    max_attempts: int = 5
+    retry_base: timedelta = timedelta(minutes=1)
+    retry_cap: timedelta = timedelta(hours=1)
+    jitter: timedelta = timedelta(seconds=30)
+    misfire_grace: timedelta = timedelta(hours=1)
+    ha: HaConfig = field(default_factory=HaConfig)
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    #: May carry a secret (Slack): write it as ``${SLACK_WEBHOOK_URL}``.
+    webhook_url: str | None = field(default=None, repr=False)
+    format: str = "generic"  # "generic" | "slack"
+    expiry_threshold: timedelta = timedelta(days=7)
+    timeout: timedelta = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    zitadel: ZitadelConfig
+    vault: VaultConfig
+    policy: Policy
+    targets: tuple[Target, ...]
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    #: The default schedule (``schedule:``); see :meth:`schedule_for`.
+    schedule: Schedule = field(default_factory=Schedule)
+    #: Per-target schedules, in target order: (target name, effective schedule).
+    target_schedules: tuple[tuple[str, Schedule], ...] = ()
+    #: Legal but questionable settings, shown by ``rotator validate``.
+    warnings: tuple[str, ...] = ()
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        known = ", ".join(t.name for t in self.targets) or "none"
+        raise ConfigError(f"no target named {name!r} (known: {known})", file=self.source)
+
+    def schedule_for(self, name: str) -> Schedule:
+        """Target windows replace the default windows; freezes add up."""
+        for target_name, schedule in self.target_schedules:
+            if target_name == name:
+                return schedule
+        return self.schedule
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate ``path``; raises ConfigError naming the file and the field."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read ({exc.strerror})", file=source) from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"invalid YAML: {where}{problem}", file=source) from None
+    return parse_config(
+        raw,
+        source=source,
+        env=os.environ if env is None else env,
+        base_dir=Path(source).resolve().parent,
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REQUIRED: Any = object()
+
+#: Keys people reach for that would put a secret into the file.
+_SECRET_KEY_HINTS = {
+    "token": "secrets never go in the config file: use token_env or token_file",
+    "secret_id": "secrets never go in the config file: use secret_id_file or secret_id_env",
+    "jwt": "secrets never go in the config file: use jwt_file",
+    "key": "secrets never go in the config file: use key_file or vault_path",
+    "private_key": "secrets never go in the config file: use key_file or vault_path",
+    "password": "secrets never go in the config file",
+}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``1d12h``, ``0s``; raises ValueError."""
+    match = _DURATION.match(text.strip()) if text.strip() else None
+    if not match:
+        raise ValueError(f"must be a duration like 30d, 12h, 90m, 45s or 1d12h (got {text!r})")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """The inverse of :func:`parse_duration` (whole seconds)."""
+    total = int(value.total_seconds())
+    if total == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+@dataclass
+class _Ctx:
+    source: str
+    env: Mapping[str, str]
+    base_dir: Path | None
+
+    def fail(self, path: str, message: str) -> NoReturn:
+        raise ConfigError(message, file=self.source, field=path or None)
+
+    def expand(self, value: str, path: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.fail(path, f"environment variable {name} is not set")
+
+        return _ENV_REF.sub(substitute, value)
+
+    def resolve_path(self, value: str) -> str:
+        expanded = os.path.expanduser(value)
+        if self.base_dir is None or os.path.isabs(expanded):
+            return expanded
+        return str(self.base_dir / expanded)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+
+
+class _Section:
+    """One YAML mapping being read: typed getters, and unknown keys are an error."""
+
+    def __init__(self, ctx: _Ctx, raw: Any, path: str) -> None:
+        self.ctx = ctx
+        self.path = path
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            ctx.fail(path, f"must be a mapping (got {_type_name(raw)})")
+        self.raw: dict[Any, Any] = raw
+        self.used: set[str] = set()
+
+    def sub(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return self.raw.get(name) is not None
+
+    def _get(self, name: str, default: Any) -> Any:
+        self.used.add(name)
+        value = self.raw.get(name)
+        if value is None:
+            if default is _REQUIRED:
+                self.ctx.fail(self.sub(name), "is required")
+            return default
+        return value
+
+    def text(self, name: str, default: Any = _REQUIRED, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if not isinstance(value, str):
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            hint = " (quote it)" if numeric else ""
+            self.ctx.fail(self.sub(name), f"must be a string (got {_type_name(value)}){hint}")
+        value = self.ctx.expand(value, self.sub(name)).strip()
+        if not value and default is _REQUIRED:
+            self.ctx.fail(self.sub(name), "must not be empty")
+        if choices and value not in choices:
+            self.ctx.fail(self.sub(name), f"must be one of {', '.join(choices)} (got {value!r})")
+        return value or default
+
+    def file(self, name: str, default: Any = None) -> Any:
+        value = self.text(name, default)
+        return self.ctx.resolve_path(value) if isinstance(value, str) else value
+
+    def env_name(self, name: str, default: Any = None) -> Any:
+        value = self.text(name, default)
+        if isinstance(value, str) and not _ENV_NAME.match(value):
+            self.ctx.fail(self.sub(name), f"must be an environment variable name (got {value!r})")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, default)
+        if not isinstance(value, bool):
+            self.ctx.fail(self.sub(name), f"must be true or false (got {_type_name(value)})")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int) -> int:
+        value = self._get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.ctx.fail(self.sub(name), f"must be an integer (got {_type_name(value)})")
+        if value < minimum:
+            self.ctx.fail(self.sub(name), f"must be at least {minimum} (got {value})")
+        return value
+
+    def duration(self, name: str, default: Any, *, minimum: timedelta | None = None) -> Any:
+        value = self._get(name, default)
+        if isinstance(value, timedelta):
+            return value
+        if not isinstance(value, str):
+            self.ctx.fail(
+                self.sub(name),
+                f"must be a duration like 30d, 12h, 90m, 45s or 1d12h (got {_type_name(value)})",
+            )
+        try:
+            parsed = parse_duration(self.ctx.expand(value, self.sub(name)))
+        except ValueError as exc:
+            self.ctx.fail(self.sub(name), str(exc))
+        if minimum is not None and parsed < minimum:
+            self.ctx.fail(
+                self.sub(name), f"must be at least {format_duration(minimum)} (got {value})"
+            )
+        return parsed
+
+    def section(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.ctx, self.raw.get(name), self.sub(name))
+
+    def items(self, name: str) -> Iterator[tuple[Any, str]]:
+        self.used.add(name)
+        value = self.raw.get(name)
+        if value is None:
+            return
+        if not isinstance(value, list):
+            self.ctx.fail(self.sub(name), f"must be a list (got {_type_name(value)})")
+        for index, item in enumerate(value):
+            yield item, f"{self.sub(name)}[{index}]"
+
+    def done(self) -> None:
+        for key in self.raw:
+            if key in self.used:
+                continue
+            key_path = self.sub(str(key))
+            hint = _SECRET_KEY_HINTS.get(str(key))
+            if hint:
+                self.ctx.fail(key_path, f"unknown key; {hint}")
+            known = ", ".join(sorted(self.used))
+            self.ctx.fail(key_path, f"unknown key (known here: {known})")
+
+
+def parse_config(
+    raw: Any,
+    *,
+    source: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate a parsed YAML tree into a :class:`Config` (pure: no file or network I/O)."""
+    ctx = _Ctx(source=source, env=env or {}, base_dir=base_dir)
+    if raw is None:
+        ctx.fail("", "the file is empty")
+    root = _Section(ctx, raw, "")
+    zitadel = _zitadel(root.section("zitadel"))
+    vault = _vault(root.section("vault"), ctx)
+    warnings: list[str] = []
+    defaults = _policy(root.section("policy"), Policy(), warnings)
+    schedule = _schedule(root.section("schedule"), Schedule())
+    targets, schedules = _targets(root, defaults, schedule, vault, zitadel, warnings)
+    daemon = _daemon(root.section("daemon"))
+    audit = _audit(root.section("audit"))
+    notify = _notify(root.section("notify"))
+    root.done()
+    return Config(
+        source=source,
+        zitadel=zitadel,
+        vault=vault,
+        policy=defaults,
+        targets=targets,
+        daemon=daemon,
+        audit=audit,
+        notify=notify,
+        schedule=schedule,
+        target_schedules=schedules,
+        warnings=tuple(warnings),
+    )
+
+
+def _url(section: _Section, name: str, default: Any = _REQUIRED, *, secret: bool = False) -> Any:
+    value = section.text(name, default)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    shown = "" if secret else f" (got {value!r})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        section.ctx.fail(section.sub(name), f"must be an http:// or https:// URL{shown}")
+    if parts.query or parts.fragment:
+        section.ctx.fail(section.sub(name), "must not have a query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        section.ctx.fail(section.sub(name), f"has an invalid port{shown}")
+    return str(value).rstrip("/")
+
+
+def _zitadel(section: _Section) -> ZitadelConfig:
+    url = _url(section, "url")
+    api = section.text("api", "auto", choices=("v1", "v2", "auto"))
+    grpc_target = section.text("grpc_target", None)
+    if grpc_target is None:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        grpc_target = f"{parts.hostname}:{port}"
+    elif not re.match(r"^[^\s:/]+:\d{1,5}$", grpc_target):
+        section.ctx.fail(section.sub("grpc_target"), f"must be host:port (got {grpc_target!r})")
+    tls_section = section.section("tls")
+    tls = TlsConfig(
+        ca_file=tls_section.file("ca_file"), insecure=tls_section.flag("insecure", False)
+    )
+    tls_section.done()
+    cred_section = section.section("credentials")
+    credentials = ZitadelCredentials(
+        key_file=cred_section.file("key_file"),
+        vault_path=_vault_path(cred_section, "vault_path", None),
+    )
+    if (credentials.key_file is None) == (credentials.vault_path is None):
+        section.ctx.fail(
+            section.sub("credentials"), "needs exactly one of key_file or vault_path"
+        )
+    cred_section.done()
+    timeout = section.duration("timeout", timedelta(seconds=10), minimum=timedelta(seconds=1))
+    section.done()
+    return ZitadelConfig(
+        url=url, api=api, grpc_target=grpc_target, tls=tls, credentials=credentials,
+        timeout=timeout,
+    )
+
+
+def _vault_path(section: _Section, name: str, default: Any = _REQUIRED) -> Any:
+    value = section.text(name, default)
+    if value is None:
+        return None
+    segments = value.split("/")
+    if value.startswith("/") or value.endswith("/") or any(s in ("", ".", "..") for s in segments):
+        section.ctx.fail(
+            section.sub(name),
+            "must be a relative KV path like team/app, without empty, . or .. parts "
+            f"(got {value!r})",
+        )
+    return value
+
+
+def _vault(section: _Section, ctx: _Ctx) -> VaultConfig:
+    url = _url(section, "url", ctx.env.get("VAULT_ADDR") or None)
+    if url is None:
+        ctx.fail(section.sub("url"), "is required (or set VAULT_ADDR)")
+    mount = section.text("mount", "secret").strip("/")
+    state_prefix = _vault_path(section, "state_prefix", "zitadel-rotator")
+    namespace = section.text("namespace", None)
+    ca_file = section.file("ca_file")
+    timeout = section.duration("timeout", timedelta(seconds=10), minimum=timedelta(seconds=1))
+    auth = _vault_auth(section.section("auth"))
+    section.done()
+    return VaultConfig(
+        url=url, mount=mount, state_prefix=state_prefix, namespace=namespace,
+        ca_file=ca_file, timeout=timeout, auth=auth,
+    )
+
+
+def _vault_auth(section: _Section) -> VaultAuthConfig:
+    method = section.text("method", "token", choices=("token", "approle", "kubernetes"))
+    if method == "token":
+        auth = VaultAuthConfig(
+            method=method,
+            token_env=section.env_name("token_env", "VAULT_TOKEN"),
+            token_file=section.file("token_file"),
+        )
+    elif method == "approle":
+        auth = VaultAuthConfig(
+            method=method,
+            mount_path=section.text("mount_path", "approle").strip("/"),
+            role_id=section.text("role_id", None),
+            role_id_file=section.file("role_id_file"),
+            secret_id_file=section.file("secret_id_file"),
+            secret_id_env=section.env_name("secret_id_env"),
+        )
+        if (auth.role_id is None) == (auth.role_id_file is None):
+            section.ctx.fail(section.path, "approle needs exactly one of role_id or role_id_file")
+        if (auth.secret_id_file is None) == (auth.secret_id_env is None):
+            section.ctx.fail(
+                section.path, "approle needs exactly one of secret_id_file or secret_id_env"
+            )
+    else:
+        auth = VaultAuthConfig(
+            method=method,
+            mount_path=section.text("mount_path", "kubernetes").strip("/"),
+            role=section.text("role"),
+            jwt_file=section.file("jwt_file", DEFAULT_K8S_JWT_FILE),
+        )
+    section.done()
+    return auth
+
+
+_POLICY_FIELDS = ("lifetime", "renew_before", "grace", "retire_margin", "verify_timeout")
+
+
+def _policy(section: _Section, base: Policy, warnings: list[str]) -> Policy:
+    values = {
+        name: section.duration(name, getattr(base, name), minimum=timedelta(0))
+        for name in _POLICY_FIELDS
+    }
+    section.done()
+    policy = replace(base, **values)
+    where = section.path
+    if policy.lifetime < timedelta(days=1):
+        section.ctx.fail(
+            section.sub("lifetime"),
+            "must be at least 1d: expiry is rounded to 00:00 UTC, so a shorter lifetime "
+            f"could end at once (got {format_duration(policy.lifetime)})",
+        )
+    if policy.renew_before <= timedelta(0):
+        section.ctx.fail(section.sub("renew_before"), "must be greater than 0s")
+    if policy.renew_before >= policy.lifetime:
+        section.ctx.fail(
+            section.sub("renew_before"),
+            f"must be less than lifetime ({format_duration(policy.renew_before)} >= "
+            f"{format_duration(policy.lifetime)}): every new credential would be due at once",
+        )
+    if policy.verify_timeout <= timedelta(0):
+        section.ctx.fail(section.sub("verify_timeout"), "must be greater than 0s")
+    if policy.grace + policy.retire_margin >= policy.renew_before:
+        warnings.append(
+            f"{where}: grace + retire_margin "
+            f"({format_duration(policy.grace + policy.retire_margin)})"
+            f" is not less than renew_before ({format_duration(policy.renew_before)}): old "
+            "credentials will be retired before their grace ends, to stay ahead of their expiry"
+        )
+    if policy.renew_before >= policy.lifetime - timedelta(days=1):
+        warnings.append(
+            f"{where}: renew_before ({format_duration(policy.renew_before)}) is within 1d of "
+            f"lifetime ({format_duration(policy.lifetime)}): with midnight rounding a new "
+            "credential may be due right after it is created"
+        )
+    return policy
+
+
+def _window(section: _Section) -> Window:
+    timezone = section.text("timezone", "UTC")
+    try:
+        tz = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        section.ctx.fail(section.sub("timezone"), f"unknown time zone {timezone!r}")
+    cron = section.text("cron")
+    try:
+        CronTrigger.from_crontab(cron, timezone=tz)
+    except ValueError as exc:
+        section.ctx.fail(section.sub("cron"), f"invalid cron expression {cron!r}: {exc}")
+    duration = section.duration("duration", _REQUIRED, minimum=timedelta(minutes=1))
+    section.done()
+    return Window(cron=cron, duration=duration, timezone=timezone)
+
+
+def _instant(section: _Section, name: str) -> datetime:
+    section.used.add(name)
+    value = section.raw.get(name)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            section.ctx.fail(section.sub(name), f"must be an ISO date or date-time (got {value!r})")
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value is None:
+        section.ctx.fail(section.sub(name), "is required")
+    section.ctx.fail(
+        section.sub(name), f"must be an ISO date or date-time (got {_type_name(value)})"
+    )
+
+
+def _freeze(section: _Section) -> Freeze:
+    if section.has("cron"):
+        return Freeze(window=_window(section))
+    start, end = _instant(section, "start"), _instant(section, "end")
+    if end <= start:
+        section.ctx.fail(section.sub("end"), "must be after start")
+    section.done()
+    return Freeze(start=start, end=end)
+
+
+def _schedule(section: _Section, base: Schedule) -> Schedule:
+    windows = tuple(_window(_Section(section.ctx, item, path)) for item, path in
+                    section.items("windows"))
+    freeze = tuple(_freeze(_Section(section.ctx, item, path)) for item, path in
+                   section.items("freeze"))
+    section.done()
+    return Schedule(windows=windows or base.windows, freeze=base.freeze + freeze)
+
+
+def _targets(  # noqa: PLR0917 - private helper, called once
+    root: _Section,
+    defaults: Policy,
+    default_schedule: Schedule,
+    vault: VaultConfig,
+    zitadel: ZitadelConfig,
+    warnings: list[str],
+) -> tuple[tuple[Target, ...], tuple[tuple[str, Schedule], ...]]:
+    targets: list[Target] = []
+    schedules: list[tuple[str, Schedule]] = []
+    names: dict[str, str] = {}
+    paths: dict[str, str] = {}
+    for item, path in root.items("targets"):
+        section = _Section(root.ctx, item, path)
+        name = section.text("name")
+        if not _NAME.match(name):
+            root.ctx.fail(
+                section.sub("name"),
+                f"must be lower-case letters, digits, '.', '_' or '-', at most 63 (got {name!r})",
+            )
+        if name in names:
+            root.ctx.fail(
+                section.sub("name"), f"duplicate target name {name!r} (also {names[name]})"
+            )
+        names[name] = path
+        kind = section.text("kind", choices=tuple(k.value for k in CredentialKind))
+        vault_path = _vault_path(section, "vault_path", f"zitadel/{name}")
+        if vault_path in paths:
+            root.ctx.fail(
+                section.sub("vault_path"),
+                f"duplicate vault_path {vault_path!r} (also {paths[vault_path]})",
+            )
+        if vault_path == vault.state_prefix or vault_path.startswith(vault.state_prefix + "/"):
+            root.ctx.fail(
+                section.sub("vault_path"),
+                f"must not be under vault.state_prefix {vault.state_prefix!r}: the rotator keeps "
+                "its own state there",
+            )
+        if vault_path == zitadel.credentials.vault_path and kind != CredentialKind.KEY:
+            root.ctx.fail(
+                section.sub("kind"),
+                "the rotator's own credential (zitadel.credentials.vault_path) is a key",
+            )
+        paths[vault_path] = path
+        target = Target(
+            name=name,
+            user=section.text("user"),
+            kind=CredentialKind(kind),
+            vault_path=vault_path,
+            org_id=section.text("org_id", None),
+            adopt=section.flag("adopt", False),
+            policy=_policy(section.section("policy"), defaults, warnings),
+        )
+        schedules.append((name, _schedule(section.section("schedule"), default_schedule)))
+        section.done()
+        targets.append(target)
+    if not targets:
+        root.ctx.fail("targets", "at least one target is required")
+    return tuple(targets), tuple(schedules)
+
+
+def _daemon(section: _Section) -> DaemonConfig:
+    listen = section.text("listen", "127.0.0.1:9102")
+    match = re.match(r"^(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):(\d{1,5})$", listen)
+    if not match or int(match.group(2)) > 65535:
+        section.ctx.fail(section.sub("listen"), f"must be host:port (got {listen!r})")
+    second = timedelta(seconds=1)
+    daemon = DaemonConfig(
+        listen=listen,
+        reconcile_interval=section.duration("reconcile_interval", timedelta(minutes=5),
+                                            minimum=second),
+        max_attempts=section.integer("max_attempts", 5, minimum=1),
+        retry_base=section.duration("retry_base", timedelta(minutes=1), minimum=second),
+        retry_cap=section.duration("retry_cap", timedelta(hours=1), minimum=second),
+        jitter=section.duration("jitter", timedelta(seconds=30), minimum=timedelta(0)),
+        misfire_grace=section.duration("misfire_grace", timedelta(hours=1), minimum=second),
+        ha=_ha(section.section("ha")),
+    )
+    if daemon.retry_cap < daemon.retry_base:
+        section.ctx.fail(section.sub("retry_cap"), "must not be less than retry_base")
+    section.done()
+    return daemon
+
+
+def _ha(section: _Section) -> HaConfig:
+    ha = HaConfig(
+        enabled=section.flag("enabled", False),
+        backend=section.text("backend", "vault", choices=("vault", "kubernetes")),
+        lease_ttl=section.duration("lease_ttl", timedelta(seconds=30),
+                                   minimum=timedelta(seconds=5)),
+        lease_path=_vault_path(section, "lease_path", None),
+        lease_name=section.text("lease_name", "zitadel-rotator"),
+        lease_namespace=section.text("lease_namespace", None),
+        identity=section.text("identity", None),
+    )
+    section.done()
+    return ha
+
+
+def _audit(section: _Section) -> AuditConfig:
+    audit = AuditConfig(file=section.file("file"))
+    section.done()
+    return audit
+
+
+def _notify(section: _Section) -> NotifyConfig:
+    notify = NotifyConfig(
+        webhook_url=_url(section, "webhook_url", None, secret=True),
+        format=section.text("format", "generic", choices=("generic", "slack")),
+        expiry_threshold=section.duration("expiry_threshold", timedelta(days=7),
+                                          minimum=timedelta(0)),
+        timeout=section.duration("timeout", timedelta(seconds=5), minimum=timedelta(seconds=1)),
+    )
+    section.done()
+    return notify
