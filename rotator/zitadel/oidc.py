@@ -1,0 +1,353 @@
+"""Talking OAuth to ZITADEL: discovery, the jwt-bearer grant, userinfo.
+
+Used twice: :class:`TokenSource` gives the rotator's own identity a bearer
+token for the management calls, and :meth:`OidcClient.verify_key` /
+:meth:`OidcClient.verify_pat` prove a freshly created credential really works
+before it is promoted.
+
+ZITADEL answers *every* refused assertion (unknown, expired, removed or not yet
+propagated key, bad signature, wrong ``aud``) with HTTP 500
+``{"error":"server_error"}`` (zitadel-api.md §7.2), so "refused" and "broken"
+cannot be told apart from the status alone; the mapping below treats a JSON
+``server_error`` from the token endpoint as a refusal and any other 5xx as an
+outage.
+
+No message built here contains an assertion, a token or key material.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from rotator.clock import Clock, SystemClock
+from rotator.errors import VerificationError, ZitadelError, ZitadelUnauthenticated
+from rotator.keys import sign_assertion
+from rotator.zitadel.codes import error_for
+
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: Makes the token acceptable to ZITADEL's own APIs (adds the ZITADEL project to ``aud``).
+ZITADEL_API_SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
+#: Refresh a cached token this long before it expires (as the official SDK does).
+REFRESH_BEFORE = timedelta(minutes=5)
+DEFAULT_TIMEOUT = 10.0
+
+#: OAuth error names (RFC 6749 §5.2) meaning "this credential was refused".
+_REFUSALS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"})
+_MAX_SERVER_TEXT = 200
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str = field(repr=False)
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    issuer: str
+    token_endpoint: str
+    userinfo_endpoint: str
+
+
+def _oauth_error(response: httpx.Response) -> tuple[str, str]:
+    """``(error, error_description)`` of an OAuth error body, or ``("", "")``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    error = body.get("error")
+    description = body.get("error_description")
+    return (
+        error if isinstance(error, str) else "",
+        description[:_MAX_SERVER_TEXT] if isinstance(description, str) else "",
+    )
+
+
+def http_status_code_name(status: int) -> str:
+    """The gRPC/Connect status name an HTTP status stands for."""
+    if status == 429:
+        return "resource_exhausted"
+    if status == 504:
+        return "deadline_exceeded"
+    if status >= 500:
+        return "unavailable"
+    return {
+        400: "invalid_argument",
+        401: "unauthenticated",
+        403: "permission_denied",
+        404: "not_found",
+    }.get(status, "failed_precondition")
+
+
+def http_error(response: httpx.Response, what: str) -> ZitadelError:
+    """The error for a failed OAuth/OIDC call (token endpoint, userinfo, discovery)."""
+    error, description = _oauth_error(response)
+    status = response.status_code
+    if error == "server_error" and status == 500:
+        # ZITADEL's answer to any refused assertion (§7.2), not an outage.
+        code = "unauthenticated"
+    elif error in _REFUSALS or status == 401:
+        code = "unauthenticated"
+    else:
+        code = http_status_code_name(status)
+    detail = f"HTTP {status}"
+    if error:
+        detail += f" {error}"
+    if description:
+        detail += f": {description}"
+    return error_for(code, detail, status=status, method=what)
+
+
+def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
+    """The retryable error for a call that got no HTTP answer."""
+    reason = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
+    return error_for("unavailable", f"{reason} ({type(exc).__name__})", method=what)
+
+
+class OidcClient:
+    """OAuth/OIDC calls against one ZITADEL instance (``issuer``).
+
+    Every request has a timeout; the discovery document is fetched once.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        *,
+        clock: Clock | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        verify_tls: bool | str = True,
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.clock: Clock = clock or SystemClock()
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=verify_tls)
+        self._endpoints: Endpoints | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OidcClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------
+
+    def _request(self, what: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise connection_error(exc, what) from None
+
+    def endpoints(self) -> Endpoints:
+        """The discovery document's endpoints (fetched on first use)."""
+        with self._lock:
+            if self._endpoints is None:
+                self._endpoints = self._discover()
+            return self._endpoints
+
+    def _discover(self) -> Endpoints:
+        what = "discovery"
+        response = self._request(what, "GET", f"{self.issuer}/.well-known/openid-configuration")
+        if response.status_code != 200:
+            raise http_error(response, what)
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise error_for("failed_precondition", "discovery document is not JSON", method=what)
+        missing = [
+            name
+            for name in ("token_endpoint", "userinfo_endpoint")
+            if not isinstance(document.get(name), str)
+        ]
+        if missing:
+            raise error_for(
+                "failed_precondition", f"discovery document lacks {', '.join(missing)}", method=what
+            )
+        issuer = document.get("issuer")
+        return Endpoints(
+            # ZITADEL checks that ``aud`` contains its issuer string exactly (§7.2).
+            issuer=issuer if isinstance(issuer, str) and issuer else self.issuer,
+            token_endpoint=document["token_endpoint"],
+            userinfo_endpoint=document["userinfo_endpoint"],
+        )
+
+    # -- grants -----------------------------------------------------------------
+
+    def exchange_jwt_bearer(
+        self, key_file: Mapping[str, Any], scope: str = ZITADEL_API_SCOPE
+    ) -> AccessToken:
+        """Trade a key file for an access token (RFC 7523 jwt-bearer grant).
+
+        Raises ZitadelUnauthenticated when ZITADEL refuses the assertion (for
+        ZITADEL: HTTP 500 ``server_error``), ZitadelUnavailable when it cannot
+        be reached or is overloaded.
+        """
+        endpoints = self.endpoints()
+        now = self.clock.now()
+        assertion = sign_assertion(key_file, endpoints.issuer, now)
+        what = f"token exchange (key {key_file.get('keyId')}, user {key_file.get('userId')})"
+        response = self._request(
+            what,
+            "POST",
+            endpoints.token_endpoint,
+            data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion, "scope": scope},
+        )
+        if response.status_code != 200:
+            raise http_error(response, what)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise error_for("unknown", "token response without access_token", method=what)
+        expires_in = body.get("expires_in") if isinstance(body, dict) else None
+        lifetime = expires_in if isinstance(expires_in, int | float) and expires_in > 0 else 3600
+        return AccessToken(token=token, expires_at=now + timedelta(seconds=lifetime))
+
+    def userinfo(self, token: str, what: str = "userinfo") -> dict[str, Any]:
+        """The userinfo claims for a bearer token (access token or PAT)."""
+        endpoints = self.endpoints()
+        response = self._request(
+            what, "GET", endpoints.userinfo_endpoint, headers={"Authorization": f"Bearer {token}"}
+        )
+        if response.status_code != 200:
+            raise http_error(response, what)
+        try:
+            claims = response.json()
+        except ValueError:
+            claims = None
+        if not isinstance(claims, dict):
+            raise error_for("unknown", "userinfo answer is not a JSON object", method=what)
+        return claims
+
+    # -- verification -------------------------------------------------------------
+
+    def verify_key(self, key_file: Mapping[str, Any]) -> None:
+        """Prove a key works: a real jwt-bearer exchange, then a userinfo call
+        with the token.  Raises VerificationError (retryable: a new key becomes
+        usable only once ZITADEL's projection caught up) when the key is
+        refused, ZitadelUnavailable when ZITADEL cannot answer."""
+        key_id, user_id = key_file.get("keyId"), key_file.get("userId")
+        try:
+            access = self.exchange_jwt_bearer(key_file, ZITADEL_API_SCOPE)
+        except ZitadelUnauthenticated as exc:
+            raise VerificationError(
+                f"key {key_id} of user {user_id} refused at the token endpoint "
+                f"(HTTP {exc.status}; ZITADEL answers 500 server_error until a new key "
+                "has propagated)"
+            ) from None
+        self._check_userinfo(access.token, user_id, f"key {key_id} of user {user_id}")
+
+    def verify_pat(self, token: str, user_id: str | None = None) -> None:
+        """Prove a PAT works: userinfo answers 200 (for ``user_id`` if given).
+        Raises VerificationError when the PAT is refused."""
+        self._check_userinfo(token, user_id, f"PAT of user {user_id or '?'}")
+
+    def _check_userinfo(self, token: str, user_id: object, subject: str) -> None:
+        try:
+            claims = self.userinfo(token, what=f"userinfo ({subject})")
+        except ZitadelUnauthenticated as exc:
+            raise VerificationError(
+                f"{subject}: token refused at userinfo (HTTP {exc.status})"
+            ) from None
+        if user_id and claims.get("sub") != user_id:
+            raise VerificationError(f"{subject}: userinfo names another subject")
+
+
+def retry_verification(
+    check: Callable[[], None],
+    *,
+    clock: Clock,
+    timeout: timedelta,
+    first_delay: float = 0.2,
+    max_delay: float = 5.0,
+) -> int:
+    """Call ``check`` until it stops raising a retryable error or ``timeout``
+    (measured on ``clock``) runs out; exponential backoff in between.
+
+    Returns the number of attempts.  Re-raises the last error on timeout and
+    any non-retryable error at once.
+    """
+    deadline = clock.now() + timeout
+    delay = first_delay
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            check()
+        except (VerificationError, ZitadelError) as exc:
+            if not exc.retryable:
+                raise
+            remaining = (deadline - clock.now()).total_seconds()
+            if remaining <= 0:
+                raise
+            clock.sleep(min(delay, remaining))
+            delay = min(delay * 2, max_delay)
+        else:
+            return attempts
+
+
+KeyFileProvider = Callable[[], Mapping[str, Any]]
+
+
+class TokenSource:
+    """The rotator's own bearer token, from its key file.
+
+    Callable: returns a token string, exchanging a new one when none is cached,
+    when the cached one expires within ``refresh_before`` (on ``clock``) or
+    after :meth:`invalidate`.  The key file comes from ``key_file_provider`` at
+    every exchange, so after the rotator rotated its own key the new one is
+    read (e.g. from Vault) instead of a stale copy.  Thread-safe.
+    """
+
+    def __init__(
+        self,
+        oidc: OidcClient,
+        key_file_provider: KeyFileProvider,
+        *,
+        clock: Clock | None = None,
+        scope: str = ZITADEL_API_SCOPE,
+        refresh_before: timedelta = REFRESH_BEFORE,
+    ) -> None:
+        self._oidc = oidc
+        self._provider = key_file_provider
+        self._clock: Clock = clock or oidc.clock
+        self._scope = scope
+        self._refresh_before = refresh_before
+        self._token: AccessToken | None = None
+        self._lock = threading.Lock()
+        #: How many exchanges this source made (for tests and metrics).
+        self.exchanges = 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock.now() >= (
+                self._token.expires_at - self._refresh_before
+            ):
+                self._token = self._oidc.exchange_jwt_bearer(self._provider(), self._scope)
+                self.exchanges += 1
+            return self._token.token
+
+    @property
+    def expires_at(self) -> datetime | None:
+        token = self._token
+        return token.expires_at if token else None
+
+    def invalidate(self) -> None:
+        """Forget the cached token: the next call exchanges a new one."""
+        with self._lock:
+            self._token = None

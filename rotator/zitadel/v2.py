@@ -1,0 +1,388 @@
+"""ZITADEL v2 ``UserService`` through the official ``zitadel-client`` SDK.
+
+The SDK is built with :meth:`Zitadel.with_access_token` from a bearer-token
+callable (usually :class:`rotator.zitadel.oidc.TokenSource`), never with
+``with_private_key``: that one reads the key from a file, and the rotator's
+own key lives only in memory and Vault.  The client is rebuilt whenever the
+callable hands out a different token.
+
+SDK quirks handled here (zitadel-api.md §5): ``publicKey`` must be a base64
+``str`` (``bytes`` crash the SDK's JSON encoder); datetimes must be
+timezone-aware (naive ones are sent without zone and rejected); every non-2xx
+answer is a bare ``ApiError(code=<HTTP status>)`` whose body we read for the
+Connect ``code`` ourselves; connection failures surface as raw ``urllib3``
+exceptions; a timeout exists only per call (``_request_timeout``).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import urllib3.exceptions
+from pydantic import ValidationError
+from zitadel_client import Zitadel
+from zitadel_client.exceptions import ApiError
+from zitadel_client.models import (
+    UserServiceAddKeyRequest,
+    UserServiceAddPersonalAccessTokenRequest,
+    UserServiceGetUserByIDRequest,
+    UserServiceIDFilter,
+    UserServiceKeyFieldName,
+    UserServiceKeysSearchFilter,
+    UserServiceListKeysRequest,
+    UserServiceListPersonalAccessTokensRequest,
+    UserServiceListQuery,
+    UserServiceListUsersRequest,
+    UserServiceLoginNameQuery,
+    UserServiceOrganizationIdQuery,
+    UserServicePaginationRequest,
+    UserServicePersonalAccessTokenFieldName,
+    UserServicePersonalAccessTokensSearchFilter,
+    UserServiceRemoveKeyRequest,
+    UserServiceRemovePersonalAccessTokenRequest,
+    UserServiceSearchQuery,
+    UserServiceTextQueryMethod,
+    UserServiceUser,
+    UserServiceUserNameQuery,
+    UserServiceUserState,
+)
+from zitadel_client.transport_options import TransportOptions
+
+from rotator.errors import ZitadelError, ZitadelNotFound, ZitadelRejected, ZitadelUnauthenticated
+from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
+from rotator.zitadel.codes import error_for
+from rotator.zitadel.oidc import http_status_code_name
+
+DEFAULT_TIMEOUT = 10.0
+#: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
+PAGE_SIZE = 100
+_MAX_SERVER_TEXT = 300
+
+T = TypeVar("T")
+
+
+def api_error(exc: ApiError, method: str, context: str) -> ZitadelError:
+    """The rotator error for an SDK ``ApiError``.
+
+    Reads only ``code`` and ``message`` of a Connect error body (or the HTTP
+    status when the body is not Connect's, e.g. an edge proxy's 429/503);
+    never the headers, never the request.
+    """
+    body = exc.response_body
+    status = exc.code if isinstance(exc.code, int) else None
+    code = body.get("code") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(code, str) or not code:
+        code = http_status_code_name(status or 500)
+    text = f"HTTP {status}"
+    if isinstance(message, str) and message:
+        text = message[:_MAX_SERVER_TEXT]
+    return error_for(code, f"{context}: {text}", status=status, method=method)
+
+
+def _aware(instant: datetime) -> datetime:
+    if instant.tzinfo is None:
+        # The SDK would send it without zone and ZITADEL would reject it.
+        raise ValueError("expiry must be a timezone-aware datetime")
+    return instant.astimezone(UTC)
+
+
+def _credential(kind: CredentialKind, item: Any, user_id: str) -> Credential:
+    if not item.id or item.expiration_date is None:
+        raise error_for(
+            "unimplemented", f"{kind} listing for user {user_id} lacks id or expiration date"
+        )
+    return Credential(
+        id=item.id,
+        kind=kind,
+        user_id=item.user_id or user_id,
+        expires_at=_aware(item.expiration_date),
+        created_at=_aware(item.creation_date) if item.creation_date else None,
+    )
+
+
+def _to_user(found: UserServiceUser, asked: str) -> User:
+    if found.machine is None:
+        kind = "a human user" if found.human is not None else "not a machine user"
+        raise ZitadelRejected(
+            f"user {asked!r} ({found.user_id}) is {kind}; only machine users have keys and PATs",
+            code="failed_precondition",
+        )
+    org_id = found.details.resource_owner if found.details else None
+    if not found.user_id or not org_id:
+        raise error_for("unimplemented", f"user {asked!r}: answer lacks user id or organization")
+    return User(
+        id=found.user_id,
+        org_id=org_id,
+        username=found.username or asked,
+        active=found.state in (None, UserServiceUserState.USER_STATE_ACTIVE),
+        machine=True,
+    )
+
+
+class UserServiceTransport:
+    """:class:`rotator.zitadel.base.ZitadelTransport` on ZITADEL's v2 UserService.
+
+    ``token`` returns the bearer token to use (called before every request;
+    cache in the callable).  If it also has an ``invalidate()`` method, a call
+    refused as ``unauthenticated`` is retried once with a fresh token.
+    """
+
+    api = "v2"
+
+    def __init__(
+        self,
+        issuer: str,
+        token: Callable[[], str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport_options: TransportOptions | None = None,
+    ) -> None:
+        self.issuer = issuer.rstrip("/")
+        self._token = token
+        # Per-call (connect, read) timeout; the SDK has no client-wide one.
+        self._timeout = (min(5.0, float(timeout)), float(timeout))
+        self._options = transport_options or TransportOptions.defaults()
+        self._client: Zitadel | None = None
+        self._client_token: str | None = None
+
+    def close(self) -> None:
+        self._client = None
+        self._client_token = None
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _sdk(self) -> Zitadel:
+        token = self._token()
+        if self._client is None or token != self._client_token:
+            self._client = Zitadel.with_access_token(
+                self.issuer, token, transport_options=self._options
+            )
+            self._client_token = token
+        return self._client
+
+    def _call(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
+        try:
+            return self._call_once(method, context, fn)
+        except ZitadelUnauthenticated:
+            invalidate = getattr(self._token, "invalidate", None)
+            if not callable(invalidate):
+                raise
+            # The cached token may have been revoked or outlived a restart.
+            invalidate()
+            return self._call_once(method, context, fn)
+
+    def _call_once(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
+        where = f"UserService.{method}"
+        try:
+            return fn(self._sdk())
+        except ApiError as exc:
+            raise api_error(exc, where, context) from None
+        except urllib3.exceptions.TimeoutError:
+            raise error_for("deadline_exceeded", f"{context}: timed out", method=where) from None
+        except urllib3.exceptions.HTTPError as exc:
+            # MaxRetryError / ProtocolError: no answer.  The type name is enough;
+            # str() would repeat the URL and the OS error, which we don't need.
+            if isinstance(getattr(exc, "reason", None), urllib3.exceptions.TimeoutError):
+                raise error_for(
+                    "deadline_exceeded", f"{context}: connect timed out", method=where
+                ) from None
+            raise error_for(
+                "unavailable", f"{context}: unreachable ({type(exc).__name__})", method=where
+            ) from None
+        except ValidationError as exc:
+            # Never str(exc): pydantic quotes input values, which may be a PAT.
+            raise error_for(
+                "unimplemented",
+                f"{context}: unexpected answer ({exc.error_count()} validation errors)",
+                method=where,
+            ) from None
+
+    # -- users ----------------------------------------------------------------------
+
+    def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """Find a machine user by numeric id, login name (``name@domain``) or
+        user name (scoped to ``org_id`` if given)."""
+        if user.isdigit():
+            return self._user_by_id(user, org_id)
+        query: UserServiceSearchQuery
+        if "@" in user:
+            query = UserServiceSearchQuery(
+                login_name_query=UserServiceLoginNameQuery(
+                    login_name=user, method=UserServiceTextQueryMethod.TEXT_QUERY_METHOD_EQUALS
+                )
+            )
+        else:
+            query = UserServiceSearchQuery(
+                user_name_query=UserServiceUserNameQuery(
+                    user_name=user, method=UserServiceTextQueryMethod.TEXT_QUERY_METHOD_EQUALS
+                )
+            )
+        queries = [query]
+        if org_id:
+            queries.append(
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            )
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=0, limit=10, asc=True), queries=queries
+        )
+        where = f" in org {org_id}" if org_id else ""
+        response = self._call(
+            "ListUsers",
+            f"look up user {user!r}{where}",
+            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        )
+        found = response.result or []
+        if not found:
+            raise ZitadelNotFound(f"no user {user!r}{where}", code="not_found", method="ListUsers")
+        if len(found) > 1:
+            orgs = sorted({(u.details.resource_owner if u.details else None) or "?" for u in found})
+            raise ZitadelRejected(
+                f"user name {user!r} is ambiguous: {len(found)} users in orgs "
+                f"{', '.join(orgs)}; set the target's org",
+                code="failed_precondition",
+                method="ListUsers",
+            )
+        return _to_user(found[0], user)
+
+    def _user_by_id(self, user_id: str, org_id: str | None) -> User:
+        request = UserServiceGetUserByIDRequest(user_id=user_id)
+        response = self._call(
+            "GetUserByID",
+            f"look up user {user_id}",
+            lambda z: z.users.get_user_by_id(request, _request_timeout=self._timeout),
+        )
+        if response.user is None:
+            raise ZitadelNotFound(f"no user {user_id}", code="not_found", method="GetUserByID")
+        resolved = _to_user(response.user, user_id)
+        if org_id and resolved.org_id != org_id:
+            raise ZitadelRejected(
+                f"user {user_id} belongs to org {resolved.org_id}, not {org_id}",
+                code="failed_precondition",
+                method="GetUserByID",
+            )
+        return resolved
+
+    # -- keys -----------------------------------------------------------------------
+
+    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
+        request = UserServiceAddKeyRequest(
+            user_id=user.id,
+            expiration_date=_aware(expires_at),
+            # bytes would crash the SDK's json.dumps; protojson wants base64.
+            public_key=base64.b64encode(public_key_pem).decode("ascii"),
+        )
+        response = self._call(
+            "AddKey",
+            f"add key for user {user.id}",
+            lambda z: z.users.add_key(request, _request_timeout=self._timeout),
+        )
+        if not response.key_id:
+            raise error_for("unimplemented", f"AddKey for user {user.id} returned no key id")
+        return Credential(
+            id=response.key_id,
+            kind=CredentialKind.KEY,
+            user_id=user.id,
+            expires_at=_aware(expires_at),
+            created_at=_aware(response.creation_date) if response.creation_date else None,
+        )
+
+    def list_keys(self, user: User) -> list[Credential]:
+        def page(offset: int) -> tuple[list[Any], int | None]:
+            request = UserServiceListKeysRequest(
+                pagination=UserServicePaginationRequest(offset=offset, limit=PAGE_SIZE, asc=True),
+                sorting_column=UserServiceKeyFieldName.KEY_FIELD_NAME_CREATED_DATE,
+                filters=[
+                    UserServiceKeysSearchFilter(user_id_filter=UserServiceIDFilter(id=user.id))
+                ],
+            )
+            response = self._call(
+                "ListKeys",
+                f"list keys of user {user.id}",
+                lambda z: z.users.list_keys(request, _request_timeout=self._timeout),
+            )
+            total = response.pagination.total_result if response.pagination else None
+            return list(response.result or []), int(total) if total is not None else None
+
+        return [_credential(CredentialKind.KEY, k, user.id) for k in _paginate(page)]
+
+    def remove_key(self, user: User, key_id: str) -> None:
+        request = UserServiceRemoveKeyRequest(user_id=user.id, key_id=key_id)
+        self._call(
+            "RemoveKey",
+            f"remove key {key_id} of user {user.id}",
+            lambda z: z.users.remove_key(request, _request_timeout=self._timeout),
+        )
+
+    # -- personal access tokens -------------------------------------------------------
+
+    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
+        request = UserServiceAddPersonalAccessTokenRequest(
+            user_id=user.id, expiration_date=_aware(expires_at)
+        )
+        response = self._call(
+            "AddPersonalAccessToken",
+            f"add PAT for user {user.id}",
+            lambda z: z.users.add_personal_access_token(request, _request_timeout=self._timeout),
+        )
+        if not response.token_id or not response.token:
+            raise error_for(
+                "unimplemented", f"AddPersonalAccessToken for user {user.id} returned no token"
+            )
+        return IssuedPat(
+            credential=Credential(
+                id=response.token_id,
+                kind=CredentialKind.PAT,
+                user_id=user.id,
+                expires_at=_aware(expires_at),
+                created_at=_aware(response.creation_date) if response.creation_date else None,
+            ),
+            token=response.token,
+        )
+
+    def list_pats(self, user: User) -> list[Credential]:
+        def page(offset: int) -> tuple[list[Any], int | None]:
+            request = UserServiceListPersonalAccessTokensRequest(
+                pagination=UserServicePaginationRequest(offset=offset, limit=PAGE_SIZE, asc=True),
+                sorting_column=UserServicePersonalAccessTokenFieldName.PERSONAL_ACCESS_TOKEN_FIELD_NAME_CREATED_DATE,
+                filters=[
+                    UserServicePersonalAccessTokensSearchFilter(
+                        user_id_filter=UserServiceIDFilter(id=user.id)
+                    )
+                ],
+            )
+            response = self._call(
+                "ListPersonalAccessTokens",
+                f"list PATs of user {user.id}",
+                lambda z: z.users.list_personal_access_tokens(
+                    request, _request_timeout=self._timeout
+                ),
+            )
+            total = response.pagination.total_result if response.pagination else None
+            return list(response.result or []), int(total) if total is not None else None
+
+        return [_credential(CredentialKind.PAT, p, user.id) for p in _paginate(page)]
+
+    def remove_pat(self, user: User, pat_id: str) -> None:
+        request = UserServiceRemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
+        self._call(
+            "RemovePersonalAccessToken",
+            f"remove PAT {pat_id} of user {user.id}",
+            lambda z: z.users.remove_personal_access_token(request, _request_timeout=self._timeout),
+        )
+
+
+def _paginate(page: Callable[[int], tuple[list[Any], int | None]]) -> Iterator[Any]:
+    """Walk offset pages until a short page or ``total_result`` is reached."""
+    offset = 0
+    while True:
+        items, total = page(offset)
+        yield from items
+        offset += len(items)
+        if len(items) < PAGE_SIZE or (total is not None and offset >= total):
+            return
