@@ -1,0 +1,386 @@
+"""ZITADEL's Management API v1 (``zitadel.management.v1.ManagementService``) over gRPC.
+
+The only API that can create and remove machine keys and PATs on ZITADEL
+before v4.0.  Every call carries
+
+* ``authorization: Bearer <token>`` from a token source (the rotator's own
+  jwt-bearer token with the ``...:zitadel:aud`` scope, refreshed by the source),
+* ``x-zitadel-orgid``: v1 scopes everything to that org, so a user is always
+  addressed in its own org (zitadel-api.md §1, §3),
+* a deadline.
+
+Failures leave this module only as :mod:`rotator.errors` types, mapped by
+:mod:`rotator.zitadel.codes`; connection failures and deadlines become
+``ZitadelUnavailable``.  Error messages hold the method name, the gRPC status
+and ZITADEL's own message, never request content or the token.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from rotator.errors import ConfigError, RotatorError, ZitadelNotFound, ZitadelRejected
+from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User, ZitadelTransport
+from rotator.zitadel.codes import error_for
+from rotator.zitadel.v1.gen import (
+    zitadel_authn_v1_pb2 as authn_pb,
+)
+from rotator.zitadel.v1.gen import (
+    zitadel_management_v1_pb2 as mgmt_pb,
+)
+from rotator.zitadel.v1.gen import (
+    zitadel_management_v1_pb2_grpc as mgmt_grpc,
+)
+from rotator.zitadel.v1.gen import (
+    zitadel_user_v1_pb2 as user_pb,
+)
+from rotator.zitadel.v1.gen import (
+    zitadel_v1_pb2 as object_pb,
+)
+
+ORG_HEADER = "x-zitadel-orgid"
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_PAGE_SIZE = 100
+#: Go gRPC servers (ZITADEL) answer pings more often than every 5 minutes
+#: with GOAWAY "too_many_pings"; pinging at exactly that rate is the most
+#: we may do to notice a dead connection.
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+#: A page loop that never ends means the server lies about totals; stop.
+_MAX_PAGES = 10_000
+
+TokenSource = Callable[[], str]
+_Resp = TypeVar("_Resp")
+
+
+@dataclass(frozen=True)
+class Org:
+    id: str
+    name: str
+    primary_domain: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the gRPC API lives: ``host:port`` and whether to speak TLS."""
+
+    address: str
+    tls: bool
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Accept ``https://host[:port]``, ``grpcs://host[:port]`` (TLS, default port 443),
+    ``http://host:port``, ``grpc://host:port`` (plaintext) or a bare ``host:port``
+    (TLS unless the caller asks for plaintext)."""
+    text = url.strip()
+    if "://" not in text:
+        parts = urlsplit("//" + text)
+        scheme = ""
+    else:
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+    if scheme not in ("", "https", "grpcs", "http", "grpc"):
+        raise ConfigError(f"unsupported scheme {scheme!r} in gRPC endpoint", field="zitadel.grpc")
+    if not parts.hostname:
+        raise ConfigError("gRPC endpoint has no host", field="zitadel.grpc")
+    if parts.path not in ("", "/"):
+        raise ConfigError("gRPC endpoint must not have a path", field="zitadel.grpc")
+    tls = scheme in ("", "https", "grpcs")
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError as exc:
+        raise ConfigError("gRPC endpoint has an invalid port", field="zitadel.grpc") from exc
+    host = parts.hostname
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return Endpoint(address=f"{host}:{port}", tls=tls)
+
+
+def _system_roots() -> bytes | None:
+    """The operating system's CA bundle.  grpcio otherwise trusts only its own
+    bundled roots; ``None`` falls back to those when no system bundle is found."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).read_bytes()
+    return None
+
+
+def channel_credentials(ca_file: str | Path | None = None) -> grpc.ChannelCredentials:
+    """TLS credentials trusting ``ca_file`` if given, else the system CAs."""
+    if ca_file is not None:
+        try:
+            roots: bytes | None = Path(ca_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read CA file {ca_file}: {exc.strerror}", field="zitadel.ca_file"
+            ) from exc
+    else:
+        roots = _system_roots()
+    return grpc.ssl_channel_credentials(root_certificates=roots)
+
+
+def _timestamp(instant: datetime) -> timestamp_pb2.Timestamp:
+    if instant.tzinfo is None:
+        raise ValueError("expiration must be a timezone-aware datetime")
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(instant.astimezone(UTC))
+    return ts
+
+
+def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _user(message: Any) -> User:
+    return User(
+        id=message.id,
+        org_id=message.details.resource_owner,
+        username=message.user_name,
+        active=message.state == user_pb.USER_STATE_ACTIVE,
+        machine=message.WhichOneof("type") == "machine",
+    )
+
+
+def _created(details: Any) -> datetime | None:
+    return _datetime(details.creation_date) if details.HasField("creation_date") else None
+
+
+def _credential(message: Any, kind: CredentialKind, user_id: str) -> Credential:
+    return Credential(
+        id=message.id,
+        kind=kind,
+        user_id=user_id,
+        expires_at=_datetime(message.expiration_date),
+        created_at=_created(message.details),
+    )
+
+
+class ManagementTransport:
+    """:class:`rotator.zitadel.base.ZitadelTransport` over ManagementService v1.
+
+    ``endpoint`` is the gRPC address (see :func:`parse_endpoint`); ZITADEL
+    serves gRPC on its HTTP port, so that is usually the issuer URL.
+    ``insecure=True`` forces plaintext (local use only); ``ca_file`` trusts a
+    private CA instead of the system CAs.  ``default_org_id`` is the
+    ``x-zitadel-orgid`` for lookups not tied to a known user (none: the org of
+    the rotator's own user, as ZITADEL does without the header).
+    """
+
+    api = "v1"
+
+    def __init__(
+        self,
+        endpoint: str,
+        token_source: TokenSource,
+        *,
+        insecure: bool = False,
+        ca_file: str | Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        default_org_id: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        if timeout <= 0:
+            raise ConfigError("timeout must be positive", field="zitadel.timeout")
+        if not 0 < page_size <= 1000:
+            raise ConfigError("page size must be between 1 and 1000", field="zitadel.page_size")
+        target = parse_endpoint(endpoint)
+        options = [*KEEPALIVE_OPTIONS, *channel_options]
+        if insecure or not target.tls:
+            if ca_file is not None:
+                raise ConfigError("a CA file needs TLS; drop insecure", field="zitadel.ca_file")
+            self._channel = grpc.insecure_channel(target.address, options=options)
+        else:
+            creds = channel_credentials(ca_file)
+            self._channel = grpc.secure_channel(target.address, creds, options=options)
+        self.endpoint = target
+        self._stub = mgmt_grpc.ManagementServiceStub(self._channel)
+        self._token_source = token_source
+        self._timeout = timeout
+        self._default_org_id = default_org_id
+        self._page_size = page_size
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _call(self, method: str, request: Any, org_id: str | None) -> Any:
+        try:
+            token = self._token_source()
+        except RotatorError:
+            raise
+        except Exception as exc:
+            # The source's own message might quote a response body: name only the type.
+            raise error_for(
+                "unauthenticated", f"token source failed ({type(exc).__name__})", method=method
+            ) from None
+        metadata = [("authorization", f"Bearer {token}")]
+        if org_id:
+            metadata.append((ORG_HEADER, org_id))
+        try:
+            return getattr(self._stub, method)(request, timeout=self._timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            raise self._translate(exc, method, token) from None
+
+    @staticmethod
+    def _translate(exc: grpc.RpcError, method: str, token: str) -> RotatorError:
+        code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+        message = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name.lower()
+        if token and token in message:  # never expected; a last line of defence
+            message = message.replace(token, "[redacted]")
+        return error_for(code.name, message, method=method)
+
+    def _pages(
+        self,
+        method: str,
+        make_request: Callable[[Any], Any],
+        org_id: str | None,
+    ) -> Iterator[Any]:
+        """Every result of a v1 list call, page by page (v1 sends all without a limit,
+        but an explicit limit keeps each answer small)."""
+        offset = 0
+        for _ in range(_MAX_PAGES):
+            query = object_pb.ListQuery(offset=offset, limit=self._page_size, asc=True)
+            response = self._call(method, make_request(query), org_id)
+            yield from response.result
+            offset += len(response.result)
+            if len(response.result) < self._page_size or offset >= response.details.total_result:
+                return
+        raise ZitadelRejected(f"more than {_MAX_PAGES} pages", code="out_of_range", method=method)
+
+    # -- users and orgs -----------------------------------------------------
+
+    def my_org(self, org_id: str | None = None) -> Org:
+        """The org the calls run in (``org_id``, else the rotator's own org)."""
+        response = self._call(
+            "GetMyOrg", mgmt_pb.GetMyOrgRequest(), org_id or self._default_org_id
+        )
+        org = response.org
+        return Org(id=org.id, name=org.name, primary_domain=org.primary_domain)
+
+    def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """A numeric id (GetUserByID in ``org_id``), a login name containing ``@``
+        (GetUserByLoginNameGlobal) or a user name (ListUsers in ``org_id``)."""
+        name = user.strip()
+        if not name:
+            raise ZitadelRejected("empty user reference", code="invalid_argument")
+        org = org_id or self._default_org_id
+        if name.isdigit():
+            response = self._call("GetUserByID", mgmt_pb.GetUserByIDRequest(id=name), org)
+            return _user(response.user)
+        if "@" in name:
+            request = mgmt_pb.GetUserByLoginNameGlobalRequest(login_name=name)
+            return _user(self._call("GetUserByLoginNameGlobal", request, org).user)
+        query = user_pb.SearchQuery(
+            user_name_query=user_pb.UserNameQuery(
+                user_name=name, method=object_pb.TEXT_QUERY_METHOD_EQUALS
+            )
+        )
+        found = list(
+            self._pages(
+                "ListUsers",
+                lambda page: mgmt_pb.ListUsersRequest(query=page, queries=[query]),
+                org,
+            )
+        )
+        if not found:
+            where = f" in org {org}" if org else ""
+            raise ZitadelNotFound(
+                f"no user named {name!r}{where}", code="not_found", method="ListUsers"
+            )
+        if len(found) > 1:
+            raise ZitadelRejected(
+                f"user name {name!r} is ambiguous ({len(found)} users)",
+                code="failed_precondition",
+                method="ListUsers",
+            )
+        return _user(found[0])
+
+    # -- machine keys -------------------------------------------------------
+
+    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
+        # The expiry is always explicit: omitted, v1 stores year 9999 (§6.1).
+        request = mgmt_pb.AddMachineKeyRequest(
+            user_id=user.id,
+            type=authn_pb.KEY_TYPE_JSON,
+            expiration_date=_timestamp(expires_at),
+            public_key=public_key_pem,
+        )
+        response = self._call("AddMachineKey", request, user.org_id)
+        return Credential(
+            id=response.key_id,
+            kind=CredentialKind.KEY,
+            user_id=user.id,
+            expires_at=expires_at.astimezone(UTC),
+            created_at=_created(response.details),
+        )
+
+    def list_keys(self, user: User) -> list[Credential]:
+        return [
+            _credential(key, CredentialKind.KEY, user.id)
+            for key in self._pages(
+                "ListMachineKeys",
+                lambda page: mgmt_pb.ListMachineKeysRequest(user_id=user.id, query=page),
+                user.org_id,
+            )
+        ]
+
+    def remove_key(self, user: User, key_id: str) -> None:
+        request = mgmt_pb.RemoveMachineKeyRequest(user_id=user.id, key_id=key_id)
+        self._call("RemoveMachineKey", request, user.org_id)
+
+    # -- personal access tokens ---------------------------------------------
+
+    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
+        request = mgmt_pb.AddPersonalAccessTokenRequest(
+            user_id=user.id, expiration_date=_timestamp(expires_at)
+        )
+        response = self._call("AddPersonalAccessToken", request, user.org_id)
+        credential = Credential(
+            id=response.token_id,
+            kind=CredentialKind.PAT,
+            user_id=user.id,
+            expires_at=expires_at.astimezone(UTC),
+            created_at=_created(response.details),
+        )
+        return IssuedPat(credential=credential, token=response.token)
+
+    def list_pats(self, user: User) -> list[Credential]:
+        return [
+            _credential(pat, CredentialKind.PAT, user.id)
+            for pat in self._pages(
+                "ListPersonalAccessTokens",
+                lambda page: mgmt_pb.ListPersonalAccessTokensRequest(user_id=user.id, query=page),
+                user.org_id,
+            )
+        ]
+
+    def remove_pat(self, user: User, pat_id: str) -> None:
+        request = mgmt_pb.RemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
+        self._call("RemovePersonalAccessToken", request, user.org_id)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ManagementTransport:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _conforms(transport: ManagementTransport) -> ZitadelTransport:
+    """mypy proves here that the class satisfies the engine's Protocol."""
+    return transport
