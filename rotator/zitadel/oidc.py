@@ -268,39 +268,6 @@ class OidcClient:
             raise VerificationError(f"{subject}: userinfo names another subject")
 
 
-def retry_verification(
-    check: Callable[[], None],
-    *,
-    clock: Clock,
-    timeout: timedelta,
-    first_delay: float = 0.2,
-    max_delay: float = 5.0,
-) -> int:
-    """Call ``check`` until it stops raising a retryable error or ``timeout``
-    (measured on ``clock``) runs out; exponential backoff in between.
-
-    Returns the number of attempts.  Re-raises the last error on timeout and
-    any non-retryable error at once.
-    """
-    deadline = clock.now() + timeout
-    delay = first_delay
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            check()
-        except (VerificationError, ZitadelError) as exc:
-            if not exc.retryable:
-                raise
-            remaining = (deadline - clock.now()).total_seconds()
-            if remaining <= 0:
-                raise
-            clock.sleep(min(delay, remaining))
-            delay = min(delay * 2, max_delay)
-        else:
-            return attempts
-
-
 KeyFileProvider = Callable[[], Mapping[str, Any]]
 
 
