@@ -14,10 +14,12 @@ filtered on a key id that cannot exist, so it never returns data.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import httpx
 
+from rotator.errors import ConfigError
 from rotator.zitadel.codes import error_for
 
 ApiVersion = Literal["v1", "v2"]
@@ -110,3 +112,30 @@ def detect_api(
             http.close()
     return classify(response)
 
+
+
+class _Emitter(Protocol):
+    def emit(self, event: str, **fields: Any) -> Any: ...
+
+
+def choose_api(
+    setting: str,
+    issuer: str,
+    token_source: Callable[[], str],
+    *,
+    audit: _Emitter | None = None,
+    timeout: float = 10.0,
+    verify: bool | str = True,
+) -> ApiVersion:
+    """The API for the ``zitadel.api`` setting: ``v1``/``v2`` as given, ``auto``
+    probed with :func:`detect_api` and reported as a ``zitadel_api_detected`` event."""
+    if setting == "v1":
+        return "v1"
+    if setting == "v2":
+        return "v2"
+    if setting != "auto":
+        raise ConfigError(f"must be v1, v2 or auto, not {setting!r}", field="zitadel.api")
+    api = detect_api(issuer, token_source(), timeout=timeout, verify=verify)
+    if audit is not None:
+        audit.emit("zitadel_api_detected", api=api, issuer=issuer, probe=PROBE_PATH)
+    return api
