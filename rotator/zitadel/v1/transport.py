@@ -28,7 +28,13 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import timestamp_pb2
 
-from rotator.errors import ConfigError, RotatorError, ZitadelNotFound, ZitadelRejected
+from rotator.errors import (
+    ConfigError,
+    RotatorError,
+    ZitadelError,
+    ZitadelNotFound,
+    ZitadelRejected,
+)
 from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User, ZitadelTransport
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.v1.gen import (
@@ -216,9 +222,9 @@ class ManagementTransport:
 
     # -- plumbing -----------------------------------------------------------
 
-    def _call(self, method: str, request: Any, org_id: str | None) -> Any:
+    def _token(self, method: str) -> str:
         try:
-            token = self._token_source()
+            return self._token_source()
         except RotatorError:
             raise
         except Exception as exc:
@@ -226,16 +232,30 @@ class ManagementTransport:
             raise error_for(
                 "unauthenticated", f"token source failed ({type(exc).__name__})", method=method
             ) from None
-        metadata = [("authorization", f"Bearer {token}")]
-        if org_id:
-            metadata.append((ORG_HEADER, org_id))
-        try:
-            return getattr(self._stub, method)(request, timeout=self._timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise self._translate(exc, method, token) from None
+
+    def _call(self, method: str, request: Any, org_id: str | None) -> Any:
+        # A token the server no longer accepts (revoked, instance restored) is
+        # replaced once if the source can forget it; the refused call did nothing.
+        invalidate = getattr(self._token_source, "invalidate", None)
+        attempts = 2 if callable(invalidate) else 1
+        for attempt in range(attempts):
+            token = self._token(method)
+            metadata = [("authorization", f"Bearer {token}")]
+            if org_id:
+                metadata.append((ORG_HEADER, org_id))
+            try:
+                return getattr(self._stub, method)(
+                    request, timeout=self._timeout, metadata=metadata
+                )
+            except grpc.RpcError as exc:
+                error = self._translate(exc, method, token)
+                if error.code != "unauthenticated" or attempt + 1 == attempts:
+                    raise error from None
+                invalidate()
+        raise AssertionError("unreachable")
 
     @staticmethod
-    def _translate(exc: grpc.RpcError, method: str, token: str) -> RotatorError:
+    def _translate(exc: grpc.RpcError, method: str, token: str) -> ZitadelError:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
         message = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name.lower()
         if token and token in message:  # never expected; a last line of defence
