@@ -51,7 +51,14 @@ from zitadel_client.models import (
 )
 from zitadel_client.transport_options import TransportOptions
 
-from rotator.errors import ZitadelError, ZitadelNotFound, ZitadelRejected, ZitadelUnauthenticated
+from rotator.errors import (
+    ConfigError,
+    RotatorError,
+    ZitadelError,
+    ZitadelNotFound,
+    ZitadelRejected,
+    ZitadelUnauthenticated,
+)
 from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.oidc import http_status_code_name
@@ -59,12 +66,14 @@ from rotator.zitadel.oidc import http_status_code_name
 DEFAULT_TIMEOUT = 10.0
 #: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
 PAGE_SIZE = 100
+#: ZITADEL's ``MaxQueryLimit``; larger limits are refused (§4.2).
+MAX_PAGE_SIZE = 1000
 _MAX_SERVER_TEXT = 300
 
 T = TypeVar("T")
 
 
-def api_error(exc: ApiError, method: str, context: str) -> ZitadelError:
+def api_error(exc: ApiError, method: str, context: str, token: str | None = None) -> ZitadelError:
     """The rotator error for an SDK ``ApiError``.
 
     Reads only ``code`` and ``message`` of a Connect error body (or the HTTP
@@ -80,6 +89,8 @@ def api_error(exc: ApiError, method: str, context: str) -> ZitadelError:
     text = f"HTTP {status}"
     if isinstance(message, str) and message:
         text = message[:_MAX_SERVER_TEXT]
+        if token and token in text:  # never expected; a last line of defence
+            text = text.replace(token, "[redacted]")
     return error_for(code, f"{context}: {text}", status=status, method=method)
 
 
@@ -140,8 +151,16 @@ class UserServiceTransport:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         transport_options: TransportOptions | None = None,
+        page_size: int = PAGE_SIZE,
     ) -> None:
+        if timeout <= 0:
+            raise ConfigError("timeout must be positive", field="zitadel.timeout")
+        if not 0 < page_size <= MAX_PAGE_SIZE:
+            raise ConfigError(
+                f"page size must be between 1 and {MAX_PAGE_SIZE}", field="zitadel.page_size"
+            )
         self.issuer = issuer.rstrip("/")
+        self._page_size = page_size
         self._token = token
         # Per-call (connect, read) timeout; the SDK has no client-wide one.
         self._timeout = (min(5.0, float(timeout)), float(timeout))
@@ -156,7 +175,15 @@ class UserServiceTransport:
     # -- plumbing -----------------------------------------------------------------
 
     def _sdk(self) -> Zitadel:
-        token = self._token()
+        try:
+            token = self._token()
+        except RotatorError:
+            raise
+        except Exception as exc:
+            # The source's own message might quote a response body: name only the type.
+            raise error_for(
+                "unauthenticated", f"token source failed ({type(exc).__name__})"
+            ) from None
         if self._client is None or token != self._client_token:
             self._client = Zitadel.with_access_token(
                 self.issuer, token, transport_options=self._options
@@ -165,22 +192,26 @@ class UserServiceTransport:
         return self._client
 
     def _call(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
+        client = self._sdk()
         try:
-            return self._call_once(method, context, fn)
+            return self._call_once(client, method, context, fn)
         except ZitadelUnauthenticated:
             invalidate = getattr(self._token, "invalidate", None)
             if not callable(invalidate):
                 raise
-            # The cached token may have been revoked or outlived a restart.
+            # The cached token may have been revoked or outlived a restart:
+            # one more try with a freshly exchanged token.
             invalidate()
-            return self._call_once(method, context, fn)
+            return self._call_once(self._sdk(), method, context, fn)
 
-    def _call_once(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
+    def _call_once(
+        self, client: Zitadel, method: str, context: str, fn: Callable[[Zitadel], T]
+    ) -> T:
         where = f"UserService.{method}"
         try:
-            return fn(self._sdk())
+            return fn(client)
         except ApiError as exc:
-            raise api_error(exc, where, context) from None
+            raise api_error(exc, where, context, self._client_token) from None
         except urllib3.exceptions.TimeoutError:
             raise error_for("deadline_exceeded", f"{context}: timed out", method=where) from None
         except urllib3.exceptions.HTTPError as exc:
@@ -295,7 +326,9 @@ class UserServiceTransport:
     def list_keys(self, user: User) -> list[Credential]:
         def page(offset: int) -> tuple[list[Any], int | None]:
             request = UserServiceListKeysRequest(
-                pagination=UserServicePaginationRequest(offset=offset, limit=PAGE_SIZE, asc=True),
+                pagination=UserServicePaginationRequest(
+                    offset=offset, limit=self._page_size, asc=True
+                ),
                 sorting_column=UserServiceKeyFieldName.KEY_FIELD_NAME_CREATED_DATE,
                 filters=[
                     UserServiceKeysSearchFilter(user_id_filter=UserServiceIDFilter(id=user.id))
@@ -309,7 +342,9 @@ class UserServiceTransport:
             total = response.pagination.total_result if response.pagination else None
             return list(response.result or []), int(total) if total is not None else None
 
-        return [_credential(CredentialKind.KEY, k, user.id) for k in _paginate(page)]
+        return [
+            _credential(CredentialKind.KEY, k, user.id) for k in _paginate(page, self._page_size)
+        ]
 
     def remove_key(self, user: User, key_id: str) -> None:
         request = UserServiceRemoveKeyRequest(user_id=user.id, key_id=key_id)
@@ -348,7 +383,9 @@ class UserServiceTransport:
     def list_pats(self, user: User) -> list[Credential]:
         def page(offset: int) -> tuple[list[Any], int | None]:
             request = UserServiceListPersonalAccessTokensRequest(
-                pagination=UserServicePaginationRequest(offset=offset, limit=PAGE_SIZE, asc=True),
+                pagination=UserServicePaginationRequest(
+                    offset=offset, limit=self._page_size, asc=True
+                ),
                 sorting_column=UserServicePersonalAccessTokenFieldName.PERSONAL_ACCESS_TOKEN_FIELD_NAME_CREATED_DATE,
                 filters=[
                     UserServicePersonalAccessTokensSearchFilter(
@@ -366,7 +403,9 @@ class UserServiceTransport:
             total = response.pagination.total_result if response.pagination else None
             return list(response.result or []), int(total) if total is not None else None
 
-        return [_credential(CredentialKind.PAT, p, user.id) for p in _paginate(page)]
+        return [
+            _credential(CredentialKind.PAT, p, user.id) for p in _paginate(page, self._page_size)
+        ]
 
     def remove_pat(self, user: User, pat_id: str) -> None:
         request = UserServiceRemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
@@ -377,12 +416,12 @@ class UserServiceTransport:
         )
 
 
-def _paginate(page: Callable[[int], tuple[list[Any], int | None]]) -> Iterator[Any]:
+def _paginate(page: Callable[[int], tuple[list[Any], int | None]], page_size: int) -> Iterator[Any]:
     """Walk offset pages until a short page or ``total_result`` is reached."""
     offset = 0
     while True:
         items, total = page(offset)
         yield from items
         offset += len(items)
-        if len(items) < PAGE_SIZE or (total is not None and offset >= total):
+        if len(items) < page_size or (total is not None and offset >= total):
             return
