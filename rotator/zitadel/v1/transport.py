@@ -236,8 +236,8 @@ class ManagementTransport:
     def _call(self, method: str, request: Any, org_id: str | None) -> Any:
         # A token the server no longer accepts (revoked, instance restored) is
         # replaced once if the source can forget it; the refused call did nothing.
-        invalidate = getattr(self._token_source, "invalidate", None)
-        attempts = 2 if callable(invalidate) else 1
+        invalidate: Callable[[], object] | None = getattr(self._token_source, "invalidate", None)
+        attempts = 2 if invalidate is not None else 1
         for attempt in range(attempts):
             token = self._token(method)
             metadata = [("authorization", f"Bearer {token}")]
@@ -249,7 +249,7 @@ class ManagementTransport:
                 )
             except grpc.RpcError as exc:
                 error = self._translate(exc, method, token)
-                if error.code != "unauthenticated" or attempt + 1 == attempts:
+                if invalidate is None or error.code != "unauthenticated" or attempt + 1 == attempts:
                     raise error from None
                 invalidate()
         raise AssertionError("unreachable")
