@@ -294,6 +294,10 @@ class Engine:
         self, run: _Run, state: TargetState, version: int, reason: str
     ) -> tuple[TargetState, int]:
         target, user = run.target, run.user
+        if state.previous is not None:
+            # Still in grace from an earlier rotation, and two generations old
+            # once this one is promoted: consumers have had `current` since.
+            state, version = self._retire(run, state, version, reason="superseded")
         now = self.clock.now()
         old = state.current
         run.rotation_id = uuid.uuid4().hex
@@ -488,14 +492,22 @@ class Engine:
         self, run: _Run, state: TargetState, version: int
     ) -> tuple[TargetState, int]:
         previous = state.previous
-        now = self.clock.now()
-        if previous is None or now < previous.retire_at:
+        if previous is None or self.clock.now() < previous.retire_at:
             return state, version
+        return self._retire(run, state, version, reason="grace over")
+
+    def _retire(
+        self, run: _Run, state: TargetState, version: int, *, reason: str
+    ) -> tuple[TargetState, int]:
+        previous = state.previous
+        assert previous is not None
+        now = self.clock.now()
         target = run.target
         if previous.created_by_rotator or target.adopt:
             # NotFound: removed before a crash, or by a person; the goal is reached
             with suppress(ZitadelNotFound):
                 self._remove(target, run.user, previous.id)
+            self._emit(run, "credential.removed", old_credential_id=previous.id)
         self._drop_previous_from_secret(target, previous.id)
         state.previous = None
         state, version = self._save(target, state, version)
@@ -506,6 +518,7 @@ class Engine:
             old_credential_id=previous.id,
             expired=previous.expires_at <= now,
             vault_path=target.vault_path,
+            reason=reason,
             outcome="success",
         )
         return state, version
