@@ -740,6 +740,7 @@ def _targets(  # noqa: PLR0917 - private helper, called once
                 "the rotator's own credential (zitadel.credentials.vault_path) is a key",
             )
         paths[vault_path] = path
+        own_warnings: list[str] = []
         target = Target(
             name=name,
             user=section.text("user"),
@@ -747,8 +748,10 @@ def _targets(  # noqa: PLR0917 - private helper, called once
             vault_path=vault_path,
             org_id=section.text("org_id", None),
             adopt=section.flag("adopt", False),
-            policy=_policy(section.section("policy"), defaults, warnings),
+            policy=_policy(section.section("policy"), defaults, own_warnings),
         )
+        if target.policy != defaults:  # inherited defaults were judged once already
+            warnings.extend(own_warnings)
         schedules.append((name, _schedule(section.section("schedule"), default_schedule)))
         section.done()
         targets.append(target)

@@ -1,0 +1,319 @@
+"""The configuration is strict: every mistake names the file and the dotted
+field, and nothing runs.  The rules are tested on the pure parser; file-level
+behaviour (YAML syntax, duplicate keys, relative paths) through load_config."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rotator.config import (
+    Config,
+    format_duration,
+    load_config,
+    parse_config,
+    parse_duration,
+)
+from rotator.errors import ConfigError
+from rotator.model import Policy
+from rotator.zitadel.base import CredentialKind
+
+SOURCE = "config.yaml"
+
+MINIMAL: dict[str, Any] = {
+    "zitadel": {"url": "http://127.0.0.1:8080", "credentials": {"key_file": "admin-key.json"}},
+    "vault": {"url": "http://127.0.0.1:8200"},
+    "targets": [
+        {"name": "billing", "user": "svc-billing", "kind": "key", "vault_path": "zitadel/billing"},
+        {"name": "reports", "user": "svc-reports", "kind": "pat"},
+    ],
+}
+
+
+def parse(raw: Any, env: dict[str, str] | None = None) -> Config:
+    return parse_config(raw, source=SOURCE, env=env or {}, base_dir=Path("/etc/rot"))
+
+
+def with_(path: str, value: Any) -> dict[str, Any]:
+    """MINIMAL with one dotted path set (``targets.1.kind``); value DELETE removes it."""
+    raw = copy.deepcopy(MINIMAL)
+    *parents, last = path.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    key: Any = int(last) if isinstance(node, list) else last
+    if value is DELETE:
+        del node[key]
+    else:
+        node[key] = value
+    return raw
+
+
+DELETE = object()
+
+
+# --------------------------------------------------------------------------- what a good file means
+
+
+def test_minimal_config_fills_documented_defaults() -> None:
+    config = parse(MINIMAL)
+    assert config.zitadel.api == "auto"
+    assert config.zitadel.grpc_target == "127.0.0.1:8080"
+    assert config.zitadel.credentials.key_file == "/etc/rot/admin-key.json"
+    assert config.vault.mount == "secret"
+    assert config.vault.state_prefix == "zitadel-rotator"
+    assert config.vault.auth.method == "token"
+    assert config.vault.auth.token_env == "VAULT_TOKEN"
+    assert config.policy == Policy()
+    assert config.daemon.listen_port == 9102
+    assert config.audit.file is None
+    assert config.notify.webhook_url is None
+    assert config.warnings == ()
+
+
+def test_targets_map_to_engine_targets_with_defaults_and_overrides() -> None:
+    raw = with_("targets.0.policy", {"lifetime": "60d", "grace": "2d"})
+    raw["policy"] = {"renew_before": "12d"}
+    raw["targets"][0]["org_id"] = "123"
+    raw["targets"][0]["adopt"] = True
+    billing, reports = parse(raw).targets
+    assert billing.kind is CredentialKind.KEY
+    assert billing.org_id == "123"
+    assert billing.adopt is True
+    assert billing.policy == Policy(
+        lifetime=timedelta(days=60), renew_before=timedelta(days=12), grace=timedelta(days=2)
+    )
+    assert reports.kind is CredentialKind.PAT
+    assert reports.vault_path == "zitadel/reports"  # default: zitadel/<name>
+    assert reports.policy == Policy(renew_before=timedelta(days=12))
+
+
+def test_trailing_slash_of_issuer_is_dropped_and_https_grpc_defaults_to_443() -> None:
+    config = parse(with_("zitadel.url", "https://id.example.com/"))
+    assert config.zitadel.url == "https://id.example.com"
+    assert config.zitadel.grpc_target == "id.example.com:443"
+    assert not config.zitadel.grpc_plaintext
+
+
+def test_env_references_expand_and_escape() -> None:
+    raw = with_("zitadel.url", "http://${ZHOST}:${ZPORT:-8080}")
+    raw["vault"]["mount"] = "kv-$${literal}"
+    config = parse(raw, env={"ZHOST": "zitadel.local"})
+    assert config.zitadel.url == "http://zitadel.local:8080"
+    assert config.vault.mount == "kv-${literal}"
+
+
+def test_vault_url_defaults_to_vault_addr() -> None:
+    config = parse(with_("vault.url", DELETE), env={"VAULT_ADDR": "https://vault:8200"})
+    assert config.vault.url == "https://vault:8200"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30d", timedelta(days=30)),
+        ("12h", timedelta(hours=12)),
+        ("90m", timedelta(minutes=90)),
+        ("45s", timedelta(seconds=45)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        ("0s", timedelta(0)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    assert parse_duration(format_duration(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "1w", "d", "12h1d", "-1d", "1.5d", "30 d"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="must be a duration"):
+        parse_duration(text)
+
+
+def test_windows_and_freezes_per_target_and_by_default() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["schedule"] = {
+        "windows": [{"cron": "0 2 * * 1-5", "timezone": "Europe/Berlin", "duration": "4h"}],
+        "freeze": [{"start": "2026-12-20", "end": "2027-01-04T00:00:00+00:00"}],
+    }
+    raw["targets"][1]["schedule"] = {
+        "windows": [{"cron": "30 22 * * *", "duration": "1h"}],
+        "freeze": [{"cron": "0 16 * * 5", "duration": "64h"}],
+    }
+    config = parse(raw)
+    billing, reports = config.schedule_for("billing"), config.schedule_for("reports")
+    assert billing.windows[0].timezone == "Europe/Berlin"
+    assert billing.freeze[0].start == datetime(2026, 12, 20, tzinfo=UTC)
+    assert reports.windows[0].cron == "30 22 * * *"  # replaces the default windows
+    assert len(reports.freeze) == 2  # adds to the default freezes
+    assert reports.freeze[1].window is not None
+
+
+def test_questionable_but_legal_policy_is_a_warning() -> None:
+    config = parse(with_("policy", {"lifetime": "2d", "renew_before": "1d", "grace": "1d"}))
+    assert any("grace + retire_margin" in w for w in config.warnings)
+    assert all(w.startswith("policy:") for w in config.warnings)
+
+
+# --------------------------------------------------------------------------- malformed: table
+
+BAD: list[tuple[str, Any, str, str]] = [
+    # (dotted path to set, value, field named in the message, message fragment)
+    ("zitadel.url", DELETE, "zitadel.url", "is required"),
+    ("zitadel.url", "ftp://x", "zitadel.url", "http:// or https://"),
+    ("zitadel.url", "http://x:99999", "zitadel.url", "invalid port"),
+    ("zitadel.api", "v3", "zitadel.api", "must be one of v1, v2, auto (got 'v3')"),
+    ("zitadel.grpc_target", "no-port", "zitadel.grpc_target", "host:port"),
+    ("zitadel.credentials", {}, "zitadel.credentials", "exactly one of key_file or vault_path"),
+    ("zitadel.credentials.vault_path", "a/b", "zitadel.credentials", "exactly one"),
+    ("zitadel.credentials.private_key", "x", "zitadel.credentials.private_key",
+     "secrets never go in the config file"),
+    ("zitadel.tls.insecure", "yes please", "zitadel.tls.insecure", "true or false"),
+    ("zitadel.timeout", 10, "zitadel.timeout", "must be a duration"),
+    ("zitadel.timeout", "0s", "zitadel.timeout", "at least 1s"),
+    ("zitadel.colour", "blue", "zitadel.colour", "unknown key"),
+    ("vault.url", DELETE, "vault.url", "is required (or set VAULT_ADDR)"),
+    ("vault.auth.method", "ldap", "vault.auth.method", "one of token, approle, kubernetes"),
+    ("vault.auth.token", "hvs.x", "vault.auth.token", "use token_env or token_file"),
+    ("vault.auth", {"method": "approle", "role_id": "r"}, "vault.auth",
+     "secret_id_file or secret_id_env"),
+    ("vault.auth", {"method": "approle", "secret_id_env": "S"}, "vault.auth",
+     "role_id or role_id_file"),
+    ("vault.auth", {"method": "kubernetes"}, "vault.auth.role", "is required"),
+    ("vault.auth", {"method": "token", "token_env": "not a name"}, "vault.auth.token_env",
+     "environment variable name"),
+    ("vault.state_prefix", "/abs", "vault.state_prefix", "relative KV path"),
+    ("policy.lifetime", "12h", "policy.lifetime", "at least 1d"),
+    ("policy.renew_before", "30d", "policy.renew_before", "less than lifetime"),
+    ("policy.renew_before", "0s", "policy.renew_before", "greater than 0s"),
+    ("policy.grace", "1 day", "policy.grace", "must be a duration"),
+    ("policy.verify_timeout", "0s", "policy.verify_timeout", "greater than 0s"),
+    ("policy.jitter", "1m", "policy.jitter", "unknown key"),
+    ("targets", DELETE, "targets", "at least one target"),
+    ("targets", {"name": "x"}, "targets", "must be a list"),
+    ("targets.1", "reports", "targets[1]", "must be a mapping (got a string)"),
+    ("targets.1.kind", "pak", "targets[1].kind", "must be one of key, pat (got 'pak')"),
+    ("targets.1.kind", DELETE, "targets[1].kind", "is required"),
+    ("targets.0.user", DELETE, "targets[0].user", "is required"),
+    ("targets.0.user", "", "targets[0].user", "must not be empty"),
+    ("targets.0.org_id", 123, "targets[0].org_id", "must be a string (got an integer) (quote it)"),
+    ("targets.1.name", "billing", "targets[1].name", "duplicate target name 'billing'"),
+    ("targets.1.name", "Bad Name", "targets[1].name", "lower-case"),
+    ("targets.1.vault_path", "zitadel/billing", "targets[1].vault_path", "duplicate vault_path"),
+    ("targets.1.vault_path", "zitadel//x", "targets[1].vault_path", "relative KV path"),
+    ("targets.1.vault_path", "zitadel-rotator/x", "targets[1].vault_path", "state_prefix"),
+    ("targets.1.adopt", "true", "targets[1].adopt", "true or false"),
+    ("targets.1.policy.lifetime", "10d", "targets[1].policy.renew_before", "less than lifetime"),
+    ("targets.1.policy.lifetime", "0d12h", "targets[1].policy.lifetime", "at least 1d"),
+    ("targets.1.schedule.windows", [{"cron": "0 2 * *", "duration": "1h"}],
+     "targets[1].schedule.windows[0].cron", "invalid cron"),
+    ("targets.1.schedule.windows", [{"cron": "0 2 * * *", "duration": "1h", "timezone": "Mars/X"}],
+     "targets[1].schedule.windows[0].timezone", "unknown time zone"),
+    ("targets.1.schedule.windows", [{"cron": "0 2 * * *"}],
+     "targets[1].schedule.windows[0].duration", "is required"),
+    ("schedule.freeze", [{"start": "2026-12-20", "end": "2026-12-01"}], "schedule.freeze[0].end",
+     "after start"),
+    ("schedule.freeze", [{"start": "christmas", "end": "2026-12-01"}], "schedule.freeze[0].start",
+     "ISO date"),
+    ("targets.1.secret", "x", "targets[1].secret", "unknown key"),
+    ("daemon.listen", "9102", "daemon.listen", "host:port"),
+    ("daemon.max_attempts", 0, "daemon.max_attempts", "at least 1"),
+    ("daemon.max_attempts", True, "daemon.max_attempts", "must be an integer"),
+    ("daemon.retry_cap", "1s", "daemon.retry_cap", "not be less than retry_base"),
+    ("daemon.ha.backend", "etcd", "daemon.ha.backend", "one of vault, kubernetes"),
+    ("daemon.ha.lease_ttl", "1s", "daemon.ha.lease_ttl", "at least 5s"),
+    ("notify.format", "teams", "notify.format", "one of generic, slack"),
+    ("notify.webhook_url", "hooks.slack.com/T0/B0/XXXXsecret", "notify.webhook_url", "URL"),
+    ("audit.path", "/var/log/a", "audit.path", "unknown key"),
+    ("surprise", 1, "surprise", "unknown key"),
+    ("zitadel.url", "${NOPE}", "zitadel.url", "environment variable NOPE is not set"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field", "fragment"), BAD, ids=[b[0] for b in BAD])
+def test_malformed_config_names_file_and_field(
+    path: str, value: Any, field: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_(path, value))
+    message = str(caught.value)
+    assert message.startswith(f"{SOURCE}: {field}: "), message
+    assert fragment in message
+    assert caught.value.file == SOURCE
+    assert caught.value.field == field
+
+
+def test_webhook_url_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(with_("notify.webhook_url", "hooks.slack.com/T0/B0/XXXXsecret"))
+    assert "XXXXsecret" not in str(caught.value)
+
+
+def test_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigError, match=r"^config\.yaml: must be a mapping \(got a list\)"):
+        parse([1, 2])
+    with pytest.raises(ConfigError, match=r"^config\.yaml: the file is empty"):
+        parse(None)
+
+
+# --------------------------------------------------------------------------- the file itself
+
+
+def test_load_config_resolves_relative_paths_against_the_file(tmp_path: Path) -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["audit"] = {"file": "logs/audit.jsonl"}
+    path = tmp_path / "rotator.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path, env={})
+    assert config.zitadel.credentials.key_file == str(tmp_path / "admin-key.json")
+    assert config.audit.file == str(tmp_path / "logs/audit.jsonl")
+    assert config.source == str(path)
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL) + "zitadel:\n  url: http://other\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: invalid YAML: line \d+, .*duplicate key"):
+        load_config(path, env={})
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("zitadel:\n  url: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML: line \d+, column \d+"):
+        load_config(path, env={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nothere\.yaml: file not found"):
+        load_config(tmp_path / "nothere.yaml", env={})
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "config" / "rotator.example.yaml"
+    config = load_config(example, env={"VAULT_ADDR": "http://127.0.0.1:8200"})
+    assert {t.name for t in config.targets} >= {"billing", "reports"}
+
+
+def test_reference_documents_every_key() -> None:
+    """config/reference.md has a row for every leaf key of the example file."""
+    root = Path(__file__).parent.parent / "config"
+    reference = (root / "reference.md").read_text()
+    raw = yaml.safe_load((root / "rotator.example.yaml").read_text())
+
+    def leaves(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict):
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}{k}.")]
+        if isinstance(node, list) and node and isinstance(node[0], dict):
+            return leaves(node[0], prefix[:-1] + "[].")
+        return [prefix[:-1]]
+
+    # A target's policy overrides are the policy keys, documented once.
+    keys = [key.replace("targets[].policy.", "policy.") for key in leaves(raw, "")]
+    missing = [key for key in keys if f"`{key}`" not in reference]
+    assert not missing, missing
