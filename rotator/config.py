@@ -29,10 +29,10 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import yaml
-from apscheduler.triggers.cron import CronTrigger
 
 from rotator.errors import ConfigError
 from rotator.model import Policy, Target
+from rotator.windows import FreezeWindow, RotationWindow
 from rotator.zitadel.base import CredentialKind
 
 DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
@@ -103,29 +103,11 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
-class Window:
-    """A recurring period: starts at each ``cron`` match (in ``timezone``), lasts ``duration``."""
-
-    cron: str
-    duration: timedelta
-    timezone: str = "UTC"
-
-
-@dataclass(frozen=True)
-class Freeze:
-    """No rotation inside this period: either a fixed range or a recurring window."""
-
-    start: datetime | None = None
-    end: datetime | None = None
-    window: Window | None = None
-
-
-@dataclass(frozen=True)
 class Schedule:
     #: Rotations (not retirements) happen only inside one of these; empty = any time.
-    windows: tuple[Window, ...] = ()
+    windows: tuple[RotationWindow, ...] = ()
     #: Rotations are held back inside any of these.
-    freeze: tuple[Freeze, ...] = ()
+    freeze: tuple[FreezeWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -642,20 +624,27 @@ def _policy(section: _Section, base: Policy, warnings: list[str]) -> Policy:
     return policy
 
 
-def _window(section: _Section) -> Window:
+def _window(section: _Section) -> tuple[str, str, timedelta]:
+    """Check and return ``(cron, timezone, duration)``; :mod:`rotator.windows` does the rest."""
     timezone = section.text("timezone", "UTC")
     try:
-        tz = zoneinfo.ZoneInfo(timezone)
+        zoneinfo.ZoneInfo(timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         section.ctx.fail(section.sub("timezone"), f"unknown time zone {timezone!r}")
     cron = section.text("cron")
-    try:
-        CronTrigger.from_crontab(cron, timezone=tz)
-    except ValueError as exc:
-        section.ctx.fail(section.sub("cron"), f"invalid cron expression {cron!r}: {exc}")
     duration = section.duration("duration", _REQUIRED, minimum=timedelta(minutes=1))
+    try:
+        RotationWindow(cron=cron, duration=duration, timezone=timezone)
+    except ValueError as exc:
+        reason = str(exc).partition(": ")[2] or str(exc)
+        section.ctx.fail(section.sub("cron"), f"invalid cron expression {cron!r}: {reason}")
     section.done()
-    return Window(cron=cron, duration=duration, timezone=timezone)
+    return cron, timezone, duration
+
+
+def _rotation_window(section: _Section) -> RotationWindow:
+    cron, timezone, duration = _window(section)
+    return RotationWindow(cron=cron, duration=duration, timezone=timezone)
 
 
 def _instant(section: _Section, name: str) -> datetime:
@@ -677,18 +666,19 @@ def _instant(section: _Section, name: str) -> datetime:
     )
 
 
-def _freeze(section: _Section) -> Freeze:
+def _freeze(section: _Section) -> FreezeWindow:
     if section.has("cron"):
-        return Freeze(window=_window(section))
+        cron, timezone, duration = _window(section)
+        return FreezeWindow(cron=cron, duration=duration, timezone=timezone)
     start, end = _instant(section, "start"), _instant(section, "end")
     if end <= start:
         section.ctx.fail(section.sub("end"), "must be after start")
     section.done()
-    return Freeze(start=start, end=end)
+    return FreezeWindow(start=start, end=end)
 
 
 def _schedule(section: _Section, base: Schedule) -> Schedule:
-    windows = tuple(_window(_Section(section.ctx, item, path)) for item, path in
+    windows = tuple(_rotation_window(_Section(section.ctx, item, path)) for item, path in
                     section.items("windows"))
     freeze = tuple(_freeze(_Section(section.ctx, item, path)) for item, path in
                    section.items("freeze"))

@@ -151,7 +151,7 @@ def test_windows_and_freezes_per_target_and_by_default() -> None:
     assert billing.freeze[0].start == datetime(2026, 12, 20, tzinfo=UTC)
     assert reports.windows[0].cron == "30 22 * * *"  # replaces the default windows
     assert len(reports.freeze) == 2  # adds to the default freezes
-    assert reports.freeze[1].window is not None
+    assert reports.freeze[1].cron == "0 16 * * 5"
 
 
 def test_questionable_but_legal_policy_is_a_warning() -> None:
