@@ -245,12 +245,18 @@ class OpenBao:
         ttl: str = "1h",
         renewable: bool = True,
         explicit_max_ttl: str | None = None,
+        default_policy: bool = True,
     ) -> str:
-        """A new token with exactly ``policies`` (no ``default``), child of root."""
+        """A new token with ``policies`` (plus ``default`` unless told not to), child of root.
+
+        ``default`` lets a token look itself up and renew itself, which the
+        rotator's Vault auth relies on.
+        """
         extra = {"explicit_max_ttl": explicit_max_ttl} if explicit_max_ttl else {}
+        names = list(policies) + (["default"] if default_policy else [])
         response = self.client().auth.token.create(
-            policies=list(policies) or ["default"],
-            no_default_policy=bool(policies),
+            policies=names or None,
+            no_default_policy=not default_policy,
             ttl=ttl,
             renewable=renewable,
             **extra,
@@ -259,13 +265,17 @@ class OpenBao:
         return token
 
     def create_kv_token(
-        self, mount: str, *, capabilities: Sequence[str] | None = None, ttl: str = "1h"
+        self,
+        mount: str,
+        *,
+        capabilities: Sequence[str] = ("create", "read", "update", "delete", "list"),
+        ttl: str = "1h",
+        default_policy: bool = True,
     ) -> str:
-        """A token limited to ``mount``: full KV v2 access unless ``capabilities`` say less."""
-        caps = list(capabilities or ["create", "read", "update", "delete", "list"])
-        name = f"kv-{mount}-{'-'.join(caps)}"
-        self.create_policy(name, kv_policy(mount, caps))
-        return self.create_token([name], ttl=ttl)
+        """A token limited to ``mount`` with ``capabilities`` on every KV v2 sub-path."""
+        name = f"kv-{mount}-{'-'.join(capabilities)}"
+        self.create_policy(name, kv_policy(mount, capabilities))
+        return self.create_token([name], ttl=ttl, default_policy=default_policy)
 
     def enable_approle(self, mount: str = "approle") -> str:
         """Enable the AppRole auth method at ``mount`` (idempotent)."""

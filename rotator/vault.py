@@ -1,0 +1,441 @@
+"""The secret store on HashiCorp Vault / OpenBao KV v2 (hvac).
+
+Every hvac and requests exception is translated here into :mod:`rotator.errors`;
+nothing above this module sees a transport exception.  Messages are built
+from the mount, the path, the operation and the HTTP status, plus a few
+well-known Vault phrases ("Vault is sealed", "permission denied"...) chosen
+from a fixed list: the response body itself is never copied, and neither the
+data nor the token ever appears.
+
+Writes are always check-and-set.  ``cas=0`` means "no live version": a path
+whose latest version was soft-deleted or destroyed (``vault kv delete``) counts
+as absent, and is written over with the version KV v2 actually expects, still
+under check-and-set.
+
+Retries.  A :class:`VaultUnavailable` (unreachable, timeout, sealed, 429, 5xx)
+is retried a few times with exponential backoff (:class:`RetryPolicy`); every
+other error is final.  A write whose attempt failed that way has an *unknown*
+outcome: Vault may have stored it before the connection broke.  The retry
+sends the same check-and-set version, so it cannot overwrite anything; if it
+then loses with :class:`CasConflict`, the store reads the secret once and
+accepts the write as its own when the latest version is exactly ``cas + 1``
+and holds exactly the data we sent (rotated credentials are fresh random
+material, so equal data means our write).  Otherwise the conflict stands.
+Nothing else is retried behind the caller's back.
+
+Authentication.  Before each request the store asks its :class:`VaultAuth`
+to make the token valid (renew or log in again when it nears expiry).  On a
+403 the store logs in again once and repeats the request, so a token that
+expired or was revoked between two checks costs a round-trip, not a failed
+rotation; a second 403 is a real :class:`VaultPermissionDenied`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import hvac
+import hvac.exceptions
+import requests
+
+from rotator.clock import Clock, SystemClock
+from rotator.errors import (
+    CasConflict,
+    RotatorError,
+    VaultError,
+    VaultPermissionDenied,
+    VaultUnavailable,
+)
+from rotator.store import StoredSecret
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Vault's own words that are safe and useful to repeat in an error message.
+_KNOWN_PHRASES = (
+    "Vault is sealed",
+    "permission denied",
+    "check-and-set parameter did not match the current version",
+    "check-and-set parameter required for this call",
+    "invalid role or secret ID",
+    "invalid role ID",
+    "invalid secret id",
+    "role not found",
+    "service account name not authorized",
+    "namespace not authorized",
+    "no handler for route",
+    "rate limit quota exceeded",
+    "local node not active but active cluster node not found",
+)
+
+_STATUS_OF: dict[type[hvac.exceptions.VaultError], int] = {
+    hvac.exceptions.InvalidRequest: 400,
+    hvac.exceptions.Unauthorized: 401,
+    hvac.exceptions.Forbidden: 403,
+    hvac.exceptions.InvalidPath: 404,
+    hvac.exceptions.PreconditionFailed: 412,
+    hvac.exceptions.RateLimitExceeded: 429,
+    hvac.exceptions.InternalServerError: 500,
+    hvac.exceptions.VaultNotInitialized: 501,
+    hvac.exceptions.BadGateway: 502,
+    hvac.exceptions.VaultDown: 503,
+}
+
+
+def _phrase(exc: hvac.exceptions.VaultError) -> str | None:
+    """The first well-known Vault phrase in the error list, or None."""
+    for error in exc.errors or ():
+        for phrase in _KNOWN_PHRASES:
+            if phrase.lower() in str(error).lower():
+                return phrase
+    return None
+
+
+def translate(exc: BaseException, *, action: str, path: str | None) -> RotatorError:
+    """Map an hvac/requests exception to a :mod:`rotator.errors` one, safely worded.
+
+    ``action`` says what we tried ("read", "write", "AppRole login"...);
+    ``path`` is the full Vault path (mount included), never the data.
+    """
+    if isinstance(exc, RotatorError):
+        return exc
+    if isinstance(exc, requests.exceptions.Timeout):
+        return VaultUnavailable(f"{action}: timed out", path=path)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return VaultUnavailable(f"{action}: cannot connect to Vault", path=path)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return VaultUnavailable(f"{action}: {type(exc).__name__}", path=path)
+    if isinstance(exc, hvac.exceptions.VaultError):
+        status = _STATUS_OF.get(type(exc))
+        phrase = _phrase(exc)
+        detail = f"{action}: {phrase or type(exc).__name__}" + (f" ({status})" if status else "")
+        if phrase == "check-and-set parameter did not match the current version":
+            return CasConflict(detail, path=path, status=status)
+        if status in (401, 403):
+            return VaultPermissionDenied(detail, path=path, status=status)
+        if (
+            status is None  # UnexpectedError: a status hvac has no class for (504, 409...)
+            or status >= 500
+            or status in (412, 429)
+        ):
+            return VaultUnavailable(detail, path=path, status=status)
+        return VaultError(detail, path=path, status=status)
+    return VaultError(f"{action}: unexpected {type(exc).__name__}", path=path)
+
+
+def call_vault(action: str, path: str | None, fn: Callable[[], T]) -> T:
+    """Run one hvac call, translating whatever it raises."""
+    try:
+        return fn()
+    except Exception as exc:
+        raise translate(exc, action=action, path=path) from None
+
+
+class VaultAuth(Protocol):
+    """What the store needs from an authenticator (see :mod:`rotator.vault_auth`)."""
+
+    def ensure_valid(self, client: hvac.Client) -> None:
+        """Give ``client`` a token that is valid for a while yet."""
+        ...
+
+    def relogin(self, client: hvac.Client) -> None:
+        """The token was refused: obtain a new one, whatever the bookkeeping says."""
+        ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff for :class:`VaultUnavailable`."""
+
+    attempts: int = 3
+    initial_delay: float = 0.2
+    multiplier: float = 2.0
+    max_delay: float = 2.0
+
+    def delays(self) -> list[float]:
+        """The waits between attempts (``attempts - 1`` of them)."""
+        out, delay = [], self.initial_delay
+        for _ in range(max(self.attempts - 1, 0)):
+            out.append(min(delay, self.max_delay))
+            delay *= self.multiplier
+        return out
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def _normalise(path: str) -> str:
+    clean = path.strip("/")
+    if not clean or any(part in ("", ".", "..") for part in clean.split("/")):
+        raise ValueError(f"invalid Vault secret path {path!r}")
+    return clean
+
+
+def _as_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` as it will read back from Vault (tuples become lists, ...)."""
+    result: dict[str, Any] = json.loads(json.dumps(dict(data)))
+    return result
+
+
+class VaultStore:
+    """:class:`rotator.store.SecretStore` on one KV v2 mount."""
+
+    def __init__(
+        self,
+        client: hvac.Client,
+        mount: str,
+        *,
+        auth: VaultAuth | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._client = client
+        self.mount = mount.strip("/")
+        self._auth = auth
+        self._retry = retry or RetryPolicy()
+        self._clock = clock or SystemClock()
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        mount: str,
+        *,
+        auth: VaultAuth | None = None,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
+        namespace: str | None = None,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+    ) -> VaultStore:
+        """A store with its own hvac client; ``timeout`` bounds every request (seconds)."""
+        client = hvac.Client(
+            url=url,
+            timeout=timeout,
+            verify=ca_file if ca_file else True,
+            namespace=namespace,
+        )
+        return cls(client, mount, auth=auth, retry=retry, clock=clock)
+
+    @property
+    def client(self) -> hvac.Client:
+        """The hvac client (with the current token), for other Vault-backed helpers."""
+        return self._client
+
+    def full_path(self, path: str) -> str:
+        return f"{self.mount}/{_normalise(path)}"
+
+    # -- the SecretStore protocol ---------------------------------------------
+
+    def read(self, path: str) -> StoredSecret | None:
+        path = _normalise(path)
+        try:
+            response = self._call(
+                "read",
+                path,
+                lambda: self._client.secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=self.mount, raise_on_deleted_version=False
+                ),
+            )
+        except VaultError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        body = response.get("data") or {}
+        data = body.get("data")
+        metadata = body.get("metadata") or {}
+        if data is None:  # the latest version is deleted or destroyed
+            return None
+        return StoredSecret(
+            path=path,
+            version=int(metadata["version"]),
+            data=data,
+            custom_metadata=dict(metadata.get("custom_metadata") or {}),
+        )
+
+    def write(
+        self,
+        path: str,
+        data: Mapping[str, Any],
+        *,
+        cas: int,
+        custom_metadata: Mapping[str, str] | None = None,
+    ) -> int:
+        path = _normalise(path)
+        if cas < 0:
+            raise ValueError("cas must be >= 0")
+        payload = _as_json(data)
+        try:
+            version = self._cas_write(path, payload, cas)
+        except CasConflict:
+            if cas != 0:
+                raise
+            # cas=0 means "no live version"; KV v2 wants the current (deleted) one.
+            current = self._current_version_if_dead(path)
+            if current is None:
+                raise
+            version = self._cas_write(path, payload, current)
+        if custom_metadata is not None:
+            try:
+                self._call(
+                    "write custom_metadata",
+                    path,
+                    lambda: self._client.adapter.post(
+                        f"/v1/{self.mount}/metadata/{path}",
+                        json={"custom_metadata": dict(custom_metadata)},
+                    ),
+                )
+            except VaultError as exc:
+                # The data is stored; say so, so the caller can tell what happened.
+                raise type(exc)(
+                    f"data written as version {version} but custom_metadata not updated: "
+                    f"{str(exc).split(': ', 1)[-1]}",
+                    path=exc.path,
+                    status=exc.status,
+                ) from None
+        return version
+
+    def delete_all(self, path: str) -> None:
+        path = _normalise(path)
+        try:
+            self._call(
+                "delete",
+                path,
+                lambda: self._client.secrets.kv.v2.delete_metadata_and_all_versions(
+                    path=path, mount_point=self.mount
+                ),
+            )
+        except VaultError as exc:
+            if exc.status != 404:
+                raise
+
+    def check(self) -> None:
+        """Reachable, unsealed, our token valid, and the mount a KV v2 engine we can use."""
+
+        def probe() -> None:
+            self._client.auth.token.lookup_self()
+            mount = self._client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
+            info = mount.get("data") or {}
+            if (
+                info.get("type") not in ("kv", "generic")
+                or (info.get("options") or {}).get("version") != "2"
+            ):
+                raise VaultError(f"mount {self.mount!r} is not a KV v2 secrets engine")
+
+        self._call("check", None, probe, full_path=f"{self.mount}/")
+
+    # -- internals -------------------------------------------------------------
+
+    def _cas_write(self, path: str, payload: dict[str, Any], cas: int) -> int:
+        """One logical CAS write, retried on unavailability (see the module docstring)."""
+        uncertain = False
+        delays = self._retry.delays()
+        for attempt in range(len(delays) + 1):
+            try:
+                response = self._call(
+                    "write",
+                    path,
+                    lambda: self._client.secrets.kv.v2.create_or_update_secret(
+                        path=path, secret=payload, cas=cas, mount_point=self.mount
+                    ),
+                    retry=NO_RETRY,
+                )
+                return int(response["data"]["version"])
+            except CasConflict:
+                if uncertain and self._is_our_write(path, payload, cas):
+                    log.info(
+                        "vault write confirmed after retry",
+                        extra={"vault_path": self.full_path(path), "version": cas + 1},
+                    )
+                    return cas + 1
+                raise
+            except VaultUnavailable as exc:
+                uncertain = True
+                if attempt == len(delays):
+                    raise
+                self._log_retry("write", path, exc, attempt, delays[attempt])
+                self._clock.sleep(delays[attempt])
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _is_our_write(self, path: str, payload: dict[str, Any], cas: int) -> bool:
+        current = self.read(path)
+        return current is not None and current.version == cas + 1 and current.data == payload
+
+    def _current_version_if_dead(self, path: str) -> int | None:
+        """The current version number when it is deleted or destroyed, else None."""
+        try:
+            response = self._call(
+                "read metadata",
+                path,
+                lambda: self._client.secrets.kv.v2.read_secret_metadata(
+                    path=path, mount_point=self.mount
+                ),
+            )
+        except VaultError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta = response.get("data") or {}
+        current = int(meta.get("current_version") or 0)
+        version = (meta.get("versions") or {}).get(str(current)) or {}
+        if current and (version.get("deletion_time") or version.get("destroyed")):
+            return current
+        return None
+
+    def _call(
+        self,
+        action: str,
+        path: str | None,
+        fn: Callable[[], T],
+        *,
+        retry: RetryPolicy | None = None,
+        full_path: str | None = None,
+    ) -> T:
+        """Authenticate, run ``fn``, translate errors; re-login once on 403, back off on 5xx."""
+        where = full_path or (self.full_path(path) if path else None)
+        delays = (retry or self._retry).delays()
+        relogged = False
+        attempt = 0
+        while True:
+            try:
+                if self._auth is not None:
+                    self._auth.ensure_valid(self._client)
+                return fn()
+            except Exception as raw:
+                exc = translate(raw, action=action, path=where)
+                if isinstance(exc, VaultPermissionDenied) and self._auth and not relogged:
+                    # Maybe our token expired or was revoked: one fresh login, then retry.
+                    relogged = True
+                    log.info(
+                        "vault refused the token, logging in again",
+                        extra={"vault_path": where, "action": action},
+                    )
+                    self._auth.relogin(self._client)
+                    continue
+                if isinstance(exc, VaultUnavailable) and attempt < len(delays):
+                    self._log_retry(action, path, exc, attempt, delays[attempt])
+                    self._clock.sleep(delays[attempt])
+                    attempt += 1
+                    continue
+                if exc is raw:
+                    raise
+                raise exc from None
+
+    def _log_retry(
+        self, action: str, path: str | None, exc: VaultError, attempt: int, delay: float
+    ) -> None:
+        log.warning(
+            "vault unavailable, retrying",
+            extra={
+                "vault_path": self.full_path(path) if path else self.mount,
+                "action": action,
+                "status": exc.status,
+                "attempt": attempt + 1,
+                "delay_seconds": delay,
+            },
+        )
