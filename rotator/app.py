@@ -1,0 +1,305 @@
+"""Wiring: from a :class:`Config` to a working :class:`Engine`.
+
+:func:`build` is the only place that knows which classes implement the
+engine's interfaces.  It talks to the network (Vault check, the rotator's own
+token, API detection for ``zitadel.api: auto``) so a broken environment fails
+at start with one :class:`RotatorError`, not halfway through a rotation.
+
+The rotator's own key is held in memory only: read from its file or from Vault
+each time a new access token is needed (so a key rotated by the rotator
+itself, or a re-mounted Kubernetes Secret, is picked up), never written
+anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+from rotator.audit import AuditLog
+from rotator.clock import Clock, SystemClock
+from rotator.config import Config
+from rotator.errors import ConfigError, RotatorError, VaultError
+from rotator.keys import InvalidKeyFile, check_key_file
+from rotator.rotation import Engine
+from rotator.vault import VaultAuth, VaultStore
+from rotator.zitadel.base import ZitadelTransport
+from rotator.zitadel.detect import choose_api
+from rotator.zitadel.oidc import OidcClient, TokenSource
+
+KeyFileProvider = Callable[[], Mapping[str, Any]]
+
+
+@dataclass
+class App:
+    """Everything one rotator process uses; :meth:`close` releases it."""
+
+    config: Config
+    engine: Engine
+    store: VaultStore
+    transport: ZitadelTransport
+    oidc: OidcClient
+    token_source: TokenSource
+    audit: AuditLog
+    clock: Clock
+    #: "v1" or "v2": the ZITADEL API in use (detected when ``zitadel.api: auto``).
+    api: str
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):  # best effort at exit
+                close()
+        self._closers.clear()
+
+
+# --------------------------------------------------------------------------- Vault
+
+
+class _TokenAuth:
+    """``vault.auth.method: token``: the token from ``token_file`` or ``token_env``.
+
+    Re-read on :meth:`relogin`, so a token file refreshed by Vault Agent (or a
+    re-exported variable in a wrapper) takes effect without a restart.
+    """
+
+    def __init__(self, token_env: str, token_file: str | None) -> None:
+        self._env = token_env
+        self._file = token_file
+
+    def _read(self) -> str:
+        if self._file:
+            try:
+                token = Path(self._file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the Vault token file {self._file} ({exc.strerror})",
+                    field="vault.auth.token_file",
+                ) from None
+        else:
+            token = os.environ.get(self._env, "").strip()
+        if not token:
+            where = f"file {self._file}" if self._file else f"environment variable {self._env}"
+            raise ConfigError(f"no Vault token: {where} is empty or unset", field="vault.auth")
+        return token
+
+    def ensure_valid(self, client: hvac.Client) -> None:
+        if not client.token:
+            client.token = self._read()
+
+    def relogin(self, client: hvac.Client) -> None:
+        client.token = self._read()
+
+
+def vault_auth(config: Config) -> VaultAuth:
+    """The authenticator for ``vault.auth``."""
+    auth = config.vault.auth
+    if auth.method == "token":
+        return _TokenAuth(auth.token_env, auth.token_file)
+    try:
+        from rotator import vault_auth as methods  # noqa: PLC0415 - optional until it lands
+    except ImportError:
+        raise ConfigError(
+            f"vault.auth.method {auth.method!r} is not available in this build",
+            file=config.source,
+            field="vault.auth.method",
+        ) from None
+    factory: Callable[[Any], VaultAuth] = methods.from_config  # type: ignore[attr-defined]
+    return factory(config.vault)
+
+
+def connect_store(config: Config, clock: Clock) -> VaultStore:
+    """A checked store: reachable, unsealed, token valid, mount is KV v2."""
+    store = VaultStore.connect(
+        config.vault.url,
+        config.vault.mount,
+        auth=vault_auth(config),
+        timeout=config.vault.timeout.total_seconds(),
+        ca_file=config.vault.ca_file,
+        namespace=config.vault.namespace,
+        clock=clock,
+    )
+    store.check()
+    return store
+
+
+# --------------------------------------------------------------------------- own identity
+
+
+def key_file_provider(config: Config, store: VaultStore) -> KeyFileProvider:
+    """Reads the rotator's own key file on every call (file or Vault), checked."""
+    credentials = config.zitadel.credentials
+    if credentials.key_file is not None:
+        path = credentials.key_file
+
+        def from_file() -> Mapping[str, Any]:
+            try:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the key file {path} ({exc.strerror})",
+                    file=config.source,
+                    field="zitadel.credentials.key_file",
+                ) from None
+            except ValueError:
+                raise ConfigError(
+                    f"the key file {path} is not JSON",
+                    file=config.source,
+                    field="zitadel.credentials.key_file",
+                ) from None
+            return _checked(data, f"key file {path}")
+
+        return from_file
+
+    vault_path = credentials.vault_path
+    assert vault_path is not None  # config guarantees exactly one
+
+    def from_vault() -> Mapping[str, Any]:
+        secret = store.read(vault_path)
+        if secret is None:
+            raise VaultError(
+                "no key file stored here (zitadel.credentials.vault_path)", path=vault_path
+            )
+        # A rotated secret also carries the credential in grace under "previous".
+        return _checked(
+            {k: v for k, v in secret.data.items() if k != "previous"},
+            f"key file at Vault path {vault_path}",
+        )
+
+    return from_vault
+
+
+def _checked(data: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidKeyFile(f"{what} is not a JSON object")
+    try:
+        check_key_file(data)
+    except InvalidKeyFile as exc:
+        raise InvalidKeyFile(f"{what}: {exc}") from None
+    return data
+
+
+# --------------------------------------------------------------------------- ZITADEL
+
+
+def _tls_verify(config: Config) -> bool | str:
+    tls = config.zitadel.tls
+    if tls.insecure:
+        return False
+    return tls.ca_file or True
+
+
+def make_transport(
+    config: Config, api: str, token_source: Callable[[], str]
+) -> ZitadelTransport:
+    zitadel = config.zitadel
+    timeout = zitadel.timeout.total_seconds()
+    if api == "v2":
+        from zitadel_client.transport_options import TransportOptions  # noqa: PLC0415
+
+        from rotator.zitadel.v2 import UserServiceTransport  # noqa: PLC0415 - heavy SDK
+
+        options = TransportOptions(ca_cert_path=zitadel.tls.ca_file, insecure=zitadel.tls.insecure)
+        return UserServiceTransport(
+            zitadel.url, token_source, timeout=timeout, transport_options=options
+        )
+    from rotator.zitadel.v1 import ManagementTransport  # noqa: PLC0415 - grpc stubs
+
+    if zitadel.tls.insecure and not zitadel.grpc_plaintext:
+        raise ConfigError(
+            "gRPC cannot skip certificate verification: use tls.ca_file with api v1",
+            file=config.source,
+            field="zitadel.tls.insecure",
+        )
+    scheme = "http" if zitadel.grpc_plaintext else "https"
+    transport: ZitadelTransport = ManagementTransport(
+        f"{scheme}://{zitadel.grpc_target}",
+        token_source,
+        ca_file=zitadel.tls.ca_file,
+        timeout=timeout,
+    )
+    return transport
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    audit: AuditLog | None = None,
+) -> App:
+    """Connect everything; raises RotatorError (ConfigError, VaultError,
+    ZitadelError) when the environment is not usable."""
+    clock = clock or SystemClock()
+    audit = audit or AuditLog(file=config.audit.file)
+    closers: list[Callable[[], None]] = []
+    try:
+        store = connect_store(config, clock)
+        provider = key_file_provider(config, store)
+        provider()  # fail now, with a clear message, on an unusable own key
+        oidc = OidcClient(
+            config.zitadel.url,
+            clock=clock,
+            timeout=config.zitadel.timeout.total_seconds(),
+            verify_tls=_tls_verify(config),
+        )
+        closers.append(oidc.close)
+        token_source = TokenSource(oidc, provider, clock=clock)
+        token_source()  # the rotator's own identity works, or we stop here
+        api = choose_api(
+            config.zitadel.api,
+            config.zitadel.url,
+            token_source,
+            audit=audit,
+            timeout=config.zitadel.timeout.total_seconds(),
+            verify=_tls_verify(config),
+        )
+        transport = make_transport(config, api, token_source)
+        closers.append(transport.close)
+    except RotatorError:
+        for close in reversed(closers):
+            close()
+        raise
+    engine = Engine(
+        transport,
+        store,
+        oidc,
+        clock=clock,
+        audit=audit,
+        state_prefix=config.vault.state_prefix,
+        max_attempts=config.daemon.max_attempts,
+        retry_base=config.daemon.retry_base,
+        retry_cap=config.daemon.retry_cap,
+    )
+    return App(
+        config=config,
+        engine=engine,
+        store=store,
+        transport=transport,
+        oidc=oidc,
+        token_source=token_source,
+        audit=audit,
+        clock=clock,
+        api=api,
+        _closers=closers,
+    )
+
+
+__all__ = [
+    "App",
+    "KeyFileProvider",
+    "build",
+    "connect_store",
+    "key_file_provider",
+    "make_transport",
+    "vault_auth",
+]
