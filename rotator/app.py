@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hvac
-
+from rotator import vault_auth
 from rotator.audit import AuditLog
 from rotator.clock import Clock, SystemClock
 from rotator.config import Config
 from rotator.errors import ConfigError, RotatorError, VaultError
 from rotator.keys import InvalidKeyFile, check_key_file
 from rotator.rotation import Engine
-from rotator.vault import VaultAuth, VaultStore
+from rotator.vault import VaultStore
 from rotator.zitadel.base import ZitadelTransport
 from rotator.zitadel.detect import choose_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
@@ -63,69 +61,9 @@ class App:
 # --------------------------------------------------------------------------- Vault
 
 
-class _TokenAuth:
-    """``vault.auth.method: token``: the token from ``token_file`` or ``token_env``.
-
-    Re-read on :meth:`relogin`, so a token file refreshed by Vault Agent (or a
-    re-exported variable in a wrapper) takes effect without a restart.
-    """
-
-    def __init__(self, token_env: str, token_file: str | None) -> None:
-        self._env = token_env
-        self._file = token_file
-
-    def _read(self) -> str:
-        if self._file:
-            try:
-                token = Path(self._file).read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read the Vault token file {self._file} ({exc.strerror})",
-                    field="vault.auth.token_file",
-                ) from None
-        else:
-            token = os.environ.get(self._env, "").strip()
-        if not token:
-            where = f"file {self._file}" if self._file else f"environment variable {self._env}"
-            raise ConfigError(f"no Vault token: {where} is empty or unset", field="vault.auth")
-        return token
-
-    def ensure_valid(self, client: hvac.Client) -> None:
-        if not client.token:
-            client.token = self._read()
-
-    def relogin(self, client: hvac.Client) -> None:
-        client.token = self._read()
-
-
-def vault_auth(config: Config) -> VaultAuth:
-    """The authenticator for ``vault.auth``."""
-    auth = config.vault.auth
-    if auth.method == "token":
-        return _TokenAuth(auth.token_env, auth.token_file)
-    try:
-        from rotator import vault_auth as methods  # noqa: PLC0415 - optional until it lands
-    except ImportError:
-        raise ConfigError(
-            f"vault.auth.method {auth.method!r} is not available in this build",
-            file=config.source,
-            field="vault.auth.method",
-        ) from None
-    factory: Callable[[Any], VaultAuth] = methods.from_config  # type: ignore[attr-defined]
-    return factory(config.vault)
-
-
 def connect_store(config: Config, clock: Clock) -> VaultStore:
-    """A checked store: reachable, unsealed, token valid, mount is KV v2."""
-    store = VaultStore.connect(
-        config.vault.url,
-        config.vault.mount,
-        auth=vault_auth(config),
-        timeout=config.vault.timeout.total_seconds(),
-        ca_file=config.vault.ca_file,
-        namespace=config.vault.namespace,
-        clock=clock,
-    )
+    """A checked store: reachable, unsealed, logged in (``vault.auth``), mount is KV v2."""
+    store = vault_auth.connect(config.vault, clock=clock)
     store.check()
     return store
 
@@ -301,5 +239,4 @@ __all__ = [
     "connect_store",
     "key_file_provider",
     "make_transport",
-    "vault_auth",
 ]
