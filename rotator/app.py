@@ -17,18 +17,25 @@ import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rotator import vault_auth
 from rotator.audit import AuditLog
 from rotator.clock import Clock, SystemClock
 from rotator.config import Config
-from rotator.errors import ConfigError, RotatorError, VaultError
+from rotator.errors import (
+    ConfigError,
+    RotatorError,
+    VaultError,
+    ZitadelError,
+    ZitadelUnavailable,
+)
 from rotator.keys import InvalidKeyFile, check_key_file
 from rotator.rotation import Engine
 from rotator.vault import VaultStore
-from rotator.zitadel.base import ZitadelTransport
+from rotator.zitadel.base import Credential, IssuedPat, User, ZitadelTransport
 from rotator.zitadel.detect import choose_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
 
@@ -49,6 +56,8 @@ class App:
     clock: Clock
     #: "v1" or "v2": the ZITADEL API in use (detected when ``zitadel.api: auto``).
     api: str
+    #: Why ZITADEL could not be used (only with ``build(require_zitadel=False)``).
+    zitadel_error: ZitadelError | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -166,6 +175,43 @@ def make_transport(
     return transport
 
 
+class OfflineTransport:
+    """Stands in for ZITADEL when it could not be reached at start and the
+    command only reads Vault: every call raises the error from the start."""
+
+    api = "offline"
+
+    def __init__(self, error: ZitadelError) -> None:
+        self.error = error
+
+    def _fail(self) -> NoReturn:
+        raise ZitadelUnavailable(f"not connected ({self.error})")
+
+    def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        self._fail()
+
+    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
+        self._fail()
+
+    def list_keys(self, user: User) -> list[Credential]:
+        self._fail()
+
+    def remove_key(self, user: User, key_id: str) -> None:
+        self._fail()
+
+    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
+        self._fail()
+
+    def list_pats(self, user: User) -> list[Credential]:
+        self._fail()
+
+    def remove_pat(self, user: User, pat_id: str) -> None:
+        self._fail()
+
+    def close(self) -> None:
+        pass
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -174,9 +220,15 @@ def build(
     *,
     clock: Clock | None = None,
     audit: AuditLog | None = None,
+    require_zitadel: bool = True,
 ) -> App:
     """Connect everything; raises RotatorError (ConfigError, VaultError,
-    ZitadelError) when the environment is not usable."""
+    ZitadelError) when the environment is not usable.
+
+    With ``require_zitadel=False`` (commands that only read Vault, such as
+    ``status``) a ZITADEL that cannot be reached at start is tolerated: the
+    transport then refuses every call, and ``App.zitadel_error`` says why.
+    """
     clock = clock or SystemClock()
     audit = audit or AuditLog(file=config.audit.file)
     closers: list[Callable[[], None]] = []
@@ -192,16 +244,24 @@ def build(
         )
         closers.append(oidc.close)
         token_source = TokenSource(oidc, provider, clock=clock)
-        token_source()  # the rotator's own identity works, or we stop here
-        api = choose_api(
-            config.zitadel.api,
-            config.zitadel.url,
-            token_source,
-            audit=audit,
-            timeout=config.zitadel.timeout.total_seconds(),
-            verify=_tls_verify(config),
-        )
-        transport = make_transport(config, api, token_source)
+        zitadel_error: ZitadelError | None = None
+        api: str
+        try:
+            token_source()  # the rotator's own identity works, or we stop here
+            api = choose_api(
+                config.zitadel.api,
+                config.zitadel.url,
+                token_source,
+                audit=audit,
+                timeout=config.zitadel.timeout.total_seconds(),
+                verify=_tls_verify(config),
+            )
+            transport = make_transport(config, api, token_source)
+        except ZitadelError as exc:
+            if require_zitadel:
+                raise
+            zitadel_error, api = exc, "offline"
+            transport = OfflineTransport(exc)
         closers.append(transport.close)
     except RotatorError:
         for close in reversed(closers):
@@ -228,6 +288,7 @@ def build(
         audit=audit,
         clock=clock,
         api=api,
+        zitadel_error=zitadel_error,
         _closers=closers,
     )
 
@@ -235,6 +296,7 @@ def build(
 __all__ = [
     "App",
     "KeyFileProvider",
+    "OfflineTransport",
     "build",
     "connect_store",
     "key_file_provider",
