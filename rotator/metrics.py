@@ -1,0 +1,175 @@
+"""Prometheus metrics for the daemon, in a registry of their own.
+
+Each :class:`Metrics` owns a fresh :class:`CollectorRegistry`, so two daemons
+in one process (tests) or a CLI run never share or double-register series.
+
+Sources, chosen so nothing is counted twice:
+
+* **gauges** (expiry, next rotation, last success, ready, stuck) are set from
+  what the engine reports: :class:`~rotator.rotation.RotationResult` after a
+  reconcile and :class:`~rotator.rotation.TargetStatus` from a status read;
+* **counters** (rotations by outcome, retries, failures) are driven by audit
+  events (:meth:`on_audit`, subscribed to :class:`~rotator.audit.AuditLog`),
+  which the engine emits exactly once per real event, whoever called it.
+
+Labels are target names and outcome words only: never a credential id,
+token or path that could carry a secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from rotator import __version__
+from rotator.rotation import Outcome, RotationResult, TargetStatus
+
+#: Engine states in which the consumer finds a valid credential and nothing failed.
+READY_STATES = frozenset({"ready", "grace", "due", "rotating"})
+
+#: Audit event -> ``outcome`` label of rotator_rotations_total.
+_OUTCOME_EVENTS = {
+    "rotation.completed": "rotated",
+    "credential.retired": "retired",
+    "rotation.failed": "failed",
+    "target.stuck": "stuck",
+    "rotation.rolled_back": "rolled_back",
+}
+#: Audit events that start an attempt (a retry when the target was failing).
+_ATTEMPT_EVENTS = frozenset({"rotation.started", "rotation.resumed"})
+
+
+def _ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+class Metrics:
+    def __init__(self, *, version: str = __version__) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.expiration = Gauge(
+            "rotator_credential_expiration_timestamp_seconds",
+            "When the target's current credential expires (Unix time).",
+            ["target"], registry=r,
+        )
+        self.next_rotation = Gauge(
+            "rotator_next_rotation_timestamp_seconds",
+            "When the daemon will next reconcile the target (Unix time; windows applied).",
+            ["target"], registry=r,
+        )
+        self.last_success = Gauge(
+            "rotator_last_success_timestamp_seconds",
+            "When the target was last rotated successfully (Unix time).",
+            ["target"], registry=r,
+        )
+        self.ready = Gauge(
+            "rotator_target_ready",
+            "1 when the target holds a valid credential and its last attempt did not fail.",
+            ["target"], registry=r,
+        )
+        self.stuck = Gauge(
+            "rotator_target_stuck",
+            "1 when the target gave up after too many failures (needs `rotate --force`).",
+            ["target"], registry=r,
+        )
+        self.rotations = Counter(
+            "rotator_rotations",
+            "Rotation steps by outcome: rotated, retired, failed, stuck, rolled_back.",
+            ["target", "outcome"], registry=r,
+        )
+        self.retries = Counter(
+            "rotator_retries",
+            "Attempts made while the target was failing.",
+            ["target"], registry=r,
+        )
+        self.failures = Counter(
+            "rotator_failures",
+            "Failed attempts.",
+            ["target"], registry=r,
+        )
+        self.leader = Gauge(
+            "rotator_leader", "1 while this replica holds the lease and runs rotations.",
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "rotator_build_info", "Always 1; the version is in the label.", ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=version).set(1)
+        self._failing: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ inputs
+
+    def observe_status(self, status: TargetStatus) -> None:
+        """Set the gauges from an engine status read."""
+        name = status.target
+        self._set(self.expiration, name, _ts(status.expires_at))
+        self._set(self.last_success, name, _ts(status.last_success_at))
+        self.ready.labels(target=name).set(1 if status.state in READY_STATES else 0)
+        self.stuck.labels(target=name).set(1 if status.state == "stuck" else 0)
+        with self._lock:
+            self._failing[name] = status.failures > 0
+
+    def observe_result(self, result: RotationResult) -> None:
+        """Set the gauges from a reconcile result."""
+        name = result.target
+        if result.outcome is Outcome.DRY_RUN:
+            return
+        if result.expires_at is not None:
+            self.expiration.labels(target=name).set(result.expires_at.timestamp())
+        ok = result.outcome in (Outcome.ROTATED, Outcome.RETIRED, Outcome.UP_TO_DATE)
+        self.ready.labels(target=name).set(1 if ok and result.credential_id else 0)
+        self.stuck.labels(target=name).set(1 if result.outcome is Outcome.STUCK else 0)
+
+    def set_next_rotation(self, target: str, when: datetime | None) -> None:
+        self._set(self.next_rotation, target, _ts(when))
+
+    def set_leader(self, active: bool) -> None:
+        self.leader.set(1 if active else 0)
+
+    def on_audit(self, event: Mapping[str, Any]) -> None:
+        """AuditLog listener: count outcomes, failures and retries."""
+        name = event.get("event")
+        target = event.get("target")
+        if not isinstance(name, str) or not isinstance(target, str):
+            return
+        with self._lock:
+            if name in _ATTEMPT_EVENTS and self._failing.get(target):
+                self.retries.labels(target=target).inc()
+            if name == "rotation.failed":
+                self._failing[target] = True
+                self.failures.labels(target=target).inc()
+            elif name == "rotation.completed":
+                self._failing[target] = False
+        outcome = _OUTCOME_EVENTS.get(name)
+        if outcome is not None:
+            self.rotations.labels(target=target, outcome=outcome).inc()
+
+    def forget(self, target: str) -> None:
+        """Drop the per-target gauges of a target no longer configured."""
+        for gauge in (self.expiration, self.next_rotation, self.last_success, self.ready,
+                      self.stuck):
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
+
+    # ------------------------------------------------------------ output
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    @staticmethod
+    def _set(gauge: Gauge, target: str, value: float | None) -> None:
+        if value is None:
+            with contextlib.suppress(KeyError):
+                gauge.remove(target)
+        else:
+            gauge.labels(target=target).set(value)
+
