@@ -143,9 +143,7 @@ def _tls_verify(config: Config) -> bool | str:
     return tls.ca_file or True
 
 
-def make_transport(
-    config: Config, api: str, token_source: Callable[[], str]
-) -> ZitadelTransport:
+def make_transport(config: Config, api: str, token_source: Callable[[], str]) -> ZitadelTransport:
     zitadel = config.zitadel
     timeout = zitadel.timeout.total_seconds()
     if api == "v2":

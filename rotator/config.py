@@ -313,8 +313,14 @@ class _Ctx:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }.get(type(value), type(value).__name__)
 
 
 class _Section:
@@ -504,14 +510,16 @@ def _zitadel(section: _Section) -> ZitadelConfig:
         vault_path=_vault_path(cred_section, "vault_path", None),
     )
     if (credentials.key_file is None) == (credentials.vault_path is None):
-        section.ctx.fail(
-            section.sub("credentials"), "needs exactly one of key_file or vault_path"
-        )
+        section.ctx.fail(section.sub("credentials"), "needs exactly one of key_file or vault_path")
     cred_section.done()
     timeout = section.duration("timeout", timedelta(seconds=10), minimum=timedelta(seconds=1))
     section.done()
     return ZitadelConfig(
-        url=url, api=api, grpc_target=grpc_target, tls=tls, credentials=credentials,
+        url=url,
+        api=api,
+        grpc_target=grpc_target,
+        tls=tls,
+        credentials=credentials,
         timeout=timeout,
     )
 
@@ -542,8 +550,13 @@ def _vault(section: _Section, ctx: _Ctx) -> VaultConfig:
     auth = _vault_auth(section.section("auth"))
     section.done()
     return VaultConfig(
-        url=url, mount=mount, state_prefix=state_prefix, namespace=namespace,
-        ca_file=ca_file, timeout=timeout, auth=auth,
+        url=url,
+        mount=mount,
+        state_prefix=state_prefix,
+        namespace=namespace,
+        ca_file=ca_file,
+        timeout=timeout,
+        auth=auth,
     )
 
 
@@ -678,10 +691,13 @@ def _freeze(section: _Section) -> FreezeWindow:
 
 
 def _schedule(section: _Section, base: Schedule) -> Schedule:
-    windows = tuple(_rotation_window(_Section(section.ctx, item, path)) for item, path in
-                    section.items("windows"))
-    freeze = tuple(_freeze(_Section(section.ctx, item, path)) for item, path in
-                   section.items("freeze"))
+    windows = tuple(
+        _rotation_window(_Section(section.ctx, item, path))
+        for item, path in section.items("windows")
+    )
+    freeze = tuple(
+        _freeze(_Section(section.ctx, item, path)) for item, path in section.items("freeze")
+    )
     section.done()
     return Schedule(windows=windows or base.windows, freeze=base.freeze + freeze)
 
@@ -758,8 +774,9 @@ def _daemon(section: _Section) -> DaemonConfig:
     second = timedelta(seconds=1)
     daemon = DaemonConfig(
         listen=listen,
-        reconcile_interval=section.duration("reconcile_interval", timedelta(minutes=5),
-                                            minimum=second),
+        reconcile_interval=section.duration(
+            "reconcile_interval", timedelta(minutes=5), minimum=second
+        ),
         max_attempts=section.integer("max_attempts", 5, minimum=1),
         retry_base=section.duration("retry_base", timedelta(minutes=1), minimum=second),
         retry_cap=section.duration("retry_cap", timedelta(hours=1), minimum=second),
@@ -777,8 +794,9 @@ def _ha(section: _Section) -> HaConfig:
     ha = HaConfig(
         enabled=section.flag("enabled", False),
         backend=section.text("backend", "vault", choices=("vault", "kubernetes")),
-        lease_ttl=section.duration("lease_ttl", timedelta(seconds=30),
-                                   minimum=timedelta(seconds=5)),
+        lease_ttl=section.duration(
+            "lease_ttl", timedelta(seconds=30), minimum=timedelta(seconds=5)
+        ),
         lease_path=_vault_path(section, "lease_path", None),
         lease_name=section.text("lease_name", "zitadel-rotator"),
         lease_namespace=section.text("lease_namespace", None),
@@ -798,8 +816,9 @@ def _notify(section: _Section) -> NotifyConfig:
     notify = NotifyConfig(
         webhook_url=_url(section, "webhook_url", None, secret=True),
         format=section.text("format", "generic", choices=("generic", "slack")),
-        expiry_threshold=section.duration("expiry_threshold", timedelta(days=7),
-                                          minimum=timedelta(0)),
+        expiry_threshold=section.duration(
+            "expiry_threshold", timedelta(days=7), minimum=timedelta(0)
+        ),
         timeout=section.duration("timeout", timedelta(seconds=5), minimum=timedelta(seconds=1)),
     )
     section.done()

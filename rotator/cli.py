@@ -1,0 +1,555 @@
+"""The ``rotator`` command line.
+
+Every command that rotates goes through :meth:`Engine.reconcile`, the same
+code path as the daemon's schedule.  Output goes to stdout (tables or
+``--json``); audit events go to stdout for ``run`` (the daemon's log stream)
+and to stderr for the other commands, so ``status --json`` stays pure JSON;
+``audit.file`` gets them all.  Errors are one line on stderr.
+
+No secret is ever printed: results carry ids, dates and states only, and an
+unexpected exception is reported by its type name (``--debug`` for the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from enum import IntEnum
+from typing import IO, Any, TextIO, cast
+
+from rotator.app import App, build
+from rotator.audit import AuditLog
+from rotator.config import DEFAULT_CONFIG_PATH, Config, format_duration, load_config, parse_duration
+from rotator.errors import ConfigError, RotatorError, VerificationError, ZitadelError
+from rotator.model import Target, Trigger
+from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.zitadel.base import CredentialKind
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # at least one target failed
+    USAGE = 2  # configuration or command-line error
+    UNAVAILABLE = 3  # Vault or ZITADEL unreachable or refusing us at start
+    STUCK = 4  # at least one target is stuck (needs `rotate --force`)
+
+
+EPILOG = """\
+exit codes:
+  0  success (nothing failed)
+  1  at least one target failed (it will be retried; see `rotator status`)
+  2  configuration or usage error (nothing was done), or `plan` found a
+     schedule that cannot be kept
+  3  Vault or ZITADEL unreachable or refusing the rotator's credentials at start
+  4  at least one target is stuck after repeated failures; fix the cause, then
+     `rotator rotate --force TARGET`
+
+The configuration file is --config FILE, else $ROTATOR_CONFIG, else
+/etc/zitadel-rotator/config.yaml. Reference: config/reference.md.
+"""
+
+ROTATE_HELP = """\
+Rotate now: every named target (or all with --all) gets a new credential,
+whether or not it is due, through the same code path as the schedule
+(an interrupted rotation is finished first; a credential still in grace
+from an earlier rotation is retired). A stuck target is left alone unless
+--force is given, which clears its stuck state and failure count first.
+--dry-run prints what would happen and changes nothing.
+"""
+
+
+# --------------------------------------------------------------------------- argv
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted both before and after the subcommand."""
+    default: Any = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="configuration file (default: $ROTATOR_CONFIG or " + DEFAULT_CONFIG_PATH + ")",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json" if top else argparse.SUPPRESS,
+        help="format of log and audit lines (default: json)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="debug logging, and a traceback on unexpected errors",
+    )
+
+
+def _horizon(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="rotator",
+        description="Rotates ZITADEL service-user keys and PATs into HashiCorp Vault.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(root, top=True)
+    commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_,
+            description=description or help_,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common(sub, top=False)
+        return sub
+
+    run = command("run", "the daemon: rotate every target when due, until stopped")
+    run.add_argument(
+        "--once", action="store_true", help="one reconcile pass over all targets, then exit"
+    )
+
+    rotate = command("rotate", "rotate now", ROTATE_HELP)
+    rotate.add_argument("targets", nargs="*", metavar="TARGET")
+    rotate.add_argument("--all", action="store_true", help="every configured target")
+    rotate.add_argument(
+        "--force", action="store_true", help="also rotate stuck targets (clears stuck)"
+    )
+    rotate.add_argument(
+        "--dry-run", action="store_true", help="show what would happen; change nothing"
+    )
+    rotate.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = command("status", "current credential, expiry, next rotation and state per target")
+    status.add_argument("targets", nargs="*", metavar="TARGET", help="default: all")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    plan = command(
+        "plan",
+        "what would happen and when, changing nothing",
+        "What reconcile would do now for each target, and every rotation projected "
+        "over --horizon against windows, freezes and expiry. Changes nothing. Exits 2 "
+        "when a rotation cannot be scheduled as configured.",
+    )
+    plan.add_argument(
+        "--horizon",
+        type=_horizon,
+        default=timedelta(days=90),
+        help="how far ahead to project (default 90d)",
+    )
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+
+    command("validate", "check the configuration (no network)")
+
+    verify = command("verify", "prove the credential stored in Vault for TARGET works")
+    verify.add_argument("target", metavar="TARGET")
+    return root
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+        out.write("\n")
+
+
+class ConsoleStream:
+    """Renders the audit log's JSON lines as ``time event key=value ...`` for people."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                self._stream.write(line + "\n")
+                continue
+            stamp = str(record.pop("timestamp", ""))[11:19]
+            event = record.pop("event", "")
+            record.pop("audit", None)
+            record.pop("level", None)
+            fields = " ".join(f"{k}={v}" for k, v in record.items())
+            self._stream.write(f"{stamp} {event:<22} {fields}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _setup_logging(fmt: str, debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    _STANDARD = frozenset(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        data.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        return json.dumps(data, default=str)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def exit_code(results: Iterable[RotationResult]) -> Exit:
+    """STUCK beats FAILED beats OK."""
+    outcomes = {r.outcome for r in results}
+    if Outcome.STUCK in outcomes:
+        return Exit.STUCK
+    if Outcome.FAILED in outcomes:
+        return Exit.FAILED
+    return Exit.OK
+
+
+def reconcile_all(
+    app: App,
+    targets: Sequence[Target],
+    *,
+    trigger: Trigger,
+    force: bool = False,
+    dry_run: bool = False,
+) -> list[RotationResult]:
+    """One reconcile pass, target by target (one target's failure never stops the rest)."""
+    return [app.engine.reconcile(t, trigger=trigger, force=force, dry_run=dry_run) for t in targets]
+
+
+def run_once(app: App) -> int:
+    """``rotator run --once``: what the schedule would do now, for every target."""
+    results = reconcile_all(app, app.config.targets, trigger=Trigger.SCHEDULE)
+    _print_results(results, sys.stderr, as_json=False)
+    return exit_code(results)
+
+
+def _print_results(results: Sequence[RotationResult], out: TextIO, *, as_json: bool) -> None:
+    if as_json:
+        out.write(json.dumps([_jsonable(r) for r in results], indent=2) + "\n")
+        return
+    rows = [["TARGET", "OUTCOME", "CREDENTIAL", "PREVIOUS", "EXPIRES", "NEXT RUN", "DETAIL"]]
+    for r in results:
+        detail = r.error or "; ".join(r.actions)
+        rows.append(
+            [
+                r.target,
+                r.outcome.value,
+                r.credential_id or "-",
+                r.previous_credential_id or "-",
+                _when(r.expires_at),
+                _when(r.next_run_at),
+                detail,
+            ]
+        )
+    _table(rows, out)
+
+
+def _select(config: Config, names: Sequence[str], *, all_: bool, command: str) -> list[Target]:
+    if names and all_:
+        raise ConfigError(f"{command}: give target names or --all, not both")
+    if all_:
+        return list(config.targets)
+    if not names:
+        raise ConfigError(f"{command}: name at least one TARGET, or --all")
+    return [config.target(name) for name in dict.fromkeys(names)]
+
+
+def cmd_rotate(app: App, args: argparse.Namespace) -> int:
+    targets = _select(app.config, args.targets, all_=args.all, command="rotate")
+    results: list[RotationResult] = []
+    for target in targets:
+        status = app.engine.status(target)
+        if status.state == "stuck" and not args.force:
+            results.append(
+                RotationResult(
+                    target=target.name,
+                    outcome=Outcome.STUCK,
+                    credential_id=status.credential_id,
+                    expires_at=status.expires_at,
+                    error=f"stuck after {status.failures} failures; `rotator rotate --force "
+                    f"{target.name}` once the cause is fixed",
+                )
+            )
+            continue
+        if args.dry_run:
+            result = app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True)
+            if not any(a.startswith("rotate now") for a in result.actions):
+                # rotate means "now", due or not
+                result = _with_actions(result, (*result.actions, "rotate now (requested)"))
+            results.append(result)
+        else:
+            results.append(app.engine.reconcile(target, trigger=Trigger.CLI, force=True))
+    _print_results(results, sys.stdout, as_json=args.json)
+    return exit_code(results)
+
+
+def _with_actions(result: RotationResult, actions: tuple[str, ...]) -> RotationResult:
+    from dataclasses import replace  # noqa: PLC0415
+
+    kept = tuple(a for a in actions if not a.startswith("rotate at "))
+    return replace(result, actions=kept)
+
+
+def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
+    rows = [["TARGET", "KIND", "CREDENTIAL", "EXPIRES", "NEXT ROTATION", "VAULT", "STATE"]]
+    for s in statuses:
+        state = s.state + (f" ({s.failures} failures)" if s.failures and s.state != "stuck" else "")
+        rows.append(
+            [
+                s.target,
+                s.kind,
+                s.credential_id or "-",
+                _when(s.expires_at),
+                _when(s.next_rotation_at),
+                str(s.vault_version) if s.vault_version else "-",
+                state,
+            ]
+        )
+    return rows
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    names = args.targets
+    targets = [app.config.target(n) for n in names] if names else list(app.config.targets)
+    statuses = [app.engine.status(t) for t in targets]
+    if args.json:
+        sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
+    else:
+        _table(_status_rows(statuses), sys.stdout)
+        for s in statuses:
+            if s.last_error:
+                sys.stdout.write(f"{s.target}: last error: {s.last_error}\n")
+    if any(s.state == "stuck" for s in statuses):
+        return Exit.STUCK
+    if any(s.state in ("failing", "expired") for s in statuses):
+        return Exit.FAILED
+    return Exit.OK
+
+
+def cmd_plan(app: App, args: argparse.Namespace) -> int:
+    now = app.clock.now()
+    results = [app.engine.plan(t) for t in app.config.targets]
+    projected: list[Any] = []
+    problems: list[Any] = []
+    try:
+        from rotator import windows  # noqa: PLC0415 - optional module of the daemon work
+    except ImportError:
+        windows = None  # type: ignore[assignment]
+    if windows is not None:
+        scheduled = []
+        for target, result in zip(app.config.targets, results, strict=True):
+            schedule = app.config.schedule_for(target.name)
+            scheduled.append(
+                windows.ScheduledTarget(
+                    target=target,
+                    windows=schedule.windows,
+                    freezes=schedule.freeze,
+                    expires_at=result.expires_at,
+                )
+            )
+        projected = windows.project(scheduled, args.horizon, now)
+        problems = windows.unsatisfiable(projected)
+    if args.json:
+        document = {
+            "now": _jsonable(now),
+            "horizon": format_duration(args.horizon),
+            "targets": [_jsonable(r) for r in results],
+            "rotations": [_jsonable(p) for p in projected],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(f"now: {_when(now)}\n")
+        for r in results:
+            if r.outcome is Outcome.FAILED:
+                sys.stdout.write(f"{r.target}: cannot plan: {r.error}\n")
+                continue
+            for action in r.actions or ("nothing to do",):
+                sys.stdout.write(f"{r.target}: {action}\n")
+        if projected:
+            sys.stdout.write(f"\nrotations in the next {format_duration(args.horizon)}:\n")
+            rows = [["AT", "TARGET", "REASON", "OLD EXPIRES", "NEW EXPIRES", "RETIRE OLD"]]
+            rows += [
+                [
+                    _when(p.at),
+                    p.target,
+                    p.reason,
+                    _when(p.old_expires_at),
+                    _when(p.new_expires_at),
+                    _when(p.retire_at),
+                ]
+                for p in projected
+            ]
+            _table(rows, sys.stdout)
+        for p in problems:
+            for problem in p.problems:
+                sys.stderr.write(f"rotator: plan: {p.target} at {_when(p.at)}: {problem}\n")
+    if problems:
+        return Exit.USAGE
+    if any(r.outcome is Outcome.FAILED for r in results):
+        return Exit.FAILED
+    return Exit.OK
+
+
+def cmd_verify(app: App, args: argparse.Namespace) -> int:
+    target = app.config.target(args.target)
+    secret = app.store.read(target.vault_path)
+    if secret is None:
+        sys.stderr.write(f"rotator: {target.name}: no secret at {target.vault_path}\n")
+        return Exit.FAILED
+    data = {k: v for k, v in secret.data.items() if k != "previous"}
+    try:
+        if target.kind is CredentialKind.KEY:
+            app.oidc.verify_key(data)
+            what = f"key {data.get('keyId')} works (jwt-bearer token exchange and userinfo)"
+        else:
+            token = data.get("token")
+            if not isinstance(token, str):
+                raise VerificationError(f"the secret at {target.vault_path} has no token field")
+            user_id = data.get("user_id")
+            app.oidc.verify_pat(token, str(user_id) if user_id else None)
+            what = f"PAT {data.get('token_id')} works (userinfo)"
+    except (VerificationError, ZitadelError) as exc:
+        sys.stderr.write(f"rotator: {target.name}: verification failed: {exc}\n")
+        return Exit.FAILED
+    sys.stdout.write(f"{target.name}: {what}; Vault {target.vault_path} version {secret.version}\n")
+    return Exit.OK
+
+
+def cmd_run(app: App, args: argparse.Namespace) -> int:
+    try:
+        # The daemon module arrives separately; until then `run --once` is done here.
+        daemon = importlib.import_module("rotator.daemon")
+    except ImportError:
+        if args.once:
+            return run_once(app)
+        raise ConfigError("run: the daemon is not available in this build; use --once") from None
+    code: int = daemon.run_daemon(app, app.config, once=args.once)
+    return code
+
+
+# --------------------------------------------------------------------------- main
+
+
+Handler = Callable[[App, argparse.Namespace], int]
+_HANDLERS: dict[str, Handler] = {
+    "run": cmd_run,
+    "rotate": cmd_rotate,
+    "status": cmd_status,
+    "plan": cmd_plan,
+    "verify": cmd_verify,
+}
+#: Commands that only read Vault keep working while ZITADEL is unreachable.
+_VAULT_ONLY = frozenset({"status"})
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"rotator: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _setup_logging(args.log_format, args.debug)
+    config_path = args.config or os.environ.get("ROTATOR_CONFIG") or DEFAULT_CONFIG_PATH
+    try:
+        return _main(args, config_path)
+    except ConfigError as exc:
+        # Errors raised below the config layer know the field, not the file.
+        _fail(str(exc) if exc.file else f"{config_path}: {exc}")
+        return Exit.USAGE
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        # The message of an unexpected exception is not vetted for secrets: name its type only.
+        _fail(f"unexpected {type(exc).__name__} (run with --debug for a traceback)")
+        return Exit.FAILED
+
+
+def _main(args: argparse.Namespace, config_path: str) -> int:
+    config = load_config(config_path)
+    if args.command == "validate":
+        for warning in config.warnings:
+            sys.stderr.write(f"rotator: warning: {config.source}: {warning}\n")
+        noun = "target" if len(config.targets) == 1 else "targets"
+        sys.stdout.write(f"config OK: {len(config.targets)} {noun}\n")
+        return Exit.OK
+
+    stream: IO[str] = sys.stdout if args.command == "run" else sys.stderr
+    if args.log_format == "console":
+        stream = cast(IO[str], ConsoleStream(stream))
+    audit = AuditLog(stream=stream, file=config.audit.file)
+    try:
+        app = build(config, audit=audit, require_zitadel=args.command not in _VAULT_ONLY)
+    except ConfigError:
+        raise
+    except RotatorError as exc:
+        _fail(f"cannot start: {exc}")
+        return Exit.UNAVAILABLE
+    try:
+        if app.zitadel_error is not None:
+            sys.stderr.write(f"rotator: warning: ZITADEL not reachable: {app.zitadel_error}\n")
+        logging.getLogger("rotator").info("using ZITADEL API %s", app.api)
+        return _HANDLERS[args.command](app, args)
+    finally:
+        app.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
