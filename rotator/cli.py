@@ -34,6 +34,10 @@ from rotator.rotation import Outcome, RotationResult, TargetStatus
 from rotator.zitadel.base import CredentialKind
 
 
+class UsageError(Exception):
+    """A command line that cannot be carried out (exit 2)."""
+
+
 class Exit(IntEnum):
     OK = 0
     FAILED = 1  # at least one target failed
@@ -299,18 +303,29 @@ def _print_results(results: Sequence[RotationResult], out: TextIO, *, as_json: b
     _table(rows, out)
 
 
+def _targets_of(config: Config, args: argparse.Namespace) -> list[Target]:
+    """The targets a command acts on; a usage error (exit 2) before anything connects."""
+    if args.command == "rotate":
+        return _select(config, args.targets, all_=args.all, command="rotate")
+    if args.command == "status" and args.targets:
+        return _select(config, args.targets, all_=False, command="status")
+    if args.command == "verify":
+        return [config.target(args.target)]
+    return list(config.targets)
+
+
 def _select(config: Config, names: Sequence[str], *, all_: bool, command: str) -> list[Target]:
     if names and all_:
-        raise ConfigError(f"{command}: give target names or --all, not both")
+        raise UsageError(f"{command}: give target names or --all, not both")
     if all_:
         return list(config.targets)
     if not names:
-        raise ConfigError(f"{command}: name at least one TARGET, or --all")
+        raise UsageError(f"{command}: name at least one TARGET, or --all")
     return [config.target(name) for name in dict.fromkeys(names)]
 
 
 def cmd_rotate(app: App, args: argparse.Namespace) -> int:
-    targets = _select(app.config, args.targets, all_=args.all, command="rotate")
+    targets = _targets_of(app.config, args)
     results: list[RotationResult] = []
     for target in targets:
         status = app.engine.status(target)
@@ -364,8 +379,7 @@ def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
-    names = args.targets
-    targets = [app.config.target(n) for n in names] if names else list(app.config.targets)
+    targets = _targets_of(app.config, args)
     statuses = [app.engine.status(t) for t in targets]
     if args.json:
         sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
@@ -477,7 +491,7 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
     except ImportError:
         if args.once:
             return run_once(app)
-        raise ConfigError("run: the daemon is not available in this build; use --once") from None
+        raise UsageError("run: the daemon is not available in this build; use --once") from None
     code: int = daemon.run_daemon(app, app.config, once=args.once)
     return code
 
@@ -507,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path = args.config or os.environ.get("ROTATOR_CONFIG") or DEFAULT_CONFIG_PATH
     try:
         return _main(args, config_path)
+    except UsageError as exc:
+        _fail(str(exc))
+        return Exit.USAGE
     except ConfigError as exc:
         # Errors raised below the config layer know the field, not the file.
         _fail(str(exc) if exc.file else f"{config_path}: {exc}")
@@ -531,6 +548,10 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         sys.stdout.write(f"config OK: {len(config.targets)} {noun}\n")
         return Exit.OK
 
+    _targets_of(config, args)  # usage errors before anything connects
+    if args.command != "run" and not args.debug:
+        # One-shot commands: their errors are reported once, at the end.
+        logging.getLogger().setLevel(logging.ERROR)
     stream: IO[str] = sys.stdout if args.command == "run" else sys.stderr
     if args.log_format == "console":
         stream = cast(IO[str], ConsoleStream(stream))
