@@ -1,0 +1,484 @@
+"""The daemon: when to call the engine, on which replica, and how to stop.
+
+Scheduling (APScheduler 3.x ``BackgroundScheduler``, one worker thread so
+reconciles never overlap):
+
+* one job per target, ``target:<name>``, at the engine's
+  ``RotationResult.next_run_at`` (due, retirement or retry time; the engine
+  owns the backoff), moved into the target's rotation window when one is
+  configured, plus a little jitter; re-planned after every run;
+* one periodic job, ``reconcile``, every ``daemon.reconcile_interval``: every
+  target once, then the per-target gauges and expiry notifications from
+  ``engine.status()``;
+* ``coalesce`` and ``misfire_grace_time``: a job that could not run on time
+  (the worker was busy, the machine slept) runs once, late.  A daemon that
+  was *down* needs no stored jobs: on start (and on taking over the lease) it
+  reconciles every target, so whatever became due meanwhile rotates, once.
+
+High availability: with ``daemon.ha.enabled`` only the holder of a lease runs
+jobs.  A separate thread renews the lease every ``lease_ttl / 3``; a standby
+tries to take it as often, so it takes over at most ``lease_ttl + lease_ttl/3``
+after the active replica died (the lease must lapse, then the next poll takes
+it).  Even two replicas acting at once cannot rotate a target twice: every
+state write in Vault is check-and-set.
+
+Windows: a fresh rotation starts only inside the target's rotation windows
+and outside its freezes (:mod:`rotator.windows`).  Finishing an interrupted
+rotation, retrying a failed one, rotating an expired or missing credential
+and retiring an old one are not held back.
+
+Shutdown (SIGTERM/SIGINT, or ``stop_event``): no new job starts, the
+reconcile in flight finishes its current target, the lease is released (a
+standby takes over at its next poll), exit 0.  A rotation cut short by
+SIGKILL is resumed from its state in Vault by whichever replica runs next.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any, Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from rotator.app import App
+from rotator.config import Config, Schedule
+from rotator.errors import ConfigError, RotatorError
+from rotator.health import HealthServer, Readiness, discovery_probe, run_check
+from rotator.metrics import Metrics
+from rotator.model import Target, Trigger
+from rotator.notify import Webhook
+from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.windows import defer_until, safety_margin, schedule_rotation
+
+log = logging.getLogger(__name__)
+
+#: Exit codes shared with the CLI (see ``rotator --help``).
+EXIT_OK, EXIT_FAILED, EXIT_STUCK = 0, 1, 4
+#: After an unexpected error in one target's job, try again this much later.
+_ERROR_RETRY = timedelta(minutes=1)
+
+
+class Lease(Protocol):
+    """A lease that at most one replica holds (see :mod:`rotator.lease`)."""
+
+    def acquire(self) -> bool:
+        """Take the lease or renew it; True while this replica holds it."""
+        ...
+
+    def release(self) -> None:
+        """Give the lease up now (another replica may take it at once)."""
+        ...
+
+
+def exit_code(results: list[RotationResult]) -> int:
+    """STUCK beats FAILED beats OK: the convention of ``rotator run --once``."""
+    outcomes = {r.outcome for r in results}
+    if Outcome.STUCK in outcomes:
+        return EXIT_STUCK
+    if Outcome.FAILED in outcomes:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def identity(config: Config) -> str:
+    """This replica's name in the lease: configured, else host name and pid."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return config.daemon.ha.identity or f"{host}-{os.getpid()}"
+
+
+def make_lease(app: App, config: Config) -> Lease | None:
+    """The lease backend ``daemon.ha`` asks for; None when HA is off."""
+    ha = config.daemon.ha
+    if not ha.enabled:
+        return None
+    if ha.backend == "vault":
+        from rotator.lease import VaultLease  # noqa: PLC0415 - only with HA on
+
+        lease: Lease = VaultLease(
+            app.store,
+            ha.lease_path or f"{config.vault.state_prefix}/leader",
+            identity=identity(config),
+            ttl=ha.lease_ttl,
+        )
+        return lease
+    raise ConfigError(
+        "the kubernetes lease backend is not available in this build; use backend: vault",
+        file=config.source,
+        field="daemon.ha.backend",
+    )
+
+
+@dataclass
+class _Role:
+    leader: bool = False
+    stopping: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.stopping:
+            return "stopping"
+        return "active" if self.leader else "standby"
+
+
+class Daemon:
+    def __init__(
+        self,
+        app: App,
+        config: Config,
+        *,
+        lease: Lease | None,
+        metrics: Metrics | None = None,
+        webhook: Webhook | None = None,
+        stop_event: threading.Event | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.engine = app.engine
+        self.clock = app.clock
+        self.lease = lease
+        self.metrics = metrics or Metrics()
+        self.webhook = webhook
+        self.stop_event = stop_event or threading.Event()
+        self.role = _Role(leader=lease is None)
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self._lock = threading.RLock()
+        daemon = config.daemon
+        self.lease_interval = (
+            config.daemon.ha.lease_ttl.total_seconds() / 3 if lease is not None else 0.0
+        )
+        self._last_renewal: float | None = None
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": max(1, int(daemon.misfire_grace.total_seconds())),
+            },
+        )
+        self._lease_thread: threading.Thread | None = None
+        app.audit.subscribe(self.metrics.on_audit)
+        if webhook is not None:
+            app.audit.subscribe(webhook.on_audit)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.scheduler.add_job(
+            self.reconcile_all,
+            "interval",
+            seconds=self.config.daemon.reconcile_interval.total_seconds(),
+            id="reconcile",
+            next_run_time=datetime.now(UTC),  # reconcile at once: whatever became due while down
+        )
+        if self.lease is not None:
+            self.metrics.set_leader(False)
+            self._lease_tick()
+            self._lease_thread = threading.Thread(
+                target=self._lease_loop, name="rotator-lease", daemon=True
+            )
+            self._lease_thread.start()
+        else:
+            self.metrics.set_leader(True)
+
+    def stop(self) -> None:
+        """Stop taking jobs, let the one in flight finish, release the lease."""
+        with self._lock:
+            self.role.stopping = True
+        self.stop_event.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self._lease_thread is not None:
+            self._lease_thread.join(timeout=self.lease_interval + 5)
+        if self.lease is not None and self.role.leader:
+            try:
+                self.lease.release()
+                log.info("lease released")
+            except RotatorError as exc:
+                log.warning("could not release the lease (%s); it lapses by itself", exc)
+        with self._lock:
+            self.role.leader = False
+        self.metrics.set_leader(False)
+
+    @property
+    def running(self) -> bool:
+        lease_ok = self._lease_thread is None or self._lease_thread.is_alive()
+        return bool(self.scheduler.running) and lease_ok and not self.role.stopping
+
+    # ------------------------------------------------------------ leadership
+
+    def _lease_loop(self) -> None:
+        while not self.stop_event.wait(self.lease_interval):
+            self._lease_tick()
+
+    def _lease_tick(self) -> None:
+        assert self.lease is not None
+        now = time.monotonic()  # not the engine clock: tests move that one
+        try:
+            held = self.lease.acquire()
+            if held:
+                self._last_renewal = now
+        except RotatorError as exc:
+            # Keep acting while our last renewal is surely still valid; the
+            # lease lapses for everyone at the same time, so stop before it.
+            ttl = self.config.daemon.ha.lease_ttl.total_seconds()
+            held = (
+                self.role.leader
+                and self._last_renewal is not None
+                and now - self._last_renewal < ttl - self.lease_interval
+            )
+            log.warning("lease renewal failed (%s); %s", exc, "still active" if held else "standby")
+        with self._lock:
+            if self.role.stopping:
+                return
+            was = self.role.leader
+            self.role.leader = held
+        if held and not was:
+            log.info("became active: this replica holds the lease")
+            self.app.audit.emit("daemon.active", identity=identity(self.config))
+            self.metrics.set_leader(True)
+            self._run_soon("reconcile")
+        elif was and not held:
+            log.warning("lost the lease: standing by")
+            self.app.audit.emit("daemon.standby", identity=identity(self.config))
+            self.metrics.set_leader(False)
+            for job in self.scheduler.get_jobs():
+                if job.id.startswith("target:"):
+                    job.remove()
+
+    def _run_soon(self, job_id: str) -> None:
+        if self.scheduler.running and not self.role.stopping:
+            self.scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+
+    # ------------------------------------------------------------ jobs
+
+    def reconcile_all(self) -> list[RotationResult]:
+        """Every target once (when active), then gauges and expiry notices."""
+        results: list[RotationResult] = []
+        statuses: list[TargetStatus] = []
+        for target in self.config.targets:
+            if self.stop_event.is_set():
+                break
+            if self.role.leader:
+                result = self.run_target(target.name)
+                if result is not None:
+                    results.append(result)
+            status = self._status(target)
+            if status is not None:
+                statuses.append(status)
+        if self.role.leader and self.webhook is not None:
+            self.webhook.check_expiry(
+                statuses, self.clock.now(), self.config.notify.expiry_threshold
+            )
+        return results
+
+    def run_target(self, name: str) -> RotationResult | None:
+        """Reconcile one target now unless its windows hold it back; plan its next run."""
+        if not self.role.leader or self.stop_event.is_set():
+            return None
+        target = self.config.target(name)
+        schedule = self.config.schedule_for(name)
+        try:
+            deferred = self._deferred(target, schedule)
+            if deferred is not None:
+                log.info("rotation of %s waits for its window at %s", name, deferred.isoformat())
+                self._plan(name, deferred)
+                return None
+            result = self.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        except RotatorError as exc:
+            # the status read before the reconcile failed (Vault down): try again soon
+            log.warning("target %s: %s; retrying in %s", name, exc, _ERROR_RETRY)
+            self._plan(name, self.clock.now() + _ERROR_RETRY)
+            return None
+        except Exception:  # a bug in one target's run must not stop the daemon
+            log.exception("target %s: unexpected error; retrying in %s", name, _ERROR_RETRY)
+            self._plan(name, self.clock.now() + _ERROR_RETRY)
+            return None
+        self.metrics.observe_result(result)
+        self._plan(name, self._next_time(target, schedule, result))
+        return result
+
+    def _deferred(self, target: Target, schedule: Schedule) -> datetime | None:
+        if not schedule.windows and not schedule.freeze:
+            return None
+        status = self.engine.status(target)
+        if status.state != "due":  # only a fresh rotation waits for a window
+            return None
+        return defer_until(
+            self.clock.now(),
+            status.next_rotation_at,
+            status.expires_at,
+            schedule.windows,
+            schedule.freeze,
+            margin=safety_margin(target),
+        )
+
+    def _next_time(
+        self, target: Target, schedule: Schedule, result: RotationResult
+    ) -> datetime | None:
+        when = result.next_run_at
+        if when is None:
+            return None
+        if result.expires_at is not None and (schedule.windows or schedule.freeze):
+            due = result.expires_at - target.policy.renew_before
+            if when >= due:
+                allowed, _ = schedule_rotation(
+                    due, result.expires_at, schedule.windows, schedule.freeze,
+                    safety_margin(target),
+                )
+                when = max(when, allowed)
+        jitter = self.config.daemon.jitter.total_seconds()
+        if jitter > 0 and when > self.clock.now():
+            when += timedelta(seconds=self._rng.uniform(0, jitter))
+        return when
+
+    def _plan(self, name: str, when: datetime | None) -> None:
+        """(Re)schedule ``target:<name>`` at ``when`` on the engine's clock."""
+        job_id = f"target:{name}"
+        self.metrics.set_next_rotation(name, when)
+        if not self.scheduler.running or self.role.stopping:
+            return
+        if when is None:
+            if self.scheduler.get_job(job_id) is not None:
+                self.scheduler.remove_job(job_id)
+            return
+        # The engine's clock may be offset (tests); APScheduler runs on real time.
+        delay = max(0.0, (when - self.clock.now()).total_seconds())
+        run_at = datetime.now(UTC) + timedelta(seconds=delay)
+        self.scheduler.add_job(
+            self.run_target, "date", run_date=run_at, args=[name], id=job_id,
+            replace_existing=True,
+        )
+
+    def _status(self, target: Target) -> TargetStatus | None:
+        try:
+            status = self.engine.status(target)
+        except RotatorError as exc:
+            log.warning("status of %s unavailable: %s", target.name, exc)
+            return None
+        self.metrics.observe_status(status)
+        return status
+
+    # ------------------------------------------------------------ readiness
+
+    def readiness(self, zitadel_probe: Callable[[], None]) -> Readiness:
+        checks = (
+            run_check("vault", self.app.store.check),
+            run_check("zitadel", zitadel_probe),
+            run_check("scheduler", lambda: self.running),
+        )
+        return Readiness(checks=checks, role=self.role.name)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _webhook(config: Config) -> Webhook | None:
+    notify = config.notify
+    if not notify.webhook_url:
+        return None
+    return Webhook(
+        notify.webhook_url, format=notify.format, timeout=notify.timeout.total_seconds()
+    )
+
+
+def _tls_verify(config: Config) -> bool | str:
+    tls = config.zitadel.tls
+    return False if tls.insecure else (tls.ca_file or True)
+
+
+def run_daemon(
+    app: App,
+    config: Config,
+    *,
+    once: bool = False,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """``rotator run`` (until stopped; returns 0) and ``rotator run --once``."""
+    lease = make_lease(app, config)
+    webhook = _webhook(config)
+    daemon = Daemon(app, config, lease=lease, webhook=webhook, stop_event=stop_event)
+    try:
+        if once:
+            return _once(daemon)
+        return _forever(daemon, config)
+    finally:
+        if webhook is not None:
+            webhook.close()
+
+
+def _once(daemon: Daemon) -> int:
+    if daemon.lease is not None:
+        if not daemon.lease.acquire():
+            log.info("another replica holds the lease: nothing to do")
+            return EXIT_OK
+        daemon.role.leader = True
+    try:
+        results = daemon.reconcile_all()
+    finally:
+        if daemon.lease is not None:
+            daemon.lease.release()
+    return exit_code(results)
+
+
+def _forever(daemon: Daemon, config: Config) -> int:
+    stop = daemon.stop_event
+    previous = _install_signal_handlers(stop)
+    probe = discovery_probe(
+        config.zitadel.url, verify=_tls_verify(config), timeout=min(
+            2.0, config.zitadel.timeout.total_seconds()
+        )
+    )
+    health = HealthServer(
+        config.daemon.listen_host,
+        config.daemon.listen_port,
+        readiness=lambda: daemon.readiness(probe),
+        metrics=daemon.metrics,
+    )
+    health.start()
+    log.info("health and metrics on http://%s:%d", config.daemon.listen_host, health.port)
+    try:
+        daemon.start()
+        daemon.app.audit.emit(
+            "daemon.started",
+            identity=identity(config),
+            ha=daemon.lease is not None,
+            targets=len(config.targets),
+        )
+        stop.wait()
+        log.info("stopping: finishing the reconcile in flight")
+    finally:
+        daemon.stop()
+        daemon.app.audit.emit("daemon.stopped", identity=identity(config))
+        health.stop()
+        _restore_signal_handlers(previous)
+    return EXIT_OK
+
+
+def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers (tests run the daemon in a thread)
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
