@@ -66,7 +66,7 @@ org; a machine user may manage itself without any role):
 - ``delete_user_metadata_v2(caller, user_id, keys) -> int`` (deletion date)
 
 User queries (v1 ``SearchQuery`` and v2 ``user.v2.SearchQuery``) are trees of
-the dataclasses ``UserNameQ, LoginNameQ, TypeQ, InIdsQ, OrgIdQ, StateQ, AndQ,
+the dataclasses ``UserNameQ, LoginNameQ, FieldTextQ, TypeQ, InIdsQ, OrgIdQ, StateQ, AndQ,
 OrQ, NotQ``; text methods are ``TextQueryMethod`` ints (0 EQUALS ..
 7 ENDS_WITH_IGNORE_CASE).  ``user_state_v1`` / ``user_state_v2`` map the
 stored state name to each API's enum number.
@@ -329,6 +329,16 @@ class LoginNameQ:
 
 
 @dataclass(frozen=True)
+class FieldTextQ:
+    """Text query on another user attribute: "given_name", "family_name",
+    "display_name", "email", "nick_name"."""
+
+    attr: str
+    value: str
+    method: int = 0
+
+
+@dataclass(frozen=True)
 class TypeQ:
     type: str  # "machine" | "human"
 
@@ -384,6 +394,9 @@ def user_matches(user: User, q: Any) -> bool:
         return text_matches(user.username, q.value, q.method)
     if isinstance(q, LoginNameQ):
         return any(text_matches(n, q.value, q.method) for n in user.login_names)
+    if isinstance(q, FieldTextQ):
+        value = user.display_name if q.attr == "display_name" else getattr(user, q.attr, "")
+        return text_matches(str(value), q.value, q.method)
     if isinstance(q, TypeQ):
         return user.type == q.type
     if isinstance(q, InIdsQ):
@@ -699,6 +712,10 @@ class Domain:
         return [self._pat(r) for r in
                 self._q(f"SELECT * FROM pats WHERE {where} ORDER BY rowid", *args)]
 
+    def metadata_of(self, user_id: str) -> list[Metadata]:
+        """All metadata of a user (no authorization; userinfo claims, state dump)."""
+        return self._metadata_of(user_id)
+
     def _metadata_of(self, user_id: str) -> list[Metadata]:
         return [self._md(r) for r in
                 self._q("SELECT * FROM metadata WHERE user_id = ? ORDER BY rowid", user_id)]
@@ -788,6 +805,18 @@ class Domain:
             )
         return secret
 
+    def create_machine_key(self, user_id: str, expiration: int | None = None) -> AddedKey:
+        """Server-generated key without authorization (seed, /_emulator/users)."""
+        user = self._machine_user(user_id, None, "COMMAND-bnipwm1")
+        exp = times.DEFAULT_EXPIRATION if expiration is None else expiration
+        return self._insert_key(user, exp, None)
+
+    def set_metadata_admin(self, user_id: str, key: str, value: bytes) -> None:
+        user = self.get_user(user_id)
+        if user is None:
+            raise EmuError("not_found", f"user {user_id} does not exist")
+        self._set_metadata(user, [(key, value)])
+
     def create_app(self, name: str) -> tuple[App, str]:
         """An API application (for introspection client auth): (app, client secret)."""
         secret = secrets.token_urlsafe(48)
@@ -812,12 +841,11 @@ class Domain:
         stored = rows[0]["secret_hash"] if rows else None
         return stored is not None and secrets.compare_digest(stored, _hash(secret))
 
-    def dump_state(self) -> dict[str, Any]:
-        """Everything except secret values (for test assertions)."""
-        return {
-            "now": times.format_protojson(self.now()),
-            "clock_offset_seconds": self.clock_offset_seconds,
-            "lag_ms": self.lag_ns // 1_000_000,
+    def dump_state(self, *, include_tokens: bool = False) -> dict[str, Any]:
+        """Orgs, users, keys, PATs, metadata - never secret values.  Stable while
+        nothing changes (no "now"), so tests can compare two dumps; issued access
+        tokens only with ``include_tokens`` (authenticating mints them)."""
+        state: dict[str, Any] = {
             "orgs": [{"id": o.id, "name": o.name, "primary_domain": o.primary_domain}
                      for o in self.list_orgs()],
             "users": [
@@ -842,14 +870,16 @@ class Domain:
                  "removed_at": _fmt_opt(p.removed_at)}
                 for p in self._pats_where("1 = 1")
             ],
-            "access_tokens": [
+        }
+        if include_tokens:
+            state["access_tokens"] = [
                 {"id": r["id"], "user_id": r["user_id"], "key_id": r["key_id"],
                  "created": times.format_protojson(int(r["created"])),
                  "expiration": times.format_protojson(int(r["expiration"])),
                  "scopes": json.loads(r["scopes"]), "audience": json.loads(r["audience"])}
                 for r in self._q("SELECT * FROM access_tokens ORDER BY rowid")
-            ],
-        }
+            ]
+        return state
 
     # --- authentication (§1, §7.7, §8) ------------------------------------------------
 
@@ -1326,6 +1356,7 @@ __all__ += [
     "Caller",
     "Details",
     "Domain",
+    "FieldTextQ",
     "InIdsQ",
     "LoginNameQ",
     "MachineKey",

@@ -1,0 +1,100 @@
+"""``python -m tests.emulator --port P --grpc-port G --state-dir DIR
+[--seed FILE] [--lag-ms N] [--no-v2-keys] [--verbose]``
+
+Serves HTTP (OIDC, Connect v2, /_emulator admin) on 127.0.0.1:P and the v1
+ManagementService over gRPC on 127.0.0.1:G (when tests/emulator/grpc_v1.py is
+present).  Port 0 picks a free port.  Writes DIR/endpoints.json and prints one
+line ``ready <issuer>`` once both listeners accept connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.emulator.domain import Domain
+from tests.emulator.seed import apply_seed, load_seed, write_private
+from tests.emulator.server import EmulatorHTTPServer
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, required=True, help="HTTP port (0 = any free port)")
+    p.add_argument("--grpc-port", type=int, required=True, help="gRPC port (0 = any free port)")
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--seed", type=Path, help="YAML seed (used only on a fresh state dir)")
+    p.add_argument("--lag-ms", type=int, default=0,
+                   help="key propagation lag at the token endpoint (§6.3)")
+    p.add_argument("--no-v2-keys", action="store_true",
+                   help="behave like ZITADEL < v4: no v2 key/PAT/metadata methods")
+    p.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
+    return p.parse_args(argv)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_grpc(domain: Domain, port: int) -> tuple[Any, int | None]:
+    try:
+        from tests.emulator.grpc_v1 import serve_grpc
+    except ImportError as exc:
+        print(f"emulator: v1 gRPC server not available ({exc})", file=sys.stderr, flush=True)
+        return None, None
+    if port == 0:
+        port = _free_port()
+    server = serve_grpc(domain, port)
+    return server, int(getattr(server, "port", port))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    state_dir: Path = args.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    domain = Domain(state_dir, lag_ms=args.lag_ms)
+    if domain.fresh:
+        apply_seed(domain, load_seed(args.seed), state_dir)
+
+    http_server = EmulatorHTTPServer(args.port, domain, no_v2_keys=args.no_v2_keys,
+                                     verbose=args.verbose)
+    port = http_server.server_address[1]
+    issuer = f"http://127.0.0.1:{port}"
+    domain.issuer = issuer
+    grpc_server, grpc_port = _start_grpc(domain, args.grpc_port)
+
+    users = {u.username: u.id for u in domain.all_users()}
+    orgs = {o.name: o.id for o in domain.list_orgs()}
+    endpoints = {"issuer": issuer,
+                 "grpc": f"127.0.0.1:{grpc_port}" if grpc_port else None,
+                 "orgs": orgs, "users": users}
+    write_private(state_dir / "endpoints.json", json.dumps(endpoints, indent=2).encode())
+
+    stop = threading.Event()
+
+    def _terminate(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    thread = threading.Thread(target=http_server.serve_forever, name="http", daemon=True)
+    thread.start()
+    print(f"ready {issuer}", flush=True)
+    stop.wait()
+    http_server.shutdown()
+    if grpc_server is not None:
+        grpc_server.stop(grace=0.5).wait()
+    domain.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The emulator's HTTP listener: OIDC/OAuth, Connect (v2 UserService) and the
+emulator-only admin API under ``/_emulator/``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.emulator import connect_v2, oidc
+from tests.emulator.domain import Domain
+from tests.emulator.errors import EmuError
+
+Response = tuple[int, dict[str, str], bytes]
+CONNECT_PREFIX = f"/{connect_v2.SERVICE}/"
+
+
+def _json(status: int, payload: Any) -> Response:
+    return status, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+
+
+def admin(domain: Domain, path: str, query: str, method: str, body: bytes) -> Response:
+    """Test controls; not part of ZITADEL."""
+    try:
+        data = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return _json(400, {"error": "body is not JSON"})
+    try:
+        if path == "/_emulator/faults":
+            if method == "POST":
+                domain.faults.configure(data)
+            elif method == "DELETE":
+                domain.faults.clear()
+            return _json(200, domain.faults.describe())
+        if path == "/_emulator/clock":
+            if method == "POST":
+                if "offset_seconds" in data:
+                    domain.set_clock_offset(float(data["offset_seconds"]))
+                if "advance_seconds" in data:
+                    domain.advance_clock(float(data["advance_seconds"]))
+            return _json(200, _clock(domain))
+        if path == "/_emulator/state" and method == "GET":
+            tokens = parse_qs(query).get("tokens", ["0"])[0] in ("1", "true")
+            return _json(200, domain.dump_state(include_tokens=tokens))
+        if path == "/_emulator/users" and method == "POST":
+            return _json(200, _create_user(domain, data))
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "users" and parts[4] == "state" and method == "POST":
+            domain.set_user_state(parts[3], str(data["state"]))
+            return _json(200, {"id": parts[3], "state": data["state"]})
+    except (ValueError, KeyError, TypeError, EmuError) as exc:
+        return _json(400, {"error": f"{type(exc).__name__}: {exc}"})
+    return _json(404, {"error": f"no admin route {method} {path}"})
+
+
+def _clock(domain: Domain) -> dict[str, Any]:
+    from tests.emulator import times
+
+    return {"offset_seconds": domain.clock_offset_seconds,
+            "now": times.format_protojson(domain.now())}
+
+
+def _create_user(domain: Domain, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"username": "svc-x", "org": "acme", "roles": [...], "type": "machine",
+    "key": false, "secret": false, "memberships": [{"org": "globex", "roles": [...]}]}``
+    -> ``{"id", "org_id", "login_name", ["key_file"], ["client_secret"]}``."""
+    org_ref = str(data.get("org", "acme"))
+    org = domain.org_by_name(org_ref) or domain.get_org(org_ref)
+    if org is None:
+        raise ValueError(f"unknown org {org_ref!r}")
+    username = str(data.get("username") or data["name"])
+    user = domain.create_user(
+        org.id, username, type=str(data.get("type", "machine")),
+        name=data.get("display_name"), roles=[str(r) for r in data.get("roles", [])],
+        state=str(data.get("state", "ACTIVE")),
+        given_name=str(data.get("given_name", "")), family_name=str(data.get("family_name", "")),
+        email=str(data.get("email", "")),
+    )
+    for m in data.get("memberships", []):
+        target = domain.org_by_name(str(m["org"])) or domain.get_org(str(m["org"]))
+        if target is None:
+            raise ValueError(f"unknown org {m['org']!r}")
+        domain.grant_roles(user.id, target.id, [str(r) for r in m["roles"]])
+    out: dict[str, Any] = {"id": user.id, "org_id": org.id, "login_name": user.preferred_login_name}
+    if data.get("key"):
+        added = domain.create_machine_key(user.id)
+        assert added.key_details is not None
+        out["key_file"] = json.loads(added.key_details)
+    if data.get("secret"):
+        out["client_secret"] = domain.generate_machine_secret(user.id)
+    return out
+
+
+class EmulatorHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, domain: Domain, *, no_v2_keys: bool = False,
+                 verbose: bool = False) -> None:
+        self.domain = domain
+        self.no_v2_keys = no_v2_keys
+        self.verbose = verbose
+        super().__init__(("127.0.0.1", port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EmulatorHTTPServer
+    server_version = "zitadel-emulator"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        if self.server.verbose:
+            sys.stderr.write("%s %s\n" % (self.log_date_time_string(), format % args))
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        domain = self.server.domain
+        try:
+            response: Response | None
+            if url.path.startswith("/_emulator/"):
+                response = admin(domain, url.path, url.query, self.command, body)
+            elif url.path.startswith(CONNECT_PREFIX):
+                response = connect_v2.handle(
+                    domain, url.path[len(CONNECT_PREFIX):], self.command, headers, body,
+                    no_v2_keys=self.server.no_v2_keys)
+            else:
+                response = oidc.handle(domain, url.path, self.command, headers, body)
+            if response is None:
+                response = 404, {"Content-Type": "text/plain; charset=utf-8"}, \
+                    b"404 page not found\n"
+        except Exception:
+            traceback.print_exc()
+            response = _json(500, {"error": "server_error", "error_description": "Errors.Internal"})
+        status, resp_headers, payload = response
+        self.send_response(status)
+        for name, value in resp_headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
