@@ -51,6 +51,16 @@ _CLASS_BY_CODE: dict[str, type[ZitadelError]] = {
 }
 
 
+#: grpcio spells one name the British way (``StatusCode.CANCELLED``).
+_ALIASES = {"cancelled": "canceled"}
+
+
+def normalise(code: str) -> str:
+    """``"NOT_FOUND"`` (grpc ``StatusCode.name``) or ``"not_found"`` -> ``"not_found"``."""
+    name = code.strip().lower()
+    return _ALIASES.get(name, name)
+
+
 def error_class(code: str) -> type[ZitadelError]:
     """The exception class for a snake-case status name; unknown names are rejections."""
     return _CLASS_BY_CODE.get(code, ZitadelRejected)
@@ -66,10 +76,10 @@ def error_for(
     """Build the exception for a failed call.
 
     ``message`` must already be free of secrets (server messages are; callers
-    must never pass request content).  ``code`` is normalised to lower case so
-    ``"NOT_FOUND"`` (grpc ``StatusCode.name``) and ``"not_found"`` agree.
+    must never pass request content).  ``code`` is normalised (:func:`normalise`)
+    so grpc's ``StatusCode.name`` and Connect's code name agree.
     """
-    normalised = code.strip().lower()
+    normalised = normalise(code)
     return error_class(normalised)(message, code=normalised, status=status, method=method)
 
 
