@@ -87,15 +87,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "zitadel-rotator.kubeTokenDir" -}}/var/run/secrets/kubernetes.io/serviceaccount{{- end }}
 {{- define "zitadel-rotator.vaultJwtPath" -}}/var/run/zitadel-rotator/vault-jwt/token{{- end }}
 
-{{/* A duration such as 30s, 5m, 12h, 7d or 2w in seconds (for alert expressions). */}}
+{{/* A duration in the rotator's syntax (30d, 12h, 90m, 45s, 1d12h) in seconds,
+     for alert expressions. */}}
 {{- define "zitadel-rotator.durationSeconds" -}}
 {{- $d := toString . }}
-{{- if not (regexMatch "^[0-9]+[smhdw]$" $d) }}
-{{- fail (printf "duration %q: use a number and one unit of s, m, h, d or w" $d) }}
+{{- if or (not $d) (not (regexMatch "^([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$" $d)) }}
+{{- fail (printf "duration %q: use 30d, 12h, 90m, 45s or combined largest first (1d12h)" $d) }}
 {{- end }}
-{{- $n := int (trimSuffix (regexFind "[smhdw]$" $d) $d) }}
-{{- $unit := get (dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800) (regexFind "[smhdw]$" $d) }}
-{{- mul $n $unit }}
+{{- $total := 0 }}
+{{- range $part := regexFindAll "[0-9]+[dhms]" $d -1 }}
+{{- $unit := get (dict "s" 1 "m" 60 "h" 3600 "d" 86400) (regexFind "[dhms]$" $part) }}
+{{- $total = add $total (mul (int (trimSuffix (regexFind "[dhms]$" $part) $part)) $unit) }}
+{{- end }}
+{{- $total }}
 {{- end }}
 
 {{/* Cross-field checks the JSON schema cannot express clearly. */}}
@@ -110,8 +114,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.daemon.ha.enabled) (include "zitadel-rotator.daemonMode" .) }}
 {{- fail "replicaCount > 1 needs daemon.ha.enabled: true (one active replica, the others on standby)" }}
 {{- end }}
-{{- if and .Values.daemon.ha.enabled (eq .Values.daemon.ha.backend "none") (gt (int .Values.replicaCount) 1) }}
-{{- fail "daemon.ha.backend none cannot coordinate several replicas: use kubernetes or vault" }}
+{{- if not .Values.targets }}
+{{- fail "targets: at least one target is required (see the targets section of values.yaml)" }}
 {{- end }}
 {{- if and .Values.zitadel.tls.ca.configMap .Values.zitadel.tls.ca.secret }}
 {{- fail "zitadel.tls.ca: set configMap or secret, not both" }}
@@ -190,6 +194,12 @@ containers:
         valueFrom: {fieldRef: {fieldPath: metadata.name}}
       - name: POD_NAMESPACE
         valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+      {{- with $v.notify.webhookUrlSecret.name }}
+      # Referenced by the config as ${ROTATOR_WEBHOOK_URL}.
+      - name: ROTATOR_WEBHOOK_URL
+        valueFrom:
+          secretKeyRef: {name: {{ . }}, key: {{ $v.notify.webhookUrlSecret.key | quote }}}
+      {{- end }}
       {{- with $v.extraEnv }}
       {{- toYaml . | nindent 6 }}
       {{- end }}
@@ -354,6 +364,9 @@ topologySpreadConstraints:
 {{- if ne .Values.image.pullPolicy "Always" }}
 {{- $skips = append $skips "CKV_K8S_15=a tag-pinned release image with pullPolicy IfNotPresent (the values' choice); a digest or pullPolicy Always lifts this skip" }}
 {{- end }}
+{{- end }}
+{{- if .Values.notify.webhookUrlSecret.name }}
+{{- $skips = append $skips "CKV_K8S_35=the webhook URL reaches the rotator as an environment variable because its config file can only reference secrets as ${VAR}; the Secret itself stays a Secret" }}
 {{- end }}
 {{- if not .Values.networkPolicy.enabled }}
 {{- $skips = append $skips "CKV2_K8S_6=networkPolicy.enabled is false: egress peers (ZITADEL, Vault, DNS) are cluster-specific, so the values leave isolation to the cluster's own policies; set networkPolicy.enabled to render one" }}
