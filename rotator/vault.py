@@ -133,7 +133,8 @@ def call_vault(action: str, path: str | None, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except Exception as exc:
-        raise translate(exc, action=action, path=path) from None
+        error = translate(exc, action=action, path=path)
+    raise error  # outside the except block: the hvac exception is not chained
 
 
 class VaultAuth(Protocol):
@@ -404,27 +405,34 @@ class VaultStore:
         while True:
             try:
                 if self._auth is not None:
+                    # A refused login is final here: re-trying it would be refused again.
                     self._auth.ensure_valid(self._client)
                 return fn()
             except Exception as raw:
                 exc = translate(raw, action=action, path=where)
-                if isinstance(exc, VaultPermissionDenied) and self._auth and not relogged:
-                    # Maybe our token expired or was revoked: one fresh login, then retry.
-                    relogged = True
-                    log.info(
-                        "vault refused the token, logging in again",
-                        extra={"vault_path": where, "action": action},
-                    )
-                    self._auth.relogin(self._client)
-                    continue
-                if isinstance(exc, VaultUnavailable) and attempt < len(delays):
-                    self._log_retry(action, path, exc, attempt, delays[attempt])
-                    self._clock.sleep(delays[attempt])
-                    attempt += 1
-                    continue
-                if exc is raw:
-                    raise
-                raise exc from None
+                came_from_request = not isinstance(raw, RotatorError)
+            # Outside the except block, so no hvac exception (whose text quotes
+            # Vault's response) is chained to what we raise next.
+            if (
+                isinstance(exc, VaultPermissionDenied)
+                and came_from_request
+                and self._auth is not None
+                and not relogged
+            ):
+                # Maybe our token expired or was revoked: one fresh login, then retry.
+                relogged = True
+                log.info(
+                    "vault refused the token, logging in again",
+                    extra={"vault_path": where, "action": action},
+                )
+                self._auth.relogin(self._client)
+                continue
+            if isinstance(exc, VaultUnavailable) and attempt < len(delays):
+                self._log_retry(action, path, exc, attempt, delays[attempt])
+                self._clock.sleep(delays[attempt])
+                attempt += 1
+                continue
+            raise exc
 
     def _log_retry(
         self, action: str, path: str | None, exc: VaultError, attempt: int, delay: float
