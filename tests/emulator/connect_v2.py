@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.emulator import domain as dm
 from tests.emulator.errors import EmuError
-from tests.emulator.protojson import F, Enum, Msg, b64, camel, clean, decode, enum_out, ts, u64
+from tests.emulator.protojson import Enum, F, Msg, b64, camel, clean, decode, enum_out, ts, u64
 
 SERVICE = "zitadel.user.v2.UserService"
 

@@ -191,13 +191,9 @@ def process_scopes(domain: dm.Domain, user: dm.User, scope: str) -> tuple[list[s
         elif s.startswith("urn:zitadel:iam:org:project:id:") and s.endswith(":aud"):
             granted.append(s)
             audience.append(s[len("urn:zitadel:iam:org:project:id:"):-len(":aud")])
-        elif s.startswith("urn:zitadel:iam:org:id:"):
-            if org is not None and s.rsplit(":", 1)[1] == org.id:
-                granted.append(s)
-        elif s.startswith("urn:zitadel:iam:org:domain:primary:"):
-            if org is not None and s[len("urn:zitadel:iam:org:domain:primary:"):] == \
-                    org.primary_domain:
-                granted.append(s)
+        elif org is not None and s in (f"urn:zitadel:iam:org:id:{org.id}",
+                                       f"urn:zitadel:iam:org:domain:primary:{org.primary_domain}"):
+            granted.append(s)  # org scopes of another org are dropped
     return granted, audience
 
 
@@ -326,7 +322,7 @@ def introspect(domain: dm.Domain, headers: Mapping[str, str],
     info = domain.token_info(token_value)
     if info is None:
         return _json(200, {"active": False})
-    user, kind, record = info
+    user, _kind, record = info
     if isinstance(record, dm.AccessToken):
         if app.client_id not in record.audience and app.project_id not in record.audience:
             return _json(200, {"active": False})

@@ -110,11 +110,8 @@ def _value(f: F, raw: Any) -> Any:
         value: int
         if isinstance(raw, bool):
             raise _bad(f"invalid value for {kind} field {camel(f.name)}: {raw}")
-        if isinstance(raw, int):
-            value = raw
-        elif isinstance(raw, float) and raw.is_integer():
-            value = int(raw)
-        elif isinstance(raw, str) and raw.isdigit():
+        integral_float = isinstance(raw, float) and raw.is_integer()
+        if isinstance(raw, int) or integral_float or (isinstance(raw, str) and raw.isdigit()):
             value = int(raw)
         else:
             raise _bad(f"invalid value for {kind} field {camel(f.name)}: {_short(raw)}")

@@ -112,9 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "zitadel-emulator"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
-            sys.stderr.write("%s %s\n" % (self.log_date_time_string(), format % args))
+            sys.stderr.write(f"{self.log_date_time_string()} {format % args}\n")
 
     def do_GET(self) -> None:
         self._dispatch()

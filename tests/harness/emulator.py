@@ -1,1 +1,346 @@
-"""Placeholder: the emulator fixture is being written."""
+"""The ZITADEL emulator (tests/emulator) as a real process for the test suite.
+
+Usage::
+
+    def test_something(emulator: Emulator) -> None:      # one per test module
+        emulator.issuer, emulator.grpc_target, emulator.admin_key_file
+        emulator.user_ids["svc-billing"], emulator.org_ids["acme"]
+        emulator.set_faults(rules=[{"method": "AddKey", "code": "unavailable", "count": 1}])
+        emulator.advance(3600)                # ZITADEL's clock moves, nobody sleeps
+        emulator.kill(); emulator.start()     # kill -9 and restart on the same ports
+        emulator.state()                      # users, keys, PATs (no secrets)
+
+    def test_lag(emulator_factory) -> None:              # special flags
+        emu = emulator_factory(lag_ms=300, no_v2_keys=True)
+
+The module-scoped ``emulator`` is shared by the tests of a module: a test that
+sets faults or moves the clock should undo it (``emulator.reset()``).
+
+Each emulator has a fresh state dir; it is restarted on the same ports so its
+issuer stays valid.  No process outlives the run (finalisers, ``atexit``,
+``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 20.0
+
+_running: set[Emulator] = set()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Between fork and exec: the kernel SIGTERMs the emulator if pytest dies.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
+
+
+class EmulatorError(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Emulator:
+    """One ``python -m tests.emulator`` process and its state dir."""
+
+    state_dir: Path
+    http_port: int
+    grpc_port: int
+    lag_ms: int = 0
+    no_v2_keys: bool = False
+    seed: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    endpoints: dict[str, Any] = field(default_factory=dict, repr=False)
+    owns_dir: bool = True
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    def launch(
+        cls,
+        *,
+        state_dir: Path | None = None,
+        lag_ms: int = 0,
+        no_v2_keys: bool = False,
+        seed: Path | None = None,
+    ) -> Emulator:
+        owns = state_dir is None
+        emu = cls(
+            state_dir=Path(tempfile.mkdtemp(prefix="zitadel-emu-")) if state_dir is None
+            else state_dir,
+            http_port=_free_port(),
+            grpc_port=_free_port(),
+            lag_ms=lag_ms,
+            no_v2_keys=no_v2_keys,
+            seed=seed,
+            owns_dir=owns,
+        )
+        emu.start()
+        return emu
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, **kwargs: Any) -> Iterator[Emulator]:
+        emu = cls.launch(**kwargs)
+        try:
+            yield emu
+        finally:
+            emu.close()
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "tests.emulator", "--port", str(self.http_port),
+                "--grpc-port", str(self.grpc_port), "--state-dir", str(self.state_dir)]
+        if self.lag_ms:
+            args += ["--lag-ms", str(self.lag_ms)]
+        if self.no_v2_keys:
+            args.append("--no-v2-keys")
+        if self.seed is not None:
+            args += ["--seed", str(self.seed)]
+        return args
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir.with_name(self.state_dir.name + ".log")
+
+    def start(self) -> None:
+        """Start (or restart after stop/kill) on the same ports and state dir."""
+        if self.process is not None and self.process.poll() is None:
+            raise EmulatorError("emulator already running")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT, env=env,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - nothing else runs in the child
+            )
+        _running.add(self)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.kill()
+            raise
+        self.endpoints = json.loads((self.state_dir / "endpoints.json").read_text())
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.process.stdout, selectors.EVENT_READ)
+            buffer = b""
+            while time.monotonic() < deadline:
+                if sel.select(timeout=0.1):
+                    chunk = os.read(self.process.stdout.fileno(), 4096)
+                    if not chunk:
+                        break
+                    buffer += chunk
+                    if b"\n" in buffer:
+                        line = buffer.split(b"\n", 1)[0].decode()
+                        if line.startswith("ready "):
+                            return
+                        raise EmulatorError(f"unexpected emulator output {line!r}")
+                elif self.process.poll() is not None:
+                    break
+        raise EmulatorError(
+            f"emulator did not become ready (exit {self.process.poll()}); log tail:\n"
+            + self.log_path.read_text(errors="replace")[-3000:]
+        )
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM); the state dir stays."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._close_pipe()
+
+    def kill(self) -> None:
+        """``kill -9``: no chance to flush or clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=5)
+        self._close_pipe()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _close_pipe(self) -> None:
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def close(self) -> None:
+        """Stop and delete the state dir."""
+        self.stop()
+        _running.discard(self)
+        if self.owns_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- where things are ---------------------------------------------------------
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def org_ids(self) -> dict[str, str]:
+        return dict(self.endpoints["orgs"])
+
+    @property
+    def user_ids(self) -> dict[str, str]:
+        return dict(self.endpoints["users"])
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Server-generated key file (§6.2) of ``rotator-admin`` (ORG_OWNER of acme)."""
+        return self.state_dir / "admin-key.json"
+
+    @property
+    def introspection_client(self) -> dict[str, str]:
+        """``{"client_id", "client_secret", "project_id"}`` of the seeded API app."""
+        return dict(json.loads((self.state_dir / "introspector.json").read_text()))
+
+    # -- admin API (/_emulator, not part of ZITADEL) ------------------------------
+
+    def _admin(self, method: str, path: str, payload: Any = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.issuer + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise EmulatorError(f"{method} {path}: {exc.code} {exc.read().decode()}") from exc
+
+    def set_faults(self, *, latency_ms: int = 0, rules: Sequence[dict[str, Any]] = (),
+                   seed: int | None = None) -> dict[str, Any]:
+        """Replace the fault configuration.  A rule: ``{"method": "AddKey" | "token" | "*",
+        "code": "unavailable" | "resource_exhausted" | "internal" | "deadline_exceeded",
+        "rate": 1.0, "count": N (only the next N calls), "latency_ms": 0}``."""
+        spec: dict[str, Any] = {"latency_ms": latency_ms, "rules": list(rules)}
+        if seed is not None:
+            spec["seed"] = seed
+        return dict(self._admin("POST", "/_emulator/faults", spec))
+
+    def faults(self) -> dict[str, Any]:
+        return dict(self._admin("GET", "/_emulator/faults"))
+
+    def clear_faults(self) -> None:
+        self._admin("DELETE", "/_emulator/faults")
+
+    def set_clock_offset(self, seconds: float) -> None:
+        self._admin("POST", "/_emulator/clock", {"offset_seconds": seconds})
+
+    def advance(self, seconds: float) -> None:
+        self._admin("POST", "/_emulator/clock", {"advance_seconds": seconds})
+
+    def clock(self) -> dict[str, Any]:
+        """``{"offset_seconds": float, "now": RFC 3339}``"""
+        return dict(self._admin("GET", "/_emulator/clock"))
+
+    def reset(self) -> None:
+        """No faults, no clock offset."""
+        self.clear_faults()
+        self.set_clock_offset(0)
+
+    def state(self, *, tokens: bool = False) -> dict[str, Any]:
+        """Orgs, users (roles, metadata), keys, PATs - ids and dates, no secrets."""
+        return dict(self._admin("GET", "/_emulator/state" + ("?tokens=1" if tokens else "")))
+
+    def add_user(
+        self,
+        username: str,
+        *,
+        org: str = "acme",
+        roles: Sequence[str] = (),
+        type: str = "machine",  # noqa: A002 - the emulator's field name
+        key: bool = False,
+        secret: bool = False,
+        memberships: Sequence[dict[str, Any]] = (),
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Create a user at runtime -> ``{"id", "org_id", "login_name"}`` plus
+        ``"key_file"`` (a §6.2 key JSON dict) with ``key=True`` and
+        ``"client_secret"`` with ``secret=True``."""
+        payload = {"username": username, "org": org, "roles": list(roles), "type": type,
+                   "key": key, "secret": secret, "memberships": list(memberships), **extra}
+        return dict(self._admin("POST", "/_emulator/users", payload))
+
+    def set_user_state(self, user_id: str, state: str) -> None:
+        """``ACTIVE``, ``INACTIVE``, ``LOCKED``, ..."""
+        self._admin("POST", f"/_emulator/users/{user_id}/state", {"state": state})
+
+
+@atexit.register
+def _stop_all() -> None:
+    for emu in list(_running):
+        with contextlib.suppress(Exception):
+            emu.close()
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[Emulator]:
+    """A fresh, default-seeded emulator shared by one test module."""
+    with Emulator.running() as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator_factory() -> Iterator[Callable[..., Emulator]]:
+    """``emulator_factory(lag_ms=.., no_v2_keys=.., seed=..)`` -> a fresh emulator,
+    stopped when the test ends."""
+    started: list[Emulator] = []
+
+    def make(**kwargs: Any) -> Emulator:
+        emu = Emulator.launch(**kwargs)
+        started.append(emu)
+        return emu
+
+    yield make
+    for emu in started:
+        emu.close()
