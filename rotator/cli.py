@@ -14,11 +14,13 @@ traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime, timedelta
@@ -518,6 +520,13 @@ def _fail(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _setup_logging(args.log_format, args.debug)
+    if not args.debug:
+        # Library deprecation notices (authlib inside zitadel-client) are not for
+        # operators.  authlib installs an "always" filter on import: import it
+        # first so ours goes in front of it.
+        with contextlib.suppress(ImportError):
+            import authlib.deprecate  # noqa: F401, PLC0415
+        warnings.simplefilter("ignore", DeprecationWarning)
     config_path = args.config or os.environ.get("ROTATOR_CONFIG") or DEFAULT_CONFIG_PATH
     try:
         return _main(args, config_path)

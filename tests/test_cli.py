@@ -12,12 +12,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hvac
+import hvac.exceptions
 import pytest
 import yaml
 
@@ -221,3 +224,282 @@ def test_status_works_while_zitadel_is_down(
         ("reports", "missing", None),
     ]
     assert "ZITADEL not reachable" in run.stderr
+
+
+# --------------------------------------------------------------------------- against the emulator
+
+
+@dataclass
+class Emulator:
+    issuer: str
+    grpc: str
+    orgs: dict[str, str]
+    state_dir: Path
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(
+            self.issuer + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+    def credentials(self) -> Any:
+        """Every key and PAT the emulator knows (ids, expiry, removal): no secrets."""
+        state = self.admin("GET", "/_emulator/state")
+        return {"keys": state["keys"], "pats": state["pats"]}
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """One emulator process for this module (each test has its own KV mount)."""
+    state_dir = tmp_path_factory.mktemp("emulator")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.emulator",
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("ready "), line
+        endpoints = json.loads((state_dir / "endpoints.json").read_text())
+        yield Emulator(endpoints["issuer"], endpoints["grpc"], endpoints["orgs"], state_dir)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Setup:
+    """A config for billing (key) and reports (PAT) on a fresh mount, and its environment."""
+
+    path: Path
+    env: dict[str, str]
+    mount: str
+    audit_file: Path
+    vault: OpenBao
+
+    def run(self, *args: str) -> Run:
+        return rotator("--config", str(self.path), *args, env=self.env)
+
+    def secret(self, path: str) -> dict[str, Any]:
+        response = self.vault.client().secrets.kv.v2.read_secret_version(
+            path=path, mount_point=self.mount, raise_on_deleted_version=True
+        )
+        data: dict[str, Any] = response["data"]["data"]
+        return data
+
+    def versions(self) -> dict[str, int]:
+        """Current version of every secret in the mount (targets and rotator state)."""
+        client = self.vault.client()
+        found: dict[str, int] = {}
+
+        def walk(prefix: str) -> None:
+            try:
+                keys = client.secrets.kv.v2.list_secrets(path=prefix, mount_point=self.mount)
+            except hvac.exceptions.InvalidPath:
+                return
+            for key in keys["data"]["keys"]:
+                if key.endswith("/"):
+                    walk(prefix + key)
+                else:
+                    meta = client.secrets.kv.v2.read_secret_metadata(
+                        path=prefix + key, mount_point=self.mount
+                    )
+                    found[prefix + key] = meta["data"]["current_version"]
+
+        walk("")
+        return found
+
+
+@pytest.fixture
+def setup(tmp_path: Path, emu: Emulator, openbao: OpenBao, kv_mount: str) -> Setup:
+    token = openbao.create_kv_token(kv_mount)
+    org = emu.orgs["acme"]
+    raw = {
+        "zitadel": {
+            "url": emu.issuer,
+            "api": "auto",
+            "grpc_target": emu.grpc,
+            "credentials": {"key_file": str(emu.state_dir / "admin-key.json")},
+        },
+        "vault": {"url": openbao.url, "mount": kv_mount},
+        "policy": {"verify_timeout": "20s"},
+        "targets": [
+            {"name": "billing", "user": "svc-billing", "org_id": org, "kind": "key"},
+            {"name": "reports", "user": "svc-reports", "org_id": org, "kind": "pat"},
+        ],
+        "daemon": {"max_attempts": 2},
+        "audit": {"file": "audit.jsonl"},
+    }
+    path = write_config(tmp_path / "rotator.yaml", raw)
+    return Setup(path, openbao.env(token), kv_mount, tmp_path / "audit.jsonl", openbao)
+
+
+def test_rotate_all_then_status_shows_both_targets(setup: Setup) -> None:
+    rotated = setup.run("rotate", "--all", "--json")
+    assert rotated.code == 0, rotated.output
+    results = {r["target"]: r for r in json.loads(rotated.stdout)}
+    assert {t: r["outcome"] for t, r in results.items()} == {
+        "billing": "rotated",
+        "reports": "rotated",
+    }
+
+    status = setup.run("status", "--json")
+    assert status.code == 0, status.output
+    rows = {r["target"]: r for r in json.loads(status.stdout)}
+    assert set(rows) == {"billing", "reports"}
+    for name, kind in (("billing", "key"), ("reports", "pat")):
+        row = rows[name]
+        assert row["kind"] == kind
+        assert row["state"] == "ready"
+        assert row["credential_id"] == results[name]["credential_id"]
+        assert row["vault_version"] == 1
+        assert row["vault_path"] == f"zitadel/{name}"
+        # Midnight UTC, 30 days out (the default lifetime).
+        assert row["expires_at"].endswith("T00:00:00+00:00")
+    assert setup.secret("zitadel/billing")["keyId"] == rows["billing"]["credential_id"]
+    assert setup.secret("zitadel/reports")["token_id"] == rows["reports"]["credential_id"]
+
+    table = setup.run("status")
+    assert table.code == 0
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == [
+        "TARGET",
+        "KIND",
+        "CREDENTIAL",
+        "EXPIRES",
+        "NEXT",
+        "ROTATION",
+        "VAULT",
+        "STATE",
+    ]
+    assert [line.split()[0] for line in lines] == ["billing", "reports"]
+
+
+def test_dry_run_and_plan_change_nothing(setup: Setup, emu: Emulator) -> None:
+    # Before any rotation: a dry run says what it would do and writes nothing.
+    before = (setup.versions(), emu.credentials())
+    dry = setup.run("rotate", "--all", "--dry-run", "--json")
+    assert dry.code == 0, dry.output
+    assert {r["outcome"] for r in json.loads(dry.stdout)} == {"dry_run"}
+    assert all(
+        any(a.startswith("rotate now") for a in r["actions"]) for r in json.loads(dry.stdout)
+    )
+    assert (setup.versions(), emu.credentials()) == before == ({}, before[1])
+
+    assert setup.run("rotate", "--all").code == 0
+    before = (setup.versions(), emu.credentials())
+    assert before[0]  # the rotation wrote secrets and state
+
+    for args in (
+        ["rotate", "--all", "--dry-run"],
+        ["rotate", "billing", "--dry-run"],
+        ["plan"],
+        ["plan", "--json", "--horizon", "400d"],
+        ["status"],
+    ):
+        run = setup.run(*args)
+        assert run.code == 0, (args, run.output)
+        assert (setup.versions(), emu.credentials()) == before, args
+
+    plan = json.loads(setup.run("plan", "--json").stdout)
+    assert {t["target"]: t["outcome"] for t in plan["targets"]} == {
+        "billing": "dry_run",
+        "reports": "dry_run",
+    }
+    # 90 days of 30-day credentials renewed 10 days ahead: each target rotates again.
+    assert {r["target"] for r in plan["rotations"]} == {"billing", "reports"}
+
+
+def test_verify_proves_the_stored_credentials_work(setup: Setup) -> None:
+    assert setup.run("rotate", "--all").code == 0
+    for name, what in (("billing", "key"), ("reports", "PAT")):
+        run = setup.run("verify", name)
+        assert run.code == 0, run.output
+        assert run.stdout.startswith(f"{name}: {what} ")
+        assert "works" in run.stdout
+
+
+def test_run_once_rotates_what_has_no_credential(setup: Setup) -> None:
+    run = setup.run("run", "--once")
+    assert run.code == 0, run.output
+    states = {r["target"]: r["state"] for r in json.loads(setup.run("status", "--json").stdout)}
+    assert states == {"billing": "ready", "reports": "ready"}
+    before = setup.versions()
+    again = setup.run("run", "--once")
+    assert again.code == 0, again.output
+    assert setup.versions() == before  # nothing was due: nothing written
+
+
+def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
+    setup: Setup, emu: Emulator
+) -> None:
+    try:
+        emu.admin(
+            "POST",
+            "/_emulator/faults",
+            {"rules": [{"method": m, "code": "internal"} for m in ("AddKey", "AddMachineKey")]},
+        )
+        first = setup.run("rotate", "billing")
+        assert first.code == 1, first.output
+        second = setup.run("rotate", "billing")  # max_attempts: 2
+        assert second.code == 4, second.output
+        assert setup.run("status", "billing").code == 4
+        refused = setup.run("rotate", "billing")
+        assert refused.code == 4
+        assert "rotate --force billing" in refused.stdout
+    finally:
+        emu.admin("DELETE", "/_emulator/faults")
+    forced = setup.run("rotate", "--force", "billing")
+    assert forced.code == 0, forced.output
+    assert setup.run("status", "billing").code == 0
+
+
+def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emu: Emulator) -> None:
+    outputs = [
+        setup.run("rotate", "--all"),
+        setup.run("--log-format", "console", "rotate", "--all"),
+        setup.run("status"),
+        setup.run("status", "--json"),
+        setup.run("plan", "--json"),
+        setup.run("verify", "billing"),
+        setup.run("verify", "reports"),
+        setup.run("run", "--once"),
+        setup.run("--debug", "status"),
+    ]
+    assert all(run.code == 0 for run in outputs), [run.output for run in outputs]
+    captured = "".join(run.output for run in outputs) + setup.audit_file.read_text()
+
+    key_file = setup.secret("zitadel/billing")
+    pat = setup.secret("zitadel/reports")
+    admin_key = json.loads((emu.state_dir / "admin-key.json").read_text())
+    secrets_ = {
+        "PAT": pat["token"],
+        "previous PAT": pat.get("previous", {}).get("token"),
+        "Vault token": setup.env["VAULT_TOKEN"],
+        "root token": setup.vault.root_token,
+    }
+    for name, value in secrets_.items():
+        if value:
+            assert value not in captured, name
+    assert "PRIVATE KEY" not in captured
+    for pem in (key_file["key"], admin_key["key"]):
+        body = "".join(pem.strip().splitlines()[1:-1])
+        assert body[:40] not in captured.replace("\n", "")
+    assert "audit" in setup.audit_file.read_text()  # the file is really written
