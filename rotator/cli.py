@@ -525,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # operators.  authlib installs an "always" filter on import: import it
         # first so ours goes in front of it.
         with contextlib.suppress(ImportError):
-            import authlib.deprecate  # noqa: F401, PLC0415
+            importlib.import_module("authlib.deprecate")
         warnings.simplefilter("ignore", DeprecationWarning)
     config_path = args.config or os.environ.get("ROTATOR_CONFIG") or DEFAULT_CONFIG_PATH
     try:
