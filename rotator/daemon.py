@@ -41,7 +41,6 @@ import random
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -70,14 +69,19 @@ _ERROR_RETRY = timedelta(minutes=1)
 
 
 class Lease(Protocol):
-    """A lease that at most one replica holds (see :mod:`rotator.lease`)."""
+    """A lease that at most one replica holds (:class:`rotator.lease.VaultLease`)."""
 
-    def acquire(self) -> bool:
-        """Take the lease or renew it; True while this replica holds it."""
+    def try_acquire(self) -> bool:
+        """Take the lease if free or expired, renew it if ours; True while we hold it."""
         ...
 
     def release(self) -> None:
-        """Give the lease up now (another replica may take it at once)."""
+        """Give the lease up now (another replica may take it at its next poll)."""
+        ...
+
+    @property
+    def is_held(self) -> bool:
+        """Whether our last successful write is still unexpired (by our clock)."""
         ...
 
 
@@ -105,11 +109,13 @@ def make_lease(app: App, config: Config) -> Lease | None:
     if ha.backend == "vault":
         from rotator.lease import VaultLease  # noqa: PLC0415 - only with HA on
 
+        # The lease runs on the system clock, never on an offset engine clock.
         lease: Lease = VaultLease(
             app.store,
             ha.lease_path or f"{config.vault.state_prefix}/leader",
-            identity=identity(config),
-            ttl=ha.lease_ttl,
+            identity(config),
+            ha.lease_ttl,
+            skew=min(timedelta(seconds=1), ha.lease_ttl / 10),
         )
         return lease
     raise ConfigError(
@@ -158,7 +164,6 @@ class Daemon:
         self.lease_interval = (
             config.daemon.ha.lease_ttl.total_seconds() / 3 if lease is not None else 0.0
         )
-        self._last_renewal: float | None = None
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -226,20 +231,12 @@ class Daemon:
 
     def _lease_tick(self) -> None:
         assert self.lease is not None
-        now = time.monotonic()  # not the engine clock: tests move that one
         try:
-            held = self.lease.acquire()
-            if held:
-                self._last_renewal = now
+            held = self.lease.try_acquire()
         except RotatorError as exc:
-            # Keep acting while our last renewal is surely still valid; the
-            # lease lapses for everyone at the same time, so stop before it.
-            ttl = self.config.daemon.ha.lease_ttl.total_seconds()
-            held = (
-                self.role.leader
-                and self._last_renewal is not None
-                and now - self._last_renewal < ttl - self.lease_interval
-            )
+            # Vault unreachable: keep acting only while the lease we last wrote
+            # is surely unexpired (a standby cannot take it before then).
+            held = self.role.leader and self.lease.is_held
             log.warning("lease renewal failed (%s); %s", exc, "still active" if held else "standby")
         with self._lock:
             if self.role.stopping:
@@ -422,7 +419,7 @@ def run_daemon(
 
 def _once(daemon: Daemon) -> int:
     if daemon.lease is not None:
-        if not daemon.lease.acquire():
+        if not daemon.lease.try_acquire():
             log.info("another replica holds the lease: nothing to do")
             return EXIT_OK
         daemon.role.leader = True
