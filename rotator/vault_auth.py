@@ -345,10 +345,11 @@ def connect(
     """A :class:`VaultStore` for the ``vault`` section, authenticated by its ``auth`` method.
 
     Nothing is sent to Vault yet: the first request logs in (call ``check()``
-    to fail fast).
+    to fail fast).  ``clock`` paces the retries only: token lifetimes are
+    Vault's real time, so the authenticator always runs on the system clock
+    (an engine clock moved forward in tests must not age the token).
     """
-    clock = clock or SystemClock()
-    auth = Authenticator(method_from_config(config.auth, environ), clock=clock)
+    auth = Authenticator(method_from_config(config.auth, environ), clock=SystemClock())
     return VaultStore.connect(
         config.url,
         config.mount,
