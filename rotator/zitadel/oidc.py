@@ -94,6 +94,10 @@ def http_error(response: httpx.Response, what: str) -> ZitadelError:
     if error == "server_error" and status == 500:
         # ZITADEL's answer to any refused assertion (§7.2), not an outage.
         code = "unauthenticated"
+        description += (
+            " (ZITADEL's answer to an unknown, expired, removed or not yet propagated key,"
+            " a wrong audience or clock skew)"
+        )
     elif error in _REFUSALS or status == 401:
         code = "unauthenticated"
     else:
@@ -187,16 +191,21 @@ class OidcClient:
     # -- grants -----------------------------------------------------------------
 
     def exchange_jwt_bearer(
-        self, key_file: Mapping[str, Any], scope: str = ZITADEL_API_SCOPE
+        self,
+        key_file: Mapping[str, Any],
+        scope: str = ZITADEL_API_SCOPE,
+        *,
+        now: datetime | None = None,
     ) -> AccessToken:
         """Trade a key file for an access token (RFC 7523 jwt-bearer grant).
 
         Raises ZitadelUnauthenticated when ZITADEL refuses the assertion (for
         ZITADEL: HTTP 500 ``server_error``), ZitadelUnavailable when it cannot
-        be reached or is overloaded.
+        be reached or is overloaded.  ``now`` (default: this client's clock)
+        dates the assertion and the token's expiry.
         """
         endpoints = self.endpoints()
-        now = self.clock.now()
+        now = now or self.clock.now()
         assertion = sign_assertion(key_file, endpoints.issuer, now)
         what = f"token exchange (key {key_file.get('keyId')}, user {key_file.get('userId')})"
         response = self._request(
@@ -305,7 +314,9 @@ class TokenSource:
             if self._token is None or self._clock.now() >= (
                 self._token.expires_at - self._refresh_before
             ):
-                self._token = self._oidc.exchange_jwt_bearer(self._provider(), self._scope)
+                self._token = self._oidc.exchange_jwt_bearer(
+                    self._provider(), self._scope, now=self._clock.now()
+                )
                 self.exchanges += 1
             return self._token.token
 
