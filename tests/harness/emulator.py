@@ -153,7 +153,8 @@ class Emulator:
         self.endpoints = json.loads((self.state_dir / "endpoints.json").read_text())
 
     def _wait_ready(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT
         with selectors.DefaultSelector() as sel:
             sel.register(self.process.stdout, selectors.EVENT_READ)
@@ -298,7 +299,7 @@ class Emulator:
         *,
         org: str = "acme",
         roles: Sequence[str] = (),
-        type: str = "machine",  # noqa: A002 - the emulator's field name
+        type: str = "machine",
         key: bool = False,
         secret: bool = False,
         memberships: Sequence[dict[str, Any]] = (),
