@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -710,3 +711,19 @@ def test_notes_tell_the_operator_how_to_check_the_release(tools: Tools) -> None:
     assert "rollout status deployment/rot-zitadel-rotator" in notes
     assert "get lease rot-zitadel-rotator" in notes
     assert "/metrics" in notes
+
+
+def test_the_readme_minimal_values_install_as_documented(tools: Tools, tmp_path: Path) -> None:
+    readme = (CHART / "README.md").read_text()
+    example = readme.split("a minimal install needs:", 1)[1].split("```yaml", 1)[1]
+    values = tmp_path / "my-values.yaml"
+    values.write_text(textwrap.dedent(example.split("```", 1)[0]))
+    result = tools.helm_template(values, release="rotator")
+    assert result.returncode == 0, result.stderr
+    r = Rendered(path=Path("-"), objects=parse(result.stdout))
+    config = load_rendered_config(write_config(r, tmp_path, "readme"))
+    assert [t.name for t in config.targets] == ["billing", "reports"]
+    # The Vault role binding shown in the README names the release's ServiceAccount.
+    account = r.one("ServiceAccount")["metadata"]["name"]
+    assert f"bound_service_account_names={account}" in readme
+    assert f"deployment/{r.one('Deployment')['metadata']['name']}" in readme
