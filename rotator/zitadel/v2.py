@@ -219,18 +219,8 @@ class UserServiceTransport:
             return fn(client)
         except ApiError as exc:
             raise api_error(exc, where, context, self._client_token) from None
-        except urllib3.exceptions.TimeoutError:
-            raise error_for("deadline_exceeded", f"{context}: timed out", method=where) from None
         except urllib3.exceptions.HTTPError as exc:
-            # MaxRetryError / ProtocolError: no answer.  The type name is enough;
-            # str() would repeat the URL and the OS error, which we don't need.
-            if isinstance(getattr(exc, "reason", None), urllib3.exceptions.TimeoutError):
-                raise error_for(
-                    "deadline_exceeded", f"{context}: connect timed out", method=where
-                ) from None
-            raise error_for(
-                "unavailable", f"{context}: unreachable ({type(exc).__name__})", method=where
-            ) from None
+            raise _no_answer(exc, where, context) from None
         except ValidationError as exc:
             # Never str(exc): pydantic quotes input values, which may be a PAT.
             raise error_for(
@@ -421,6 +411,22 @@ class UserServiceTransport:
             f"remove PAT {pat_id} of user {user.id}",
             lambda z: z.users.remove_personal_access_token(request, _request_timeout=self._timeout),
         )
+
+
+def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
+    """The error for a call that got no HTTP answer (refused, reset, timed out).
+
+    Names only the exception type: ``str(exc)`` repeats the URL and OS error.
+    """
+    cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the real failure
+    # NewConnectionError ("refused") subclasses ConnectTimeoutError: test it first.
+    if isinstance(cause, urllib3.exceptions.TimeoutError) and not isinstance(
+        cause, urllib3.exceptions.NewConnectionError
+    ):
+        return error_for("deadline_exceeded", f"{context}: timed out", method=method)
+    return error_for(
+        "unavailable", f"{context}: unreachable ({type(cause).__name__})", method=method
+    )
 
 
 def _paginate(page: Callable[[int], tuple[list[Any], int | None]], page_size: int) -> Iterator[Any]:
