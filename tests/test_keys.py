@@ -5,12 +5,19 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from authlib.jose import jwt as authlib_jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from zitadel_client import Zitadel
+from zitadel_client.models import (
+    UserServiceIDFilter,
+    UserServiceKeysSearchFilter,
+    UserServiceListKeysRequest,
+)
 
 from rotator.errors import RotatorError
 from rotator.keys import (
@@ -22,6 +29,9 @@ from rotator.keys import (
     key_file_json,
     sign_assertion,
 )
+from rotator.zitadel.oidc import OidcClient, TokenSource
+from rotator.zitadel.v2 import UserServiceTransport
+from tests.harness.emulator import Emulator
 
 NOW = datetime(2026, 11, 23, 18, 0, 0, tzinfo=UTC)
 ISSUER = "http://127.0.0.1:8080"
@@ -155,3 +165,46 @@ def test_unusable_key_is_refused_without_quoting_it() -> None:
     assert "3001" in str(caught.value)
     assert "c2VjcmV0" not in str(caught.value)
     assert caught.value.__cause__ is None or "c2VjcmV0" not in str(caught.value.__cause__)
+
+
+# -- against the emulator: consumers of ZITADEL key files accept ours ----------------------
+
+
+def test_official_sdk_authenticates_with_our_key_file(emulator: Emulator, tmp_path: Path) -> None:
+    """A consumer reading the key file from Vault with ``Zitadel.with_private_key``
+    (which insists on a file path) works unchanged."""
+    admin_key = json.loads(emulator.admin_key_file.read_text())
+    with OidcClient(emulator.issuer) as oidc:
+        transport = UserServiceTransport(emulator.issuer, TokenSource(oidc, lambda: admin_key))
+        user = transport.resolve_user("svc-billing")
+        pair = generate_key_pair()
+        expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+        credential = transport.add_key(user, pair.public_key_pem, expires)
+    key_file = build_key_file(credential.id, user.id, pair.private_key_pem, expires)
+
+    path = tmp_path / "key.json"  # only the test writes key material to disk
+    path.write_text(key_file_json(key_file))
+    try:
+        client = Zitadel.with_private_key(emulator.issuer, str(path))
+        own_keys = client.users.list_keys(
+            UserServiceListKeysRequest(
+                filters=[
+                    UserServiceKeysSearchFilter(user_id_filter=UserServiceIDFilter(id=user.id))
+                ]
+            )
+        )
+    finally:
+        path.unlink()
+    assert credential.id in {k.id for k in own_keys.result or []}
+
+
+def test_server_generated_key_file_has_the_bytes_we_build(emulator: Emulator) -> None:
+    text = emulator.admin_key_file.read_text()
+    server = json.loads(text)
+    ours = build_key_file(
+        server["keyId"],
+        server["userId"],
+        server["key"],
+        datetime.fromisoformat(server["expirationDate"]),
+    )
+    assert key_file_json(ours) == text
