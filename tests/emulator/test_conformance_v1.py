@@ -109,7 +109,8 @@ def error_detail(call: grpc.Call) -> tuple[int, str, str, str] | None:
     any_fields = dict(_fields(anys[0]))  # type: ignore[arg-type]
     assert any_fields[1] == b"type.googleapis.com/zitadel.v1.ErrorDetail"
     detail = object_pb.ErrorDetail.FromString(any_fields[2])
-    assert isinstance(code, int) and isinstance(message, bytes)
+    assert isinstance(code, int)
+    assert isinstance(message, bytes)
     return code, message.decode(), detail.id, detail.message
 
 
@@ -303,7 +304,8 @@ def test_server_generated_key_defaults_to_year_9999(raw: Raw, admin_token: str,
     assert key_file["expirationDate"] == "9999-12-31T23:59:59Z"
     assert key_file["key"].startswith("-----BEGIN RSA PRIVATE KEY-----")
     assert added.details.resource_owner == ids["org:acme"]
-    assert added.details.HasField("creation_date") and not added.details.HasField("change_date")
+    assert added.details.HasField("creation_date")
+    assert not added.details.HasField("change_date")
 
     got = raw.call("GetMachineKeyByIDs", m.GetMachineKeyByIDsRequest(
         user_id=user_id, key_id=added.key_id), token=admin_token).key
@@ -357,7 +359,7 @@ def test_list_machine_keys_pages(raw: Raw, admin_token: str, emulator: Emulator)
 
 
 @pytest.mark.parametrize(
-    ("change", "code", "message", "detail"),
+    "case",
     [
         ({"type": authn_pb.KEY_TYPE_UNSPECIFIED}, grpc.StatusCode.INVALID_ARGUMENT,
          "invalid AddMachineKeyRequest.Type: value must not be in list [0]", None),
@@ -378,8 +380,9 @@ def test_list_machine_keys_pages(raw: Raw, admin_token: str, emulator: Emulator)
     ],
 )
 def test_add_machine_key_errors(raw: Raw, admin_token: str, ids: dict[str, str],
-                                change: dict[str, Any], code: grpc.StatusCode, message: str,
-                                detail: tuple[str, str] | None) -> None:
+                                case: tuple[dict[str, Any], grpc.StatusCode, str,
+                                            tuple[str, str] | None]) -> None:
+    change, code, message, detail = case
     fields: dict[str, Any] = {"user_id": ids["svc-billing"], "type": authn_pb.KEY_TYPE_JSON,
                               "expiration_date": future(10)}
     fields.update(change)
@@ -425,7 +428,8 @@ def test_pat_lifecycle(raw: Raw, admin_token: str, ids: dict[str, str],
     user_id = ids["svc-billing"]
     added = raw.call("AddPersonalAccessToken", m.AddPersonalAccessTokenRequest(user_id=user_id),
                      token=admin_token)
-    assert added.token and added.token_id
+    assert added.token
+    assert added.token_id
     assert added.details.resource_owner == ids["org:acme"]
 
     got = raw.call("GetPersonalAccessTokenByIDs", m.GetPersonalAccessTokenByIDsRequest(
