@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,13 +30,15 @@ from rotator.errors import (
     ZitadelUnauthenticated,
     ZitadelUnavailable,
 )
-from rotator.keys import generate_key_pair
+from rotator.keys import build_key_file, generate_key_pair
 from rotator.zitadel import codes
-from rotator.zitadel.base import CredentialKind
-from rotator.zitadel.detect import classify
+from rotator.zitadel.base import CredentialKind, User
+from rotator.zitadel.detect import PROBE_PATH, choose_api, classify, detect_api
+from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import Endpoint, ManagementTransport, parse_endpoint
 from tests.emulator.domain import Domain
 from tests.emulator.grpc_v1 import start_grpc
+from tests.harness.emulator import Emulator
 
 # --- endpoint parsing ------------------------------------------------------------------
 
@@ -238,5 +241,287 @@ def test_unreachable_endpoint_is_unavailable() -> None:
     assert info.value.method == "GetMyOrg"
 
 
-def _unused() -> None:  # keep imports used while the emulator section is written
-    _ = (json, ZitadelError, CredentialKind, generate_key_pair)
+# --- end to end against the emulator's gRPC port ------------------------------------------
+
+
+def _key_file(path: Path) -> dict[str, str]:
+    return dict(json.loads(path.read_text()))
+
+
+def _token_source(emulator: Emulator, key_file: dict[str, str]) -> TokenSource:
+    return TokenSource(OidcClient(emulator.issuer), lambda: key_file)
+
+
+@pytest.fixture(scope="module")
+def admin_source(emulator: Emulator) -> TokenSource:
+    return _token_source(emulator, _key_file(emulator.admin_key_file))
+
+
+@pytest.fixture(scope="module")
+def transport(emulator: Emulator, admin_source: TokenSource) -> Iterator[ManagementTransport]:
+    with ManagementTransport(f"http://{emulator.grpc_target}", admin_source) as t:
+        yield t
+
+
+@pytest.fixture(autouse=True)
+def _reset(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "emulator" in request.fixturenames:
+        request.getfixturevalue("emulator").reset()
+
+
+def _in(days: float) -> datetime:
+    return datetime.now(UTC) + timedelta(days=days)
+
+
+def test_it_is_a_zitadel_transport(transport: ManagementTransport) -> None:
+    assert transport.api == "v1"
+    assert transport.my_org().name == "acme"
+
+
+def test_resolve_user_by_id_login_name_and_user_name(
+        transport: ManagementTransport, emulator: Emulator) -> None:
+    billing = emulator.user_ids["svc-billing"]
+    acme = emulator.org_ids["acme"]
+    expected = User(id=billing, org_id=acme, username="svc-billing", active=True, machine=True)
+    assert transport.resolve_user(billing) == expected
+    assert transport.resolve_user("svc-billing@acme.localhost") == expected
+    assert transport.resolve_user("svc-billing") == expected
+    assert transport.resolve_user("svc-billing", org_id=acme) == expected
+    # login names are global: a user of another org is found, with its own org
+    ledger = transport.resolve_user("svc-ledger@globex.localhost")
+    assert (ledger.id, ledger.org_id) == (emulator.user_ids["svc-ledger"],
+                                          emulator.org_ids["globex"])
+
+
+@pytest.mark.parametrize("name", ["nobody", "nobody@acme.localhost", "4242424242"])
+def test_resolve_unknown_user(transport: ManagementTransport, name: str) -> None:
+    with pytest.raises(ZitadelNotFound):
+        transport.resolve_user(name)
+
+
+def test_user_of_another_org_is_not_found_by_id(transport: ManagementTransport,
+                                                emulator: Emulator) -> None:
+    with pytest.raises(ZitadelNotFound, match="MANAG-fpo4B"):
+        transport.resolve_user(emulator.user_ids["svc-ledger"])
+
+
+def test_key_lifecycle(transport: ManagementTransport, emulator: Emulator) -> None:
+    user = transport.resolve_user("svc-billing")
+    pair = generate_key_pair()
+    expires = datetime(2031, 2, 3, 4, 5, 6, 789012, tzinfo=UTC)
+    added = transport.add_key(user, pair.public_key_pem, expires)
+    assert (added.kind, added.user_id, added.expires_at) == (CredentialKind.KEY, user.id, expires)
+    assert added.created_at is not None
+
+    listed = {c.id: c for c in transport.list_keys(user)}
+    assert listed[added.id].expires_at == expires  # sent and stored exactly
+    # ZITADEL's own record says the same (expiry explicit, never year 9999)
+    state = {k["id"]: k for k in emulator.state()["keys"]}
+    assert state[added.id]["expiration"] == "2031-02-03T04:05:06.789012Z"
+
+    # the registered public key is usable for the jwt-bearer grant
+    key_file = build_key_file(added.id, user.id, pair.private_key_pem, expires)
+    OidcClient(emulator.issuer).verify_key(key_file)
+
+    transport.remove_key(user, added.id)
+    assert added.id not in {c.id for c in transport.list_keys(user)}
+    with pytest.raises(ZitadelNotFound, match="COMMAND-4m77G"):
+        transport.remove_key(user, added.id)
+
+
+def test_pat_lifecycle(transport: ManagementTransport, emulator: Emulator) -> None:
+    user = transport.resolve_user("svc-reports")
+    expires = _in(7)
+    issued = transport.add_pat(user, expires)
+    assert issued.token not in repr(issued)
+    assert issued.credential.kind is CredentialKind.PAT
+    assert issued.credential.expires_at == expires
+    OidcClient(emulator.issuer).verify_pat(issued.token, user.id)
+
+    listed = {c.id: c for c in transport.list_pats(user)}
+    assert listed[issued.credential.id].expires_at == expires
+
+    transport.remove_pat(user, issued.credential.id)
+    assert issued.credential.id not in {c.id for c in transport.list_pats(user)}
+    with pytest.raises(ZitadelNotFound):
+        transport.remove_pat(user, issued.credential.id)
+
+
+def test_past_expiry_is_rejected(transport: ManagementTransport) -> None:
+    user = transport.resolve_user("svc-billing")
+    with pytest.raises(ZitadelRejected, match="DOMAIN-dv3t5") as info:
+        transport.add_pat(user, _in(-1))
+    assert info.value.code == "invalid_argument"
+
+
+def test_naive_expiry_is_refused_before_any_call(transport: ManagementTransport) -> None:
+    user = transport.resolve_user("svc-billing")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        transport.add_pat(user, datetime(2031, 1, 1))
+
+
+def test_lists_follow_pages(emulator: Emulator, admin_source: TokenSource,
+                            transport: ManagementTransport) -> None:
+    created = emulator.add_user("svc-many-keys")
+    user = transport.resolve_user(created["id"])
+    ids = [transport.add_key(user, generate_key_pair().public_key_pem, _in(30)).id
+           for _ in range(5)]
+    with ManagementTransport(f"http://{emulator.grpc_target}", admin_source,
+                             page_size=2) as small_pages:
+        assert [c.id for c in small_pages.list_keys(user)] == ids
+
+
+def test_the_org_header_is_the_users_org(emulator: Emulator,
+                                         transport: ManagementTransport) -> None:
+    """A rotator that manages users in two orgs: each call runs in the user's org."""
+    multi = emulator.add_user("svc-rotator-multi", roles=["ORG_OWNER"], key=True,
+                              memberships=[{"org": "globex", "roles": ["ORG_USER_MANAGER"]}])
+    source = _token_source(emulator, multi["key_file"])
+    with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
+        ledger = t.resolve_user("svc-ledger@globex.localhost")
+        assert ledger.org_id == emulator.org_ids["globex"]
+        key = t.add_key(ledger, generate_key_pair().public_key_pem, _in(30))
+        assert key.id in {c.id for c in t.list_keys(ledger)}
+        t.remove_key(ledger, key.id)
+        # a user-name lookup runs in the given org
+        assert t.resolve_user("svc-ledger", org_id=emulator.org_ids["globex"]).id == ledger.id
+    # the admin (member of acme only) cannot touch globex's user
+    with pytest.raises(ZitadelNotFound, match="membership not found"):
+        transport.add_key(ledger, generate_key_pair().public_key_pem, _in(30))
+
+
+def test_caller_without_any_membership(emulator: Emulator) -> None:
+    noperm = emulator.add_user("svc-noperm-t1", key=True)
+    target = User(id=emulator.user_ids["svc-billing"], org_id=emulator.org_ids["acme"],
+                  username="svc-billing")
+    source = _token_source(emulator, noperm["key_file"])
+    with ManagementTransport(f"http://{emulator.grpc_target}", source) as t, \
+            pytest.raises(ZitadelNotFound, match="AUTHZ-cdgFk"):
+        t.add_key(target, generate_key_pair().public_key_pem, _in(30))
+
+
+def test_caller_without_the_permission(emulator: Emulator) -> None:
+    viewer = emulator.add_user("svc-viewer-t1", roles=["ORG_OWNER_VIEWER"], key=True)
+    target = User(id=emulator.user_ids["svc-billing"], org_id=emulator.org_ids["acme"],
+                  username="svc-billing")
+    source = _token_source(emulator, viewer["key_file"])
+    with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
+        t.list_keys(target)  # user.read is enough to list
+        with pytest.raises(ZitadelPermissionDenied, match="AUTH-5mWD2") as info:
+            t.add_pat(target, _in(1))
+    assert not info.value.retryable
+
+
+def test_unavailable_is_retryable(emulator: Emulator, transport: ManagementTransport) -> None:
+    user = transport.resolve_user("svc-billing")
+    emulator.set_faults(rules=[{"method": "ListMachineKeys", "code": "unavailable", "count": 1}])
+    with pytest.raises(ZitadelUnavailable) as info:
+        transport.list_keys(user)
+    assert (info.value.code, info.value.method, info.value.retryable) == (
+        "unavailable", "ListMachineKeys", True)
+    assert transport.list_keys(user) is not None  # the next call goes through
+
+
+def test_deadline_on_every_call(emulator: Emulator, admin_source: TokenSource) -> None:
+    emulator.set_faults(rules=[{"method": "GetMyOrg", "code": "unavailable", "rate": 0.0,
+                                "latency_ms": 1500}])
+    with ManagementTransport(f"http://{emulator.grpc_target}", admin_source,
+                             timeout=0.3) as t:
+        started = time.monotonic()
+        with pytest.raises(ZitadelUnavailable) as info:
+            t.my_org()
+        assert time.monotonic() - started < 1.2
+    assert info.value.code == "deadline_exceeded"
+
+
+def test_a_refused_token_is_replaced_once(emulator: Emulator) -> None:
+    class Source:
+        """Hands out a token ZITADEL does not know until told to forget it."""
+
+        def __init__(self) -> None:
+            self.real = _token_source(emulator, _key_file(emulator.admin_key_file))
+            self.stale = True
+            self.invalidations = 0
+
+        def __call__(self) -> str:
+            return "stale-token-value" if self.stale else self.real()
+
+        def invalidate(self) -> None:
+            self.invalidations += 1
+            self.stale = False
+
+    source = Source()
+    with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
+        assert t.my_org().name == "acme"
+    assert source.invalidations == 1
+
+
+def test_tokens_never_appear_in_errors(emulator: Emulator) -> None:
+    token = "secret-bearer-abc123"
+    with ManagementTransport(f"http://{emulator.grpc_target}", lambda: token) as t, \
+            pytest.raises(ZitadelUnauthenticated) as info:
+        t.my_org()
+    assert token not in str(info.value)
+    assert "Errors.Token.Invalid (AUTH-7fs1e)" in str(info.value)
+
+
+def test_token_source_failures_are_rotator_errors(emulator: Emulator) -> None:
+    def broken() -> str:
+        raise RuntimeError("response body with secret-xyz")
+
+    with ManagementTransport(f"http://{emulator.grpc_target}", broken) as t, \
+            pytest.raises(ZitadelUnauthenticated) as info:
+        t.my_org()
+    assert "secret-xyz" not in str(info.value)
+    assert isinstance(info.value, ZitadelError)
+
+
+# --- zitadel.api: auto ----------------------------------------------------------------------
+
+
+def test_auto_detects_v2_on_a_v4_instance(emulator: Emulator, admin_source: TokenSource) -> None:
+    assert detect_api(emulator.issuer, admin_source()) == "v2"
+    events: list[tuple[str, dict[str, object]]] = []
+
+    class Audit:
+        def emit(self, event: str, **fields: object) -> None:
+            events.append((event, fields))
+
+    assert choose_api("auto", emulator.issuer, admin_source, audit=Audit()) == "v2"
+    assert events == [("zitadel_api_detected",
+                       {"api": "v2", "issuer": emulator.issuer, "probe": PROBE_PATH})]
+
+
+def test_auto_falls_back_to_v1_without_v2_key_methods(
+        emulator_factory: Callable[..., Emulator]) -> None:
+    old = emulator_factory(no_v2_keys=True)
+    source = _token_source(old, _key_file(old.admin_key_file))
+    assert detect_api(old.issuer, source()) == "v1"
+    assert choose_api("auto", old.issuer, source) == "v1"
+    # and v1 really serves that instance
+    with ManagementTransport(f"http://{old.grpc_target}", source) as t:
+        user = t.resolve_user("svc-billing")
+        assert t.add_key(user, generate_key_pair().public_key_pem, _in(30)).id
+
+
+def test_detection_does_not_guess_when_zitadel_is_down(emulator: Emulator,
+                                                      admin_source: TokenSource) -> None:
+    emulator.set_faults(rules=[{"method": "ListKeys", "code": "unavailable"}])
+    with pytest.raises(ZitadelUnavailable):
+        detect_api(emulator.issuer, admin_source())
+    emulator.reset()
+    with pytest.raises(ZitadelUnauthenticated):
+        detect_api(emulator.issuer, "not-a-token")
+    with pytest.raises(ZitadelUnavailable):
+        detect_api("http://127.0.0.1:9", "t", timeout=2)
+
+
+def test_explicit_settings_skip_detection() -> None:
+    def never() -> str:
+        raise AssertionError("no token needed")
+
+    assert choose_api("v1", "http://127.0.0.1:9", never) == "v1"
+    assert choose_api("v2", "http://127.0.0.1:9", never) == "v2"
+    with pytest.raises(ConfigError, match=r"zitadel\.api"):
+        choose_api("v3", "http://127.0.0.1:9", never)
