@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from rotator.clock import OffsetClock
 from rotator.errors import (
     ConfigError,
     ZitadelError,
@@ -455,6 +456,22 @@ def test_a_refused_token_is_replaced_once(emulator: Emulator) -> None:
     with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
         assert t.my_org().name == "acme"
     assert source.invalidations == 1
+
+
+def test_the_token_is_refreshed_before_it_expires(emulator: Emulator) -> None:
+    """ZITADEL's clock and the rotator's move 12 h on (token lifetime): the next
+    call carries a freshly exchanged token instead of failing."""
+    clock = OffsetClock()
+    key_file = _key_file(emulator.admin_key_file)
+    source = TokenSource(OidcClient(emulator.issuer, clock=clock), lambda: key_file)
+    with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
+        assert t.my_org().name == "acme"
+        first = source()
+        emulator.advance(12 * 3600)
+        clock.advance(timedelta(hours=12))
+        assert t.my_org().name == "acme"
+        assert source() != first
+    assert source.exchanges == 2
 
 
 def test_tokens_never_appear_in_errors(emulator: Emulator) -> None:
