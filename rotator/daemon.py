@@ -292,6 +292,7 @@ class Daemon:
             deferred = self._deferred(target, schedule)
             if deferred is not None:
                 log.info("rotation of %s waits for its window at %s", name, deferred.isoformat())
+                self.metrics.set_next_rotation(name, deferred)
                 self._plan(name, deferred)
                 return None
             result = self.engine.reconcile(target, trigger=Trigger.SCHEDULE)
@@ -305,6 +306,7 @@ class Daemon:
             self._plan(name, self.clock.now() + _ERROR_RETRY)
             return None
         self.metrics.observe_result(result)
+        self.metrics.set_next_rotation(name, self._next_rotation(target, schedule, result))
         self._plan(name, self._next_time(target, schedule, result))
         return result
 
@@ -342,10 +344,23 @@ class Daemon:
             when += timedelta(seconds=self._rng.uniform(0, jitter))
         return when
 
+    def _next_rotation(
+        self, target: Target, schedule: Schedule, result: RotationResult
+    ) -> datetime | None:
+        """When the next rotation attempt happens (the metric; retirements aside)."""
+        if result.outcome is Outcome.STUCK:
+            return None
+        if result.outcome is Outcome.FAILED or result.expires_at is None:
+            return result.next_run_at
+        due = result.expires_at - target.policy.renew_before
+        when, _ = schedule_rotation(
+            due, result.expires_at, schedule.windows, schedule.freeze, safety_margin(target)
+        )
+        return when
+
     def _plan(self, name: str, when: datetime | None) -> None:
         """(Re)schedule ``target:<name>`` at ``when`` on the engine's clock."""
         job_id = f"target:{name}"
-        self.metrics.set_next_rotation(name, when)
         if not self.scheduler.running or self.role.stopping:
             return
         if when is None:

@@ -60,7 +60,7 @@ class Metrics:
         )
         self.next_rotation = Gauge(
             "rotator_next_rotation_timestamp_seconds",
-            "When the daemon will next reconcile the target (Unix time; windows applied).",
+            "When the target's next rotation is planned (Unix time; windows applied).",
             ["target"], registry=r,
         )
         self.last_success = Gauge(
