@@ -406,17 +406,25 @@ def test_a_service_account_token_is_mounted_only_when_something_needs_it(
     assert not {"Role", "RoleBinding"} & plain.kinds()
     assert plain.one("ServiceAccount")["automountServiceAccountToken"] is False
 
-    # Vault's Kubernetes auth with its own audience: a token only Vault accepts...
+    # Vault's Kubernetes auth with its own audience and a Vault lease: only a
+    # token that Vault accepts and the API server does not.
     r = rendered["ha-metrics"]
     spec = pod_spec(r.one("Deployment"))
     tokens = _token_volumes(spec)
+    assert set(tokens) == {"vault-jwt"}
     assert tokens["vault-jwt"]["audience"] == "vault"
     config = load_rendered_config(write_config(r, tmp_path, "ha"))
     mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
     assert config.vault.auth.method == "kubernetes"
     assert config.vault.auth.jwt_file == f"{mounts['vault-jwt']}/token"
-    # ...and the API token at the in-cluster path for the Lease client.
+
+    # Vault token auth and a Kubernetes Lease: the API token at the in-cluster path.
+    lease = rendered["networkpolicy"]
+    spec = pod_spec(lease.one("Deployment"))
+    tokens = _token_volumes(spec)
+    assert set(tokens) == {"kube-api-access"}
     assert "audience" not in tokens["kube-api-access"]
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
     assert mounts["kube-api-access"] == "/var/run/secrets/kubernetes.io/serviceaccount"
 
     # Vault's Kubernetes auth without an audience uses the standard token.
@@ -430,8 +438,8 @@ def test_a_service_account_token_is_mounted_only_when_something_needs_it(
 def test_rbac_allows_exactly_the_lease_the_config_names(
     rendered: dict[str, Rendered], tmp_path: Path
 ) -> None:
-    r = rendered["ha-metrics"]
-    config = load_rendered_config(write_config(r, tmp_path, "ha"))
+    r = rendered["networkpolicy"]
+    config = load_rendered_config(write_config(r, tmp_path, "lease"))
     assert config.daemon.ha.enabled
     assert config.daemon.ha.backend == "kubernetes"
     assert config.daemon.ha.lease_namespace == NAMESPACE
@@ -454,10 +462,13 @@ def test_rbac_allows_exactly_the_lease_the_config_names(
         assert not {"ClusterRole", "ClusterRoleBinding"} & other.kinds(), scenario
 
 
-def test_the_vault_lease_needs_no_kubernetes_rbac(tools: Tools, tmp_path: Path) -> None:
-    r = render(tools, ci_values("ha-metrics"), sets=["daemon.ha.backend=vault"])
+def test_the_vault_lease_needs_no_kubernetes_rbac(
+    rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    r = rendered["ha-metrics"]
     assert not {"Role", "RoleBinding"} & r.kinds()
     config = load_rendered_config(write_config(r, tmp_path, "vault-ha"))
+    assert config.daemon.ha.enabled
     assert config.daemon.ha.backend == "vault"
 
 
@@ -719,18 +730,25 @@ def test_the_build_context_holds_the_package_and_nothing_else() -> None:
 # --------------------------------------------------------------------------- docs
 
 
-def test_notes_tell_the_operator_how_to_check_the_release(tools: Tools) -> None:
+def _notes(tools: Tools, scenario: str) -> str:
     result = subprocess.run(
         [str(tools.helm), "install", "rot", str(CHART), "-n", NAMESPACE, "--dry-run=client",
-         "-f", str(ci_values("ha-metrics"))],
+         "-f", str(ci_values(scenario))],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+    return result.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_operator_how_to_check_the_release(tools: Tools) -> None:
+    notes = _notes(tools, "networkpolicy")
     assert f"helm test rot -n {NAMESPACE}" in notes
     assert "rollout status deployment/rot-zitadel-rotator" in notes
     assert "get lease rot-zitadel-rotator" in notes
     assert "/metrics" in notes
+    assert "kv/zitadel-rotator/leader" in _notes(tools, "ha-metrics")  # vault.mount: kv
+    cron = _notes(tools, "cronjob")
+    assert "create job rot-zitadel-rotator-manual --from=cronjob/rot-zitadel-rotator" in cron
 
 
 def test_the_readme_minimal_values_install_as_documented(tools: Tools, tmp_path: Path) -> None:
