@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     domain = Domain(state_dir, lag_ms=args.lag_ms)
     if domain.fresh:
         apply_seed(domain, load_seed(args.seed), state_dir)
+    domain.mark_started()
 
     http_server = EmulatorHTTPServer(args.port, domain, no_v2_keys=args.no_v2_keys,
                                      verbose=args.verbose)

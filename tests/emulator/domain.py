@@ -553,6 +553,7 @@ class Domain:
         self.lag_ns = lag_ms * 1_000_000
         self.faults = Faults()
         self.issuer = ""  # set by the server once its port is known
+        self._caught_up = 0  # see mark_started()
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.state_dir / "zitadel.sqlite", check_same_thread=False, isolation_level=None
@@ -624,6 +625,11 @@ class Domain:
 
     # --- time ---------------------------------------------------------------------
 
+    def mark_started(self) -> None:
+        """Projections are caught up when the server starts: the lag applies only
+        to keys added or removed after this point (not to seeded keys)."""
+        self._caught_up = self.now()
+
     def now(self) -> int:
         return time.time_ns() + self._offset_ns
 
@@ -632,8 +638,11 @@ class Domain:
         return self._offset_ns / times.NS
 
     def set_clock_offset(self, seconds: float) -> None:
+        offset = int(seconds * times.NS)
+        if not times.MIN_TIMESTAMP <= time.time_ns() + offset <= times.MAX_TIMESTAMP:
+            raise ValueError("the clock would leave 0001-01-01..9999-12-31")
         with self._tx():
-            self._offset_ns = int(seconds * times.NS)
+            self._offset_ns = offset
             self._set_meta("clock_offset_ns", str(self._offset_ns))
 
     def advance_clock(self, seconds: float) -> None:
@@ -1295,9 +1304,11 @@ class Domain:
             return None
         key = self._key(rows[0])
         now = self.now()
-        if key.created + self.lag_ns > now:
+        if key.created >= self._caught_up and key.created + self.lag_ns > now:
             return None
-        if key.removed_at is not None and key.removed_at + self.lag_ns <= now:
+        if key.removed_at is not None and (
+            key.removed_at < self._caught_up or key.removed_at + self.lag_ns <= now
+        ):
             return None
         if key.expiration <= now:
             return None

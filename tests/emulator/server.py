@@ -108,6 +108,9 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY, Nagle plus
+    # the client's delayed ACK add ~40 ms to every keep-alive request
+    disable_nagle_algorithm = True
     server: EmulatorHTTPServer
     server_version = "zitadel-emulator"
     sys_version = ""

@@ -18,6 +18,9 @@ API_SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SERVICE = "zitadel.user.v2.UserService"
 
+# one keep-alive client: building an httpx.Client (SSL context) per call costs ms
+_http = httpx.Client(timeout=10)
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -51,7 +54,7 @@ def sign_assertion(key_file: dict[str, Any], aud: Any, **claims: Any) -> str:
 
 
 def token_request(issuer: str, assertion: str, scope: str = API_SCOPE) -> httpx.Response:
-    return httpx.post(f"{issuer}/oauth/v2/token",
+    return _http.post(f"{issuer}/oauth/v2/token",
                       data={"grant_type": JWT_BEARER, "assertion": assertion, "scope": scope})
 
 
@@ -69,7 +72,7 @@ def connect(issuer: str, method: str, body: Any, token: str | None = None,
         all_headers["Authorization"] = f"Bearer {token}"
     all_headers.update(headers or {})
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{issuer}/{SERVICE}/{method}", content=content, headers=all_headers)
+    return _http.post(f"{issuer}/{SERVICE}/{method}", content=content, headers=all_headers)
 
 
 def local_rsa_key() -> tuple[rsa.RSAPrivateKey, str]:

@@ -1,0 +1,298 @@
+"""Running the emulator: fault injection, clock, propagation lag (§6.3),
+persistence across kill -9, the ZITADEL < v4 mode, seeding and start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from zitadel_client import Zitadel
+from zitadel_client.exceptions import ApiError
+from zitadel_client.models import (
+    UserServiceAddKeyRequest,
+    UserServiceAddPersonalAccessTokenRequest,
+    UserServiceGetUserByIDRequest,
+    UserServiceListKeysRequest,
+    UserServiceMetadata,
+    UserServiceRemoveKeyRequest,
+    UserServiceSetUserMetadataRequest,
+)
+
+from tests.emulator.support import access_token, connect, in_days, sign_assertion, token_request
+from tests.harness.emulator import REPO_ROOT, Emulator, EmulatorError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def _clean_emulator(emulator: Emulator) -> Iterator[None]:
+    yield
+    if emulator.alive:
+        emulator.reset()
+
+
+def admin_token(emu: Emulator) -> str:
+    return access_token(emu.issuer, json.loads(emu.admin_key_file.read_text()))
+
+
+def add_key(emu: Emulator, token: str, user_id: str) -> httpx.Response:
+    return connect(emu.issuer, "AddKey",
+                   {"userId": user_id, "expirationDate": in_days(30).isoformat()}, token)
+
+
+# --- faults ----------------------------------------------------------------------------
+
+
+def test_a_counted_fault_fails_exactly_the_next_calls(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+    user = emulator.user_ids["svc-billing"]
+    emulator.set_faults(rules=[{"method": "AddKey", "code": "unavailable", "count": 2}])
+    first, second, third = (add_key(emulator, token, user) for _ in range(3))
+    assert (first.status_code, second.status_code, third.status_code) == (503, 503, 200)
+    assert first.json()["code"] == "unavailable"
+    other = connect(emulator.issuer, "ListKeys", {}, token)
+    assert other.status_code == 200  # other methods are untouched
+    assert emulator.faults()["rules"][0]["fired"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("resource_exhausted", 429), ("internal", 500), ("deadline_exceeded", 504),
+     ("unavailable", 503)],
+)
+def test_fault_codes_map_to_connect_http_statuses(
+    emulator: Emulator, code: str, status: int
+) -> None:
+    token = admin_token(emulator)
+    emulator.set_faults(rules=[{"method": "ListKeys", "code": code}])
+    response = connect(emulator.issuer, "ListKeys", {}, token)
+    assert response.status_code == status
+    assert response.json()["code"] == code
+
+
+def test_sdk_sees_injected_faults_as_api_errors(emulator: Emulator) -> None:
+    sdk = Zitadel.with_private_key(emulator.issuer, str(emulator.admin_key_file))
+    emulator.set_faults(rules=[{"method": "ListKeys", "code": "resource_exhausted"}])
+    with pytest.raises(ApiError) as info:
+        sdk.users.list_keys(UserServiceListKeysRequest())
+    assert info.value.code == 429
+    assert info.value.response_body["message"] == "Quota.Access.Exhausted (QUERY-vjAy8)"
+
+
+def test_the_token_endpoint_can_fail_too(emulator: Emulator) -> None:
+    key_file = json.loads(emulator.admin_key_file.read_text())
+    emulator.set_faults(rules=[{"method": "token", "code": "unavailable", "count": 1}])
+    failed = token_request(emulator.issuer, sign_assertion(key_file, emulator.issuer))
+    assert failed.status_code == 503
+    assert failed.json()["error"] == "server_error"
+    assert token_request(emulator.issuer,
+                         sign_assertion(key_file, emulator.issuer)).status_code == 200
+
+
+def test_latency_delays_every_call(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+    emulator.set_faults(latency_ms=300)
+    started = time.monotonic()
+    assert connect(emulator.issuer, "ListKeys", {}, token).status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_a_failure_rate_fails_a_share_of_calls(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+    emulator.set_faults(rules=[{"method": "ListKeys", "code": "unavailable", "rate": 0.5}],
+                        seed=7)
+    statuses = [connect(emulator.issuer, "ListKeys", {}, token).status_code for _ in range(40)]
+    assert 5 <= statuses.count(503) <= 35
+    assert statuses.count(200) == 40 - statuses.count(503)
+
+
+# --- clock -----------------------------------------------------------------------------
+
+
+def test_the_clock_offset_is_settable_and_persisted(emulator: Emulator) -> None:
+    emulator.set_clock_offset(3600)
+    emulator.advance(60)
+    assert emulator.clock()["offset_seconds"] == 3660
+    emulator.restart()
+    assert emulator.clock()["offset_seconds"] == 3660
+
+
+def test_a_key_with_the_default_expiry_outlives_a_century(emulator: Emulator) -> None:
+    user = emulator.add_user("svc-clock", key=True)  # default expiry 9999-12-31T23:59:59Z
+    assert user["key_file"]["expirationDate"] == "9999-12-31T23:59:59Z"
+    emulator.set_clock_offset(86400 * 365 * 100)
+    assertion = sign_assertion(user["key_file"], emulator.issuer)
+    assert token_request(emulator.issuer, assertion).status_code == 200
+
+
+def test_the_clock_cannot_leave_the_timestamp_range(emulator: Emulator) -> None:
+    with pytest.raises(EmulatorError):
+        emulator.set_clock_offset(86400 * 365 * 9000)
+    assert emulator.clock()["offset_seconds"] == 0
+
+
+# --- persistence -----------------------------------------------------------------------
+
+
+def test_kill_9_and_restart_keeps_users_keys_pats_metadata_and_tokens(
+    emulator: Emulator,
+) -> None:
+    sdk = Zitadel.with_private_key(emulator.issuer, str(emulator.admin_key_file))
+    ids = emulator.user_ids
+    key = sdk.users.add_key(UserServiceAddKeyRequest(userId=ids["svc-billing"],
+                                                     expirationDate=in_days(10)))
+    pat = sdk.users.add_personal_access_token(UserServiceAddPersonalAccessTokenRequest(
+        userId=ids["svc-reports"], expirationDate=in_days(10)))
+    sdk.users.set_user_metadata(UserServiceSetUserMetadataRequest(
+        userId=ids["svc-reports"], metadata=[UserServiceMetadata(key="k", value="dg==")]))
+    extra = emulator.add_user("svc-late", roles=["ORG_USER_MANAGER"])
+    token = admin_token(emulator)
+    before = emulator.state()
+
+    emulator.kill()
+    emulator.start()
+
+    assert emulator.state() == before
+    assert emulator.user_ids["svc-late"] == extra["id"]
+    # the PAT, an access token and the old SDK client all still work
+    as_reports = Zitadel.with_access_token(emulator.issuer, pat.token)
+    assert as_reports.users.get_user_by_id(
+        UserServiceGetUserByIDRequest(userId=ids["svc-reports"])).user is not None
+    assert connect(emulator.issuer, "ListKeys", {}, token).status_code == 200
+    sdk.users.remove_key(UserServiceRemoveKeyRequest(userId=ids["svc-billing"],
+                                                     keyId=key.key_id))
+    state_keys = {k["id"]: k for k in emulator.state()["keys"]}
+    assert state_keys[key.key_id]["removed_at"] is not None
+
+
+def test_the_state_dump_holds_no_secret_values(emulator: Emulator) -> None:
+    sdk = Zitadel.with_private_key(emulator.issuer, str(emulator.admin_key_file))
+    pat = sdk.users.add_personal_access_token(UserServiceAddPersonalAccessTokenRequest(
+        userId=emulator.user_ids["svc-billing"], expirationDate=in_days(1)))
+    key_file = json.loads(emulator.admin_key_file.read_text())
+    token = admin_token(emulator)
+    dump = json.dumps(emulator.state(tokens=True))
+    for secret in (pat.token, token, key_file["key"].splitlines()[1]):
+        assert secret not in dump
+    database = b"".join(p.read_bytes() for p in emulator.state_dir.glob("zitadel.sqlite*"))
+    for secret in (pat.token, token):
+        assert secret.encode() not in database
+
+
+def test_the_admin_key_file_is_private(emulator: Emulator) -> None:
+    assert emulator.admin_key_file.stat().st_mode & 0o777 == 0o600
+
+
+# --- propagation lag (§6.3) ----------------------------------------------------------
+
+
+def test_lag_delays_new_keys_and_prolongs_removed_ones_but_not_pats(
+    emulator_factory: Callable[..., Emulator],
+) -> None:
+    emu = emulator_factory(lag_ms=5000)
+    token = admin_token(emu)
+    user = emu.add_user("svc-lagged")
+    created = add_key(emu, token, user["id"]).json()
+    from base64 import b64decode
+
+    key_file = json.loads(b64decode(created["keyContent"]))
+    assertion = lambda: sign_assertion(key_file, emu.issuer)  # noqa: E731
+    assert token_request(emu.issuer, assertion()).status_code == 500  # not yet visible
+    emu.advance(6)
+    assert token_request(emu.issuer, assertion()).status_code == 200
+
+    removed = connect(emu.issuer, "RemoveKey", {"userId": user["id"], "keyId": key_file["keyId"]},
+                      token)
+    assert removed.status_code == 200
+    assert token_request(emu.issuer, assertion()).status_code == 200  # still visible
+    emu.advance(6)
+    assert token_request(emu.issuer, assertion()).status_code == 500
+
+    pat = connect(emu.issuer, "AddPersonalAccessToken",
+                  {"userId": user["id"], "expirationDate": in_days(1).isoformat()}, token).json()
+    me = {"userId": user["id"]}
+    assert connect(emu.issuer, "GetUserByID", me, pat["token"]).status_code == 200
+    connect(emu.issuer, "RemovePersonalAccessToken",
+            {"userId": user["id"], "tokenId": pat["tokenId"]}, token)
+    assert connect(emu.issuer, "GetUserByID", me, pat["token"]).status_code == 401
+
+
+# --- ZITADEL < v4 -----------------------------------------------------------------------
+
+
+def test_without_v2_keys_the_methods_do_not_exist(
+    emulator_factory: Callable[..., Emulator],
+) -> None:
+    emu = emulator_factory(no_v2_keys=True)
+    token = admin_token(emu)
+    missing = add_key(emu, token, emu.user_ids["svc-billing"])
+    assert missing.status_code == 404
+    assert missing.text == "404 page not found\n"
+    for method in ("ListKeys", "AddPersonalAccessToken", "SetUserMetadata"):
+        assert connect(emu.issuer, method, {}, token).status_code == 404
+    assert connect(emu.issuer, "GetUserByID", {"userId": emu.user_ids["svc-billing"]},
+                   token).status_code == 200
+
+
+# --- seeding and start-up ---------------------------------------------------------------
+
+
+def test_a_yaml_seed_describes_orgs_users_and_roles(
+    emulator_factory: Callable[..., Emulator], tmp_path: Path
+) -> None:
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(
+        "orgs:\n"
+        "  - name: initech\n"
+        "    users:\n"
+        "      - username: boss\n"
+        "        roles: [ORG_USER_MANAGER]\n"
+        "        key_file: admin-key.json\n"
+        "        memberships: [{org: hooli, roles: [ORG_OWNER]}]\n"
+        "      - username: milton\n"
+        "        type: human\n"
+        "        given_name: Milton\n"
+        "  - name: hooli\n"
+        "    domain: hooli.example\n"
+        "    users:\n"
+        "      - username: gavin\n"
+        "        metadata: {team: core}\n"
+    )
+    emu = emulator_factory(seed=seed)
+    assert set(emu.org_ids) == {"initech", "hooli"}
+    state = emu.state()
+    gavin = next(u for u in state["users"] if u["username"] == "gavin")
+    assert gavin["login_names"] == ["gavin@hooli.example"]
+    assert gavin["metadata"] == {"team": "core"}
+    token = admin_token(emu)  # boss, through the seeded key file
+    assert add_key(emu, token, emu.user_ids["gavin"]).status_code == 200
+
+
+def test_port_zero_picks_free_ports_and_reports_them(tmp_path: Path) -> None:
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.emulator", "--port", "0", "--grpc-port", "0",
+         "--state-dir", str(tmp_path / "state")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        elapsed = time.monotonic() - started
+        endpoints: dict[str, Any] = json.loads((tmp_path / "state" / "endpoints.json").read_text())
+        assert line == f"ready {endpoints['issuer']}\n"
+        assert not endpoints["issuer"].endswith(":0")
+        assert httpx.get(endpoints["issuer"] + "/.well-known/openid-configuration") \
+            .json()["issuer"] == endpoints["issuer"]
+        assert set(endpoints["users"]) == {"rotator-admin", "svc-billing", "svc-reports",
+                                           "svc-noperm", "svc-ledger"}
+        assert elapsed < 5  # typically ~0.3 s
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
