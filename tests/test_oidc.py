@@ -129,14 +129,14 @@ def test_a_slow_token_endpoint_times_out_as_unavailable(
     emulator: Emulator, reset: Emulator, admin_key: dict[str, Any]
 ) -> None:
     emulator.set_faults(
-        rules=[{"method": "token", "code": "unavailable", "rate": 0.0, "latency_ms": 1500}]
+        rules=[{"method": "token", "code": "unavailable", "rate": 0.0, "latency_ms": 2000}]
     )
     with OidcClient(emulator.issuer, timeout=0.3) as oidc:
         oidc.endpoints()
         started = time.monotonic()
         with pytest.raises(ZitadelUnavailable, match="timed out"):
             oidc.exchange_jwt_bearer(admin_key)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 1.5  # gave up long before the 2 s answer
 
 
 @pytest.mark.parametrize(("code", "status"), [("resource_exhausted", 429), ("unavailable", 503)])
