@@ -124,6 +124,8 @@ def _response(status: int, body: object | None = None, text: str = "") -> httpx.
         (_response(501, {"code": "unimplemented", "message": "x"}), "v1"),
         (_response(405, text="method not allowed"), "v1"),
         (_response(200, text="<html>console</html>"), "v1"),
+        (_response(404, {"code": 5, "message": "Not Found", "details": []}), "v1"),
+        (httpx.Response(302, headers={"location": "/ui/console"}), "v1"),
     ],
 )
 def test_detection_decisions(response: httpx.Response, api: str) -> None:

@@ -6,7 +6,8 @@ filtered on a key id that cannot exist, so it never returns data.
 
 * 200, or a Connect error that proves the method exists (``invalid_argument``,
   ``failed_precondition``, ``not_found`` with a Connect body) -> ``"v2"``.
-* 404 without a Connect body, 405, 501, or Connect ``unimplemented`` -> ``"v1"``.
+* 404 without a Connect body (grpc-gateway's ``{"code":5}`` included), 405, 501,
+  a redirect, or Connect ``unimplemented`` -> ``"v1"``.
 * anything that says nothing about the version (401, 403, 429, 5xx, timeouts,
   refused connections) raises the mapped :mod:`rotator.errors` type: falling
   back to v1 on a transient failure would silently pick the wrong API.
@@ -72,6 +73,8 @@ def classify(response: httpx.Response) -> ApiVersion:
         # e.g. a console/login catch-all page on an old instance
         return "v1"
     if code == "unimplemented" or status in (405, 501) or (status == 404 and code is None):
+        return "v1"
+    if 300 <= status < 400:  # an old instance redirecting an unknown path to its UI
         return "v1"
     if code in _METHOD_EXISTS:
         return "v2"
