@@ -296,7 +296,7 @@ class ManagementTransport:
         if not name:
             raise ZitadelRejected("empty user reference", code="invalid_argument")
         org = org_id or self._default_org_id
-        if name.isdigit():
+        if name.isascii() and name.isdigit():  # ZITADEL ids are decimal snowflakes
             response = self._call("GetUserByID", mgmt_pb.GetUserByIDRequest(id=name), org)
             return _user(response.user)
         if "@" in name:
