@@ -542,3 +542,74 @@ def test_sigterm_during_a_rotation_lets_it_finish_and_the_state_converges(
     finally:
         app.close()
     assert set(setup.live_keys(user)) == {status.credential_id, status.previous_credential_id}
+
+
+def test_the_rotator_rotates_its_own_key_and_keeps_working(setup: Setup) -> None:
+    """Self-rotation: the rotator's identity is read from the Vault path it rotates."""
+    # An org owner whose key lives in Vault, adopted and rotated 25 days ago: due now.
+    setup.emulator.set_clock_offset(-BACK.total_seconds())
+    username = f"rotator-{uuid.uuid4().hex[:8]}"
+    owner = setup.emulator.add_user(username, org="acme", roles=["ORG_OWNER"], key=True)
+    setup.openbao.client().secrets.kv.v2.create_or_update_secret(
+        path="apps/self", secret=owner["key_file"], mount_point=setup.mount
+    )
+    port = free_port()
+    config = setup.config(
+        "self",
+        [
+            {
+                "name": "self",
+                "user": username,
+                "kind": "key",
+                "vault_path": "apps/self",
+                "adopt": True,
+            }
+        ],
+        port=port,
+    )
+    raw = yaml.safe_load(config.read_text())
+    raw["zitadel"]["credentials"] = {"vault_path": "apps/self"}
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        seed = setup.app(config, back=BACK)
+        try:
+            target = seed.config.targets[0]
+            result = seed.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+            assert result.outcome is Outcome.ROTATED, result
+        finally:
+            seed.close()
+    finally:
+        setup.emulator.set_clock_offset(0)
+
+    app = setup.app(config)
+    target = app.config.targets[0]
+    before = app.engine.status(target)
+    assert before.state == "due"
+    stream = io.StringIO()
+    app.audit = AuditLog(stream=stream)
+    app.engine.audit = app.audit
+    daemon = run_in_thread(app)
+
+    def clocks(delta: timedelta) -> None:
+        assert isinstance(app.clock, OffsetClock)
+        app.clock.advance(delta)
+        setup.emulator.set_clock_offset(app.clock.offset.total_seconds())
+
+    try:
+        wait_for(lambda: app.engine.status(target).state == "grace", 60, "the self-rotation")
+        rotated = app.engine.status(target)
+        assert rotated.previous_credential_id == before.credential_id
+        # past grace and past the 12 h life of every token minted with the old key:
+        # retiring the old key needs a token, exchanged with the new key from Vault
+        clocks(timedelta(days=1, hours=13))
+        wait_for(lambda: app.engine.status(target).state == "ready", 30, "the old key's retirement")
+    finally:
+        assert daemon.shutdown() == 0
+        setup.emulator.set_clock_offset(0)
+    app.close()
+    names = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert "credential.retired" in names
+    assert "rotation.failed" not in names
+    assert setup.live_keys(username) == [rotated.credential_id]
+    tokens = setup.emulator.state(tokens=True)["access_tokens"]
+    assert tokens[-1]["key_id"] == rotated.credential_id  # the latest token: the new key
