@@ -86,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
-    thread = threading.Thread(target=http_server.serve_forever, name="http", daemon=True)
+    thread = threading.Thread(target=http_server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="http", daemon=True)
     thread.start()
     print(f"ready {issuer}", flush=True)
     stop.wait()
     http_server.shutdown()
     if grpc_server is not None:
-        grpc_server.stop(grace=0.5).wait()
+        grpc_server.stop(grace=0.1).wait()
     domain.close()
     return 0
 
