@@ -227,7 +227,10 @@ class Daemon:
 
     def _lease_loop(self) -> None:
         while not self.stop_event.wait(self.lease_interval):
-            self._lease_tick()
+            try:
+                self._lease_tick()
+            except Exception:  # keep polling: a dead lease thread would strand the replica
+                log.exception("lease tick failed")
 
     def _lease_tick(self) -> None:
         assert self.lease is not None

@@ -117,7 +117,7 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="rotator-health", daemon=True
+            target=self._server.serve_forever, args=(0.1,), name="rotator-health", daemon=True
         )
         self._thread.start()
         return self

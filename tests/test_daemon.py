@@ -359,7 +359,7 @@ def test_once_exits_4_when_a_target_is_stuck(setup: Setup) -> None:
     ],
 )
 def test_windows_and_freezes_hold_back_a_due_rotation(
-    setup: Setup, schedule: Any, rotates: bool
+    setup: Setup, receiver: Receiver, schedule: Any, rotates: bool
 ) -> None:
     if schedule == "closed-window":
         hour = (time.gmtime().tm_hour - 3) % 24
@@ -372,7 +372,7 @@ def test_windows_and_freezes_hold_back_a_due_rotation(
         "vault_path": "apps/billing",
         "schedule": schedule,
     }
-    config = setup.config("windows", [target])
+    config = setup.config("windows", [target], webhook=receiver.url)  # expiry_threshold 7d
     setup.seed_due(config)
     app = setup.app(config)
     try:
@@ -383,6 +383,9 @@ def test_windows_and_freezes_hold_back_a_due_rotation(
         app.close()
     assert (after.credential_id != before.credential_id) is rotates
     assert after.state == ("grace" if rotates else "due")
+    # a credential held back within 7 days of its expiry is announced, once
+    expected = [] if rotates else [("credential.expiring", before.credential_id)]
+    assert [(b["event"], b["credential_id"]) for b in receiver.bodies] == expected
 
 
 # --------------------------------------------------------------------------- processes
