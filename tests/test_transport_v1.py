@@ -10,8 +10,10 @@ import ipaddress
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -37,8 +39,11 @@ from rotator.zitadel.base import CredentialKind, User
 from rotator.zitadel.detect import PROBE_PATH, choose_api, classify, detect_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import Endpoint, ManagementTransport, parse_endpoint
+from rotator.zitadel.v1.gen.zitadel_management_v1_pb2_grpc import (
+    add_ManagementServiceServicer_to_server,
+)
 from tests.emulator.domain import Domain
-from tests.emulator.grpc_v1 import start_grpc
+from tests.emulator.grpc_v1 import ManagementServicer, start_grpc
 from tests.harness.emulator import Emulator
 
 # --- endpoint parsing ------------------------------------------------------------------
@@ -242,6 +247,41 @@ def test_unreachable_endpoint_is_unavailable() -> None:
         transport.my_org()
     assert info.value.retryable
     assert info.value.method == "GetMyOrg"
+
+
+# --- a ZITADEL too old for AddMachineKey.public_key -----------------------------------------
+
+
+class PublicKeyUnawareServicer(ManagementServicer):
+    """The emulator's servicer as a ZITADEL whose AddMachineKeyRequest has no
+    field 4: the public key never arrives and the server generates a pair."""
+
+    def AddMachineKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        request.ClearField("public_key")
+        return super().AddMachineKey(request, context)
+
+
+def test_a_server_generated_key_is_never_kept(tmp_path: Path) -> None:
+    domain = Domain(tmp_path)
+    org = domain.create_org("acme")
+    admin = domain.create_user(org.id, "rotator-admin", roles=["ORG_OWNER"])
+    target = domain.create_user(org.id, "svc-billing")
+    token, _ = domain.issue_access_token(admin, ["openid"], [domain.zitadel_project_id], None)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    add_ManagementServiceServicer_to_server(PublicKeyUnawareServicer(domain), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with ManagementTransport(f"http://127.0.0.1:{port}", lambda: token) as transport:
+            user = transport.resolve_user(target.id)
+            with pytest.raises(ZitadelRejected, match="instead of registering") as info:
+                transport.add_key(user, generate_key_pair().public_key_pem, _in(30))
+            assert "key removed" in str(info.value)
+            assert "PRIVATE KEY" not in str(info.value)
+            assert transport.list_keys(user) == []
+    finally:
+        server.stop(0)
+        domain.close()
 
 
 # --- end to end against the emulator's gRPC port ------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -338,12 +338,32 @@ class ManagementTransport:
             public_key=public_key_pem,
         )
         response = self._call("AddMachineKey", request, user.org_id)
+        if response.key_details:
+            self._discard_foreign_key(user, response.key_id)
         return Credential(
             id=response.key_id,
             kind=CredentialKind.KEY,
             user_id=user.id,
             expires_at=expires_at.astimezone(UTC),
             created_at=_created(response.details),
+        )
+
+    def _discard_foreign_key(self, user: User, key_id: str) -> NoReturn:
+        """A server that answers with key content ignored ``public_key`` (a ZITADEL
+        too old to know the field) and generated the pair itself: the registered
+        key is not the rotator's.  Remove it and refuse; the private key it sent
+        is dropped unread."""
+        outcome = "removed"
+        try:
+            self.remove_key(user, key_id)
+        except ZitadelError as exc:
+            outcome = f"NOT removed ({exc.code}); remove it by hand"
+        raise ZitadelRejected(
+            f"ZITADEL generated key {key_id} of user {user.id} itself instead of registering "
+            f"the public key (AddMachineKey.public_key unsupported by this version); "
+            f"key {outcome}",
+            code="failed_precondition",
+            method="AddMachineKey",
         )
 
     def list_keys(self, user: User) -> list[Credential]:
