@@ -8,12 +8,18 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rotator.clock import OffsetClock
-from rotator.errors import VerificationError, ZitadelUnauthenticated, ZitadelUnavailable
+from rotator.errors import (
+    ConfigError,
+    VerificationError,
+    ZitadelUnauthenticated,
+    ZitadelUnavailable,
+)
 from rotator.keys import KeyPair, build_key_file, generate_key_pair
 from rotator.zitadel.base import User
 from rotator.zitadel.oidc import AccessToken, OidcClient, TokenSource
@@ -309,3 +315,70 @@ def test_verify_pat_refuses_garbage(oidc: OidcClient) -> None:
     with pytest.raises(VerificationError) as caught:
         oidc.verify_pat("not-a-pat")
     assert "not-a-pat" not in str(caught.value)
+
+
+def test_a_failing_userinfo_is_an_outage_not_a_refused_pat(
+    oidc: OidcClient, transport: UserServiceTransport, emulator: Emulator, reset: Emulator
+) -> None:
+    issued = transport.add_pat(
+        transport.resolve_user("svc-reports"), datetime.now(UTC) + timedelta(days=1)
+    )
+    emulator.set_faults(rules=[{"method": "userinfo", "code": "internal"}])
+    with pytest.raises(ZitadelUnavailable) as caught:
+        oidc.verify_pat(issued.token)
+    assert caught.value.status == 500
+    _assert_no_secret(caught.value, issued.token)
+
+
+def test_a_500_from_the_token_endpoint_counts_as_a_refusal(
+    oidc: OidcClient,
+    transport: UserServiceTransport,
+    billing: User,
+    emulator: Emulator,
+    reset: Emulator,
+) -> None:
+    # ZITADEL answers a not-yet-propagated key exactly like an internal error,
+    # so verification treats both as "not yet": retryable, bounded by the engine.
+    key_file = _new_key(transport, billing)
+    emulator.set_faults(rules=[{"method": "token", "code": "internal", "count": 1}])
+    with pytest.raises(VerificationError) as caught:
+        oidc.verify_key(key_file)
+    assert caught.value.retryable
+    oidc.verify_key(key_file)
+
+
+# -- TLS settings -------------------------------------------------------------------------
+
+
+def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"zitadel\.tls\.ca_file"):
+        OidcClient("https://zitadel.example", verify_tls=str(tmp_path / "missing-ca.pem"))
+
+
+def test_a_ca_file_is_loaded(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(_self_signed_ca_pem())
+    OidcClient("https://zitadel.example", verify_tls=str(ca)).close()
+
+
+def _self_signed_ca_pem() -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)

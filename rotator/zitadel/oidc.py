@@ -17,6 +17,7 @@ No message built here contains an assertion, a token or key material.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from rotator.clock import Clock, SystemClock
-from rotator.errors import VerificationError, ZitadelError, ZitadelUnauthenticated
+from rotator.errors import ConfigError, VerificationError, ZitadelError, ZitadelUnauthenticated
 from rotator.keys import sign_assertion
 from rotator.zitadel.codes import error_for
 
@@ -87,11 +88,13 @@ def http_status_code_name(status: int) -> str:
     }.get(status, "failed_precondition")
 
 
-def http_error(response: httpx.Response, what: str) -> ZitadelError:
+def http_error(
+    response: httpx.Response, what: str, *, token_endpoint: bool = False
+) -> ZitadelError:
     """The error for a failed OAuth/OIDC call (token endpoint, userinfo, discovery)."""
     error, description = _oauth_error(response)
     status = response.status_code
-    if error == "server_error" and status == 500:
+    if token_endpoint and error == "server_error" and status == 500:
         # ZITADEL's answer to any refused assertion (§7.2), not an outage.
         code = "unauthenticated"
         description += (
@@ -116,6 +119,18 @@ def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
     return error_for("unavailable", f"{reason} ({type(exc).__name__})", method=what)
 
 
+def _tls(verify_tls: bool | str) -> bool | ssl.SSLContext:
+    if not isinstance(verify_tls, str):
+        return verify_tls
+    # httpx wants an SSLContext for a custom CA (a path is deprecated).
+    try:
+        return ssl.create_default_context(cafile=verify_tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot use CA file {verify_tls} ({type(exc).__name__})", field="zitadel.tls.ca_file"
+        ) from None
+
+
 class OidcClient:
     """OAuth/OIDC calls against one ZITADEL instance (``issuer``).
 
@@ -130,9 +145,10 @@ class OidcClient:
         timeout: float = DEFAULT_TIMEOUT,
         verify_tls: bool | str = True,
     ) -> None:
+        """``verify_tls``: True (system CAs), False (no verification) or a CA file path."""
         self.issuer = issuer.rstrip("/")
         self.clock: Clock = clock or SystemClock()
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=verify_tls)
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=_tls(verify_tls))
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
 
@@ -215,7 +231,7 @@ class OidcClient:
             data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion, "scope": scope},
         )
         if response.status_code != 200:
-            raise http_error(response, what)
+            raise http_error(response, what, token_endpoint=True)
         try:
             body = response.json()
         except ValueError:
