@@ -40,6 +40,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from rotator.windows import defer_until, safety_margin, schedule_rotation
 log = logging.getLogger(__name__)
 
 #: Exit codes shared with the CLI (see ``rotator --help``).
-EXIT_OK, EXIT_FAILED, EXIT_STUCK = 0, 1, 4
+EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_STUCK = 0, 1, 3, 4
 #: After an unexpected error in one target's job, try again this much later.
 _ERROR_RETRY = timedelta(minutes=1)
 
@@ -437,7 +438,12 @@ def run_daemon(
 
 def _once(daemon: Daemon) -> int:
     if daemon.lease is not None:
-        if not daemon.lease.try_acquire():
+        try:
+            held = daemon.lease.try_acquire()
+        except RotatorError as exc:
+            sys.stderr.write(f"rotator: error: cannot take the lease: {exc}\n")
+            return EXIT_UNAVAILABLE
+        if not held:
             log.info("another replica holds the lease: nothing to do")
             return EXIT_OK
         daemon.role.leader = True
@@ -451,18 +457,25 @@ def _once(daemon: Daemon) -> int:
 
 def _forever(daemon: Daemon, config: Config) -> int:
     stop = daemon.stop_event
-    previous = _install_signal_handlers(stop)
     probe = discovery_probe(
         config.zitadel.url, verify=_tls_verify(config), timeout=min(
             2.0, config.zitadel.timeout.total_seconds()
         )
     )
-    health = HealthServer(
-        config.daemon.listen_host,
-        config.daemon.listen_port,
-        readiness=lambda: daemon.readiness(probe),
-        metrics=daemon.metrics,
-    )
+    try:
+        health = HealthServer(
+            config.daemon.listen_host,
+            config.daemon.listen_port,
+            readiness=lambda: daemon.readiness(probe),
+            metrics=daemon.metrics,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {config.daemon.listen} ({exc.strerror or type(exc).__name__})",
+            file=config.source,
+            field="daemon.listen",
+        ) from None
+    previous = _install_signal_handlers(stop)
     health.start()
     log.info("health and metrics on http://%s:%d", config.daemon.listen_host, health.port)
     try:
@@ -487,9 +500,8 @@ def _install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}  # only the main thread may set handlers (tests run the daemon in a thread)
 
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()  # nothing else here: logging from a signal handler can deadlock
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
