@@ -143,6 +143,16 @@ def _tls_verify(config: Config) -> bool | str:
     return tls.ca_file or True
 
 
+def _check_transport_settings(config: Config, api: str) -> None:
+    zitadel = config.zitadel
+    if api == "v1" and zitadel.tls.insecure and not zitadel.grpc_plaintext:
+        raise ConfigError(
+            "gRPC cannot skip certificate verification: use tls.ca_file with api v1",
+            file=config.source,
+            field="zitadel.tls.insecure",
+        )
+
+
 def make_transport(config: Config, api: str, token_source: Callable[[], str]) -> ZitadelTransport:
     zitadel = config.zitadel
     timeout = zitadel.timeout.total_seconds()
@@ -157,12 +167,7 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
         )
     from rotator.zitadel.v1 import ManagementTransport  # noqa: PLC0415 - grpc stubs
 
-    if zitadel.tls.insecure and not zitadel.grpc_plaintext:
-        raise ConfigError(
-            "gRPC cannot skip certificate verification: use tls.ca_file with api v1",
-            file=config.source,
-            field="zitadel.tls.insecure",
-        )
+    _check_transport_settings(config, api)
     scheme = "http" if zitadel.grpc_plaintext else "https"
     transport: ZitadelTransport = ManagementTransport(
         f"{scheme}://{zitadel.grpc_target}",
@@ -171,6 +176,47 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
         timeout=timeout,
     )
     return transport
+
+
+class LazyTransport:
+    """Builds the real transport on first use: the v2 SDK takes seconds to
+    import, and ``status`` or ``verify`` never call the management API."""
+
+    def __init__(self, api: str, factory: Callable[[], ZitadelTransport]) -> None:
+        self.api = api
+        self._factory = factory
+        self._transport: ZitadelTransport | None = None
+
+    @property
+    def real(self) -> ZitadelTransport:
+        if self._transport is None:
+            self._transport = self._factory()
+        return self._transport
+
+    def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        return self.real.resolve_user(user, org_id)
+
+    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
+        return self.real.add_key(user, public_key_pem, expires_at)
+
+    def list_keys(self, user: User) -> list[Credential]:
+        return self.real.list_keys(user)
+
+    def remove_key(self, user: User, key_id: str) -> None:
+        self.real.remove_key(user, key_id)
+
+    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
+        return self.real.add_pat(user, expires_at)
+
+    def list_pats(self, user: User) -> list[Credential]:
+        return self.real.list_pats(user)
+
+    def remove_pat(self, user: User, pat_id: str) -> None:
+        self.real.remove_pat(user, pat_id)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 class OfflineTransport:
@@ -244,6 +290,7 @@ def build(
         token_source = TokenSource(oidc, provider, clock=clock)
         zitadel_error: ZitadelError | None = None
         api: str
+        transport: ZitadelTransport
         try:
             token_source()  # the rotator's own identity works, or we stop here
             api = choose_api(
@@ -254,7 +301,8 @@ def build(
                 timeout=config.zitadel.timeout.total_seconds(),
                 verify=_tls_verify(config),
             )
-            transport = make_transport(config, api, token_source)
+            _check_transport_settings(config, api)
+            transport = LazyTransport(api, lambda: make_transport(config, api, token_source))
         except ZitadelError as exc:
             if require_zitadel:
                 raise
@@ -294,6 +342,7 @@ def build(
 __all__ = [
     "App",
     "KeyFileProvider",
+    "LazyTransport",
     "OfflineTransport",
     "build",
     "connect_store",

@@ -331,7 +331,7 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     results: list[RotationResult] = []
     for target in targets:
         status = app.engine.status(target)
-        if status.state == "stuck" and not args.force:
+        if _is_stuck(status, app.config) and not args.force:
             results.append(
                 RotationResult(
                     target=target.name,
@@ -362,6 +362,12 @@ def _with_actions(result: RotationResult, actions: tuple[str, ...]) -> RotationR
     return replace(result, actions=kept)
 
 
+def _is_stuck(status: TargetStatus, config: Config) -> bool:
+    # The engine marks a target stuck once failures reach max_attempts; its
+    # state label may say "missing" first when no credential was ever stored.
+    return status.state == "stuck" or status.failures >= config.daemon.max_attempts
+
+
 def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
     rows = [["TARGET", "KIND", "CREDENTIAL", "EXPIRES", "NEXT ROTATION", "VAULT", "STATE"]]
     for s in statuses:
@@ -390,7 +396,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         for s in statuses:
             if s.last_error:
                 sys.stdout.write(f"{s.target}: last error: {s.last_error}\n")
-    if any(s.state == "stuck" for s in statuses):
+    if any(_is_stuck(s, app.config) for s in statuses):
         return Exit.STUCK
     if any(s.state in ("failing", "expired") for s in statuses):
         return Exit.FAILED
