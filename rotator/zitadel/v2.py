@@ -17,6 +17,7 @@ exceptions; a timeout exists only per call (``_request_timeout``).
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -174,6 +175,7 @@ class UserServiceTransport:
         self._options = transport_options or TransportOptions.defaults()
         self._client: Zitadel | None = None
         self._client_token: str | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._client = None
@@ -191,12 +193,13 @@ class UserServiceTransport:
             raise error_for(
                 "unauthenticated", f"token source failed ({type(exc).__name__})"
             ) from None
-        if self._client is None or token != self._client_token:
-            self._client = Zitadel.with_access_token(
-                self.issuer, token, transport_options=self._options
-            )
-            self._client_token = token
-        return self._client
+        with self._lock:  # scheduler jobs share one transport
+            if self._client is None or token != self._client_token:
+                self._client = Zitadel.with_access_token(
+                    self.issuer, token, transport_options=self._options
+                )
+                self._client_token = token
+            return self._client
 
     def _call(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
         client = self._sdk()
@@ -232,8 +235,15 @@ class UserServiceTransport:
     # -- users ----------------------------------------------------------------------
 
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
-        """Find a machine user by numeric id, login name (``name@domain``) or
-        user name (scoped to ``org_id`` if given)."""
+        """Find a machine user by numeric id (GetUserByID), login name
+        (``name@domain``: ListUsers by login name) or user name (ListUsers by
+        user name, scoped to ``org_id`` if given).
+
+        The answer covers only users the caller may read, so a user name is
+        "ambiguous" only across orgs the rotator manages.  Raises
+        ZitadelNotFound, or ZitadelRejected for a human user, an ambiguous
+        name or an id outside ``org_id``.
+        """
         if user.isdigit():
             return self._user_by_id(user, org_id)
         query: UserServiceSearchQuery
