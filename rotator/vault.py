@@ -7,6 +7,10 @@ well-known Vault phrases ("Vault is sealed", "permission denied"...) chosen
 from a fixed list: the response body itself is never copied, and neither the
 data nor the token ever appears.
 
+``custom_metadata`` replaces the secret's custom metadata after the data
+write; keys whose value is empty are left out, since KV v2 refuses empty
+values (so ``{"previous_credential_id": ""}`` clears that key).
+
 Writes are always check-and-set.  ``cas=0`` means "no live version": a path
 whose latest version was soft-deleted or destroyed (``vault kv delete``) counts
 as absent, and is written over with the version KV v2 actually expects, still
@@ -70,6 +74,7 @@ _KNOWN_PHRASES = (
     "namespace not authorized",
     "no handler for route",
     "rate limit quota exceeded",
+    "custom_metadata validation failed",
     "local node not active but active cluster node not found",
 )
 
@@ -183,6 +188,11 @@ def _as_json(data: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _metadata_payload(custom_metadata: Mapping[str, str]) -> dict[str, str]:
+    """KV v2 refuses empty values (1..512 characters): an empty value means "no such key"."""
+    return {key: str(value) for key, value in custom_metadata.items() if value not in ("", None)}
+
+
 class VaultStore:
     """:class:`rotator.store.SecretStore` on one KV v2 mount."""
 
@@ -288,7 +298,7 @@ class VaultStore:
                     path,
                     lambda: self._client.adapter.post(
                         f"/v1/{self.mount}/metadata/{path}",
-                        json={"custom_metadata": dict(custom_metadata)},
+                        json={"custom_metadata": _metadata_payload(custom_metadata)},
                     ),
                 )
             except VaultError as exc:

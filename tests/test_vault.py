@@ -133,6 +133,27 @@ def test_custom_metadata_is_replaced_on_write_and_kept_when_not_given(store: Vau
     assert store.read("p").custom_metadata == {"a": "changed"}  # type: ignore[union-attr]
 
 
+def test_an_empty_custom_metadata_value_removes_the_key(store: VaultStore) -> None:
+    store.write("p", {"n": 1}, cas=0, custom_metadata={"credential_id": "k1", "previous": "k0"})
+
+    store.write("p", {"n": 2}, cas=1, custom_metadata={"credential_id": "k2", "previous": ""})
+
+    assert store.read("p").custom_metadata == {"credential_id": "k2"}  # type: ignore[union-attr]
+
+
+def test_invalid_custom_metadata_is_refused_after_the_data_write_and_says_so(
+    store: VaultStore,
+) -> None:
+    with pytest.raises(VaultError) as caught:
+        store.write("p", {"n": 1}, cas=0, custom_metadata={"k": "x" * 600})
+
+    assert str(caught.value) == (
+        f"Vault at {store.mount}/p: data written as version 1 but custom_metadata not updated: "
+        "write custom_metadata: custom_metadata validation failed (400)"
+    )
+    assert store.read("p").version == 1  # type: ignore[union-attr]
+
+
 def test_custom_metadata_update_keeps_the_operators_max_versions(
     store: VaultStore, openbao: OpenBao
 ) -> None:
