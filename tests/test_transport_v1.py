@@ -536,6 +536,27 @@ def test_token_source_failures_are_rotator_errors(emulator: Emulator) -> None:
     assert isinstance(info.value, ZitadelError)
 
 
+def test_the_channel_survives_a_zitadel_restart(emulator: Emulator,
+                                                transport: ManagementTransport) -> None:
+    user = transport.resolve_user("svc-reports")
+    key = transport.add_key(user, generate_key_pair().public_key_pem, _in(30))
+    emulator.kill()
+    with pytest.raises(ZitadelUnavailable):
+        transport.list_keys(user)
+    emulator.start()
+    # the same channel reconnects on its own (reconnect backoff capped at 5 s)
+    deadline = time.monotonic() + 8
+    while True:
+        try:
+            listed = transport.list_keys(user)
+            break
+        except ZitadelUnavailable:
+            assert time.monotonic() < deadline, "channel did not reconnect"
+            time.sleep(0.2)
+    assert key.id in {c.id for c in listed}
+    transport.remove_key(user, key.id)
+
+
 # --- zitadel.api: auto ----------------------------------------------------------------------
 
 

@@ -358,6 +358,33 @@ def test_list_machine_keys_pages(raw: Raw, admin_token: str, emulator: Emulator)
     assert page.details.total_result == 3
 
 
+def test_expired_keys_and_pats_are_still_listed(raw: Raw, admin_token: str,
+                                                emulator: Emulator) -> None:
+    """§3: v1 lists filter removed credentials only, not expired ones; an expired
+    key no longer works at the token endpoint and an expired PAT not at all."""
+    user = emulator.add_user("svc-expiring-v1")
+    private, public_pem = local_rsa_key()
+    key = raw.call("AddMachineKey", m.AddMachineKeyRequest(
+        user_id=user["id"], type=authn_pb.KEY_TYPE_JSON, expiration_date=future(1),
+        public_key=public_pem.encode()), token=admin_token)
+    pat = raw.call("AddPersonalAccessToken", m.AddPersonalAccessTokenRequest(
+        user_id=user["id"], expiration_date=future(1)), token=admin_token)
+    key_file = key_file_for(private, key.key_id, user["id"])
+    assert access_token(emulator.issuer, key_file)
+
+    emulator.advance(2 * 86400)
+    token = access_token(emulator.issuer, load_key_file(emulator.admin_key_file))
+    keys = raw.call("ListMachineKeys", m.ListMachineKeysRequest(user_id=user["id"]), token=token)
+    pats = raw.call("ListPersonalAccessTokens", m.ListPersonalAccessTokensRequest(
+        user_id=user["id"]), token=token)
+    assert [k.id for k in keys.result] == [key.key_id]
+    assert [p.id for p in pats.result] == [pat.token_id]
+    assert token_request(emulator.issuer, sign_assertion(key_file, emulator.issuer)
+                         ).status_code == 500
+    assert httpx.get(f"{emulator.issuer}/oidc/v1/userinfo",
+                     headers={"Authorization": f"Bearer {pat.token}"}).status_code == 401
+
+
 @pytest.mark.parametrize(
     "case",
     [

@@ -59,10 +59,15 @@ DEFAULT_PAGE_SIZE = 100
 #: Go gRPC servers (ZITADEL) answer pings more often than every 5 minutes
 #: with GOAWAY "too_many_pings"; pinging at exactly that rate is the most
 #: we may do to notice a dead connection.
-KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", 300_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
+    # Calls fail fast while the channel is down (a retryable ZitadelUnavailable
+    # naming the connection error); capping the reconnect backoff (default
+    # 120 s) lets a restarted ZITADEL be reached again within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 )
 #: A page loop that never ends means the server lies about totals; stop.
 _MAX_PAGES = 10_000
@@ -204,7 +209,7 @@ class ManagementTransport:
         if not 0 < page_size <= 1000:
             raise ConfigError("page size must be between 1 and 1000", field="zitadel.page_size")
         target = parse_endpoint(endpoint)
-        options = [*KEEPALIVE_OPTIONS, *channel_options]
+        options = [*CHANNEL_OPTIONS, *channel_options]
         if insecure or not target.tls:
             if ca_file is not None:
                 raise ConfigError("a CA file needs TLS; drop insecure", field="zitadel.ca_file")
