@@ -221,6 +221,24 @@ def test_an_approle_token_past_half_its_ttl_is_replaced_before_it_fails(
     assert store.client.token != first
 
 
+def test_a_token_at_its_max_ttl_is_replaced_by_a_fresh_login_not_a_short_renewal(
+    openbao: OpenBao, kv_mount: str, kv_policy_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="rotator")
+    creds = openbao.create_approle("capped", [kv_policy_name], token_ttl="2s", token_max_ttl="2s")
+    method = AppRoleMethod(SecretSource(value=creds.role_id), SecretSource(value=creds.secret_id))
+    store, auth = authed_store(openbao, kv_mount, method)
+    store.write("p", {"n": 1}, cas=0)
+    first = store.client.token
+
+    time.sleep(1.1)  # past half the TTL; Vault can renew for < 1 s at most
+    store.write("p", {"n": 2}, cas=1)
+
+    assert auth.logins == 2
+    assert store.client.token != first
+    assert "vault refused the token" not in caplog.text  # replaced before it failed
+
+
 def test_a_wrong_secret_id_is_refused_without_echoing_it(
     openbao: OpenBao, kv_mount: str, kv_policy_name: str
 ) -> None:
