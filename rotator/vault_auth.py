@@ -24,6 +24,7 @@ token method needs the token's ``default`` policy (lookup-self, renew-self).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -34,6 +35,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import hvac
+from hvac.adapters import Adapter
+from hvac.api.auth_methods import AppRole, Kubernetes
+from hvac.api.auth_methods.token import Token
 
 from rotator.clock import Clock, SystemClock
 from rotator.errors import ConfigError, VaultError, VaultPermissionDenied, VaultUnavailable
@@ -109,8 +113,19 @@ class AuthMethod(Protocol):
         ...
 
     def login(self, client: hvac.Client, now: datetime) -> VaultToken:
-        """Obtain a token (without leaving it on ``client``: the Authenticator does that)."""
+        """Obtain a token using ``client``'s connection; ``client`` itself is left as it is."""
         ...
+
+
+def _adapter_with(client: hvac.Client, token: str | None) -> Adapter:
+    """``client``'s connection settings with another token (None: anonymous).
+
+    Logins run on this copy, so requests that other threads are sending on
+    ``client`` at the same moment keep the current token.
+    """
+    adapter = copy.copy(client.adapter)
+    adapter.token = token
+    return adapter
 
 
 def _from_auth(auth: Mapping[str, Any], now: datetime) -> VaultToken:
@@ -142,10 +157,11 @@ class TokenMethod:
 
     def login(self, client: hvac.Client, now: datetime) -> VaultToken:
         token = self.source.read("Vault token")
-        client.token = token
         try:
             info = call_vault(
-                "token lookup-self", "auth/token/lookup-self", client.auth.token.lookup_self
+                "token lookup-self",
+                "auth/token/lookup-self",
+                Token(_adapter_with(client, token)).lookup_self,
             )
         except VaultError as exc:
             raise _refused(exc, self.name, self.source.describe()) from None
@@ -168,12 +184,11 @@ class AppRoleMethod:
     def login(self, client: hvac.Client, now: datetime) -> VaultToken:
         role_id = self.role_id.read("AppRole role_id")
         secret_id = self.secret_id.read("AppRole secret_id")
-        client.token = None  # a stale token must not ride along on the login request
         try:
             response = call_vault(
                 "AppRole login",
                 f"auth/{self.mount_path}/login",
-                lambda: client.auth.approle.login(
+                lambda: AppRole(_adapter_with(client, None)).login(
                     role_id=role_id,
                     secret_id=secret_id,
                     use_token=False,
@@ -194,12 +209,11 @@ class KubernetesMethod:
 
     def login(self, client: hvac.Client, now: datetime) -> VaultToken:
         jwt = SecretSource(file=self.jwt_file).read("service-account token")
-        client.token = None
         try:
             response = call_vault(
                 "Kubernetes login",
                 f"auth/{self.mount_path}/login",
-                lambda: client.auth.kubernetes.login(
+                lambda: Kubernetes(_adapter_with(client, None)).login(
                     role=self.role, jwt=jwt, use_token=False, mount_point=self.mount_path
                 ),
             )
