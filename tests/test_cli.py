@@ -12,8 +12,7 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from rotator.keys import build_key_file, generate_key_pair, key_file_json
+from tests.harness.emulator import Emulator
 from tests.harness.openbao import OpenBao, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,59 +229,10 @@ def test_status_works_while_zitadel_is_down(
 # --------------------------------------------------------------------------- against the emulator
 
 
-@dataclass
-class Emulator:
-    issuer: str
-    grpc: str
-    orgs: dict[str, str]
-    state_dir: Path
-
-    def admin(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.issuer + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def credentials(self) -> Any:
-        """Every key and PAT the emulator knows (ids, expiry, removal): no secrets."""
-        state = self.admin("GET", "/_emulator/state")
-        return {"keys": state["keys"], "pats": state["pats"]}
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    """One emulator process for this module (each test has its own KV mount)."""
-    state_dir = tmp_path_factory.mktemp("emulator")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.emulator",
-            "--port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--state-dir",
-            str(state_dir),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert line.startswith("ready "), line
-        endpoints = json.loads((state_dir / "endpoints.json").read_text())
-        yield Emulator(endpoints["issuer"], endpoints["grpc"], endpoints["orgs"], state_dir)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def credentials(emulator: Emulator) -> Any:
+    """Every key and PAT the emulator knows (ids, expiry, removal): no secrets."""
+    state = emulator.state()
+    return {"keys": state["keys"], "pats": state["pats"]}
 
 
 @dataclass
@@ -329,19 +280,23 @@ class Setup:
 
 @pytest.fixture
 def setup(
-    request: pytest.FixtureRequest, tmp_path: Path, emu: Emulator, openbao: OpenBao, kv_mount: str
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    emulator: Emulator,
+    openbao: OpenBao,
+    kv_mount: str,
 ) -> Setup:
     """``zitadel.api`` is v1 unless parametrized: the v2 SDK alone takes ~2 s to
     import, in every CLI process; the tests marked ``auto`` cover v2."""
     api = getattr(request, "param", "v1")
     token = openbao.create_kv_token(kv_mount)
-    org = emu.orgs["acme"]
+    org = emulator.org_ids["acme"]
     raw = {
         "zitadel": {
-            "url": emu.issuer,
+            "url": emulator.issuer,
             "api": api,
-            "grpc_target": emu.grpc,
-            "credentials": {"key_file": str(emu.state_dir / "admin-key.json")},
+            "grpc_target": emulator.grpc_target,
+            "credentials": {"key_file": str(emulator.admin_key_file)},
         },
         "vault": {"url": openbao.url, "mount": kv_mount},
         "policy": {"verify_timeout": "20s"},
@@ -401,19 +356,19 @@ def test_rotate_all_then_status_shows_both_targets(setup: Setup) -> None:
     assert [line.split()[0] for line in lines] == ["billing", "reports"]
 
 
-def test_dry_run_and_plan_change_nothing(setup: Setup, emu: Emulator) -> None:
+def test_dry_run_and_plan_change_nothing(setup: Setup, emulator: Emulator) -> None:
     # Before any rotation: a dry run says what it would do and writes nothing.
-    before = (setup.versions(), emu.credentials())
+    before = (setup.versions(), credentials(emulator))
     dry = setup.run("rotate", "--all", "--dry-run", "--json")
     assert dry.code == 0, dry.output
     assert {r["outcome"] for r in json.loads(dry.stdout)} == {"dry_run"}
     assert all(
         any(a.startswith("rotate now") for a in r["actions"]) for r in json.loads(dry.stdout)
     )
-    assert (setup.versions(), emu.credentials()) == before == ({}, before[1])
+    assert (setup.versions(), credentials(emulator)) == before == ({}, before[1])
 
     assert setup.run("rotate", "--all").code == 0
-    before = (setup.versions(), emu.credentials())
+    before = (setup.versions(), credentials(emulator))
     assert before[0]  # the rotation wrote secrets and state
 
     for args in (
@@ -425,7 +380,7 @@ def test_dry_run_and_plan_change_nothing(setup: Setup, emu: Emulator) -> None:
     ):
         run = setup.run(*args)
         assert run.code == 0, (args, run.output)
-        assert (setup.versions(), emu.credentials()) == before, args
+        assert (setup.versions(), credentials(emulator)) == before, args
 
     plan = json.loads(setup.run("plan", "--json").stdout)
     assert {t["target"]: t["outcome"] for t in plan["targets"]} == {
@@ -457,13 +412,11 @@ def test_run_once_rotates_what_has_no_credential(setup: Setup) -> None:
 
 
 def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
-    setup: Setup, emu: Emulator
+    setup: Setup, emulator: Emulator
 ) -> None:
     try:
-        emu.admin(
-            "POST",
-            "/_emulator/faults",
-            {"rules": [{"method": m, "code": "internal"} for m in ("AddKey", "AddMachineKey")]},
+        emulator.set_faults(
+            rules=[{"method": m, "code": "internal"} for m in ("AddKey", "AddMachineKey")]
         )
         first = setup.run("rotate", "billing")
         assert first.code == 1, first.output
@@ -474,14 +427,14 @@ def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
         assert refused.code == 4
         assert "rotate --force billing" in refused.stdout
     finally:
-        emu.admin("DELETE", "/_emulator/faults")
+        emulator.clear_faults()
     forced = setup.run("rotate", "--force", "billing")
     assert forced.code == 0, forced.output
     assert setup.run("status", "billing").code == 0
 
 
 @AUTO
-def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emu: Emulator) -> None:
+def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emulator) -> None:
     outputs = [
         setup.run("rotate", "--all"),
         setup.run("--log-format", "console", "rotate", "--all"),
@@ -497,7 +450,7 @@ def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emu: Emulator) 
 
     key_file = setup.secret("zitadel/billing")
     pat = setup.secret("zitadel/reports")
-    admin_key = json.loads((emu.state_dir / "admin-key.json").read_text())
+    admin_key = json.loads(emulator.admin_key_file.read_text())
     secrets_ = {
         "PAT": pat["token"],
         "previous PAT": pat.get("previous", {}).get("token"),
