@@ -16,10 +16,14 @@ reconciles never overlap):
   reconciles every target, so whatever became due meanwhile rotates, once.
 
 High availability: with ``daemon.ha.enabled`` only the holder of a lease runs
-jobs.  A separate thread renews the lease every ``lease_ttl / 3``; a standby
-tries to take it as often, so it takes over at most ``lease_ttl + lease_ttl/3``
-after the active replica died (the lease must lapse, then the next poll takes
-it).  Even two replicas acting at once cannot rotate a target twice: every
+jobs: ``backend: vault`` (:class:`rotator.lease.VaultLease`, a CAS-written KV
+secret; works anywhere) or ``backend: kubernetes``
+(:class:`rotator.kube_lease.KubernetesLease`, a coordination.k8s.io Lease;
+in a cluster, with RBAC on that one Lease).  A separate thread renews the
+lease every ``lease_ttl / 3``; a standby tries to take it as often, so it
+takes over at most ``lease_ttl + lease_ttl/3`` after the active replica died
+(the lease must lapse, then the next poll takes it; 6.7 s with a 5 s TTL,
+measured 4.8 s).  Even two replicas acting at once cannot rotate a target twice: every
 state write in Vault is check-and-set.
 
 Windows: a fresh rotation starts only inside the target's rotation windows
@@ -70,7 +74,7 @@ _ERROR_RETRY = timedelta(minutes=1)
 
 
 class Lease(Protocol):
-    """A lease that at most one replica holds (:class:`rotator.lease.VaultLease`)."""
+    """A lease that at most one replica holds (VaultLease, KubernetesLease)."""
 
     def try_acquire(self) -> bool:
         """Take the lease if free or expired, renew it if ours; True while we hold it."""
@@ -119,11 +123,18 @@ def make_lease(app: App, config: Config) -> Lease | None:
             skew=min(timedelta(seconds=1), ha.lease_ttl / 10),
         )
         return lease
-    raise ConfigError(
-        "the kubernetes lease backend is not available in this build; use backend: vault",
-        file=config.source,
-        field="daemon.ha.backend",
-    )
+    from rotator.kube_lease import KubernetesLease  # noqa: PLC0415 - only in a cluster
+
+    try:
+        return KubernetesLease.in_cluster(
+            ha.lease_name,
+            identity(config),
+            ha.lease_ttl,
+            namespace=ha.lease_namespace,
+            skew=min(timedelta(seconds=1), ha.lease_ttl / 10),
+        )
+    except ConfigError as exc:
+        raise ConfigError(str(exc), file=config.source) from None
 
 
 @dataclass
