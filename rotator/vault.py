@@ -75,6 +75,7 @@ _KNOWN_PHRASES = (
     "no handler for route",
     "rate limit quota exceeded",
     "custom_metadata validation failed",
+    "past the max TTL, cannot renew",
     "local node not active but active cluster node not found",
 )
 

@@ -281,9 +281,10 @@ class Authenticator:
             response = call_vault(
                 "token renew-self", "auth/token/renew-self", client.auth.token.renew_self
             )
-        except VaultUnavailable:
-            raise
         except VaultError as exc:
+            # Whatever the reason (refused, revoked, "past the max TTL" which
+            # Vault answers with a 500), a fresh login is the way on; if Vault
+            # is really down, that login says so.
             log.info(
                 "vault token renewal refused, logging in again",
                 extra={"method": self.method.name, "status": exc.status},

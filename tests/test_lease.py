@@ -262,4 +262,5 @@ def test_a_standby_takes_over_within_ttl_plus_one_poll_of_the_leaders_death(
         assert time.monotonic() - died_at < 5, "standby never took over"
     took = time.monotonic() - died_at
 
-    assert ttl.total_seconds() - 0.05 <= took <= ttl.total_seconds() + poll + 0.25
+    # Slack for the Vault round trips themselves (the suite may run on a busy machine).
+    assert ttl.total_seconds() - 0.2 <= took <= ttl.total_seconds() + poll + 0.5
