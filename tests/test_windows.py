@@ -6,10 +6,16 @@ Times are UTC unless a test says otherwise.  Reference week: Monday
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from rotator.model import Policy, Target
 from rotator.windows import (
@@ -406,3 +412,52 @@ def test_projection_of_several_targets_is_sorted_by_start() -> None:
     )
     assert [p.at for p in plan] == sorted(p.at for p in plan)
     assert {p.target for p in plan} == {"a", "b"}
+
+
+# --- `rotator plan --horizon` end to end (emulator + OpenBao) -----------------------------
+
+
+def _plan(tmp_path: Path, emulator: Any, openbao: Any, mount: str, schedule: dict[str, Any]) -> Any:
+    config = {
+        "zitadel": {
+            "url": emulator.issuer,
+            "api": "v2",
+            "credentials": {"key_file": str(emulator.admin_key_file)},
+        },
+        "vault": {"url": openbao.url, "mount": mount},
+        "policy": {"lifetime": "30d", "renew_before": "10d", "grace": "1d"},
+        "targets": [
+            {"name": "billing", "user": "svc-billing", "kind": "key", "schedule": schedule}
+        ],
+    }
+    path = tmp_path / "rotator.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return subprocess.run(
+        [sys.executable, "-m", "rotator", "--config", str(path), "plan", "--horizon", "90d"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", ""), **openbao.env()},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_plan_rejects_a_freeze_over_a_whole_renewal_period(
+    tmp_path: Path, emulator: Any, openbao: Any, kv_mount: str
+) -> None:
+    # the credential issued now is due in ~20 days; freeze days 15 to 35
+    now = datetime.now(UTC)
+    freeze = {"start": (now + 15 * D).isoformat(), "end": (now + 35 * D).isoformat()}
+    run = _plan(tmp_path, emulator, openbao, kv_mount, {"freeze": [freeze]})
+    assert run.returncode == 2, run.stderr
+    assert "billing" in run.stderr
+    assert "no rotation window is open and unfrozen" in run.stderr
+
+
+def test_plan_accepts_weekday_night_windows(
+    tmp_path: Path, emulator: Any, openbao: Any, kv_mount: str
+) -> None:
+    window = {"cron": "0 2 * * 1-5", "timezone": "Europe/Berlin", "duration": "2h"}
+    run = _plan(tmp_path, emulator, openbao, kv_mount, {"windows": [window]})
+    assert run.returncode == 0, run.stderr
+    assert "window" in run.stdout
