@@ -616,3 +616,36 @@ def test_the_rotator_rotates_its_own_key_and_keeps_working(setup: Setup) -> None
     assert setup.live_keys(username) == [rotated.credential_id]
     tokens = setup.emulator.state(tokens=True)["access_tokens"]
     assert tokens[-1]["key_id"] == rotated.credential_id  # the latest token: the new key
+
+
+def test_a_running_daemon_is_unready_while_vault_is_sealed(setup: Setup) -> None:
+    user = setup.user("pat")
+    port = free_port()
+    config = setup.config(
+        "sealed",
+        [{"name": "reports", "user": user, "kind": "pat", "vault_path": "apps/r"}],
+        port=port,
+    )
+    app = setup.app(config)
+    daemon = run_in_thread(app)
+
+    def readyz() -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        except httpx.HTTPError:
+            return None
+
+    try:
+        first = wait_for(readyz, 30, "/readyz")
+        assert first.status_code == 200
+        assert first.json()["role"] == "active"
+        with setup.openbao.sealed():
+            sealed = readyz()
+            assert sealed is not None
+            assert sealed.status_code == 503
+            assert sealed.json()["checks"]["vault"].startswith("VaultUnavailable")
+            assert sealed.json()["checks"]["scheduler"] == "ok"
+        assert wait_for(lambda: (r := readyz()) and r.status_code == 200, 30, "ready again")
+    finally:
+        assert daemon.shutdown() == 0
+        app.close()
