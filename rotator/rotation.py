@@ -40,6 +40,7 @@ from rotator import policy as rules
 from rotator.audit import AuditLog
 from rotator.clock import Clock
 from rotator.errors import (
+    CasConflict,
     RotatorError,
     VaultError,
     VerificationError,
@@ -624,6 +625,18 @@ class Engine:
 
     def _record_failure(self, run: _Run, exc: RotatorError) -> RotationResult:
         target = run.target
+        if isinstance(exc, CasConflict):
+            # Another rotator (a second replica, a person's CLI run) is acting on
+            # this target.  Writing our failure count would only make it fail
+            # too; it owns the rotation, we look again later.
+            self._emit(run, "rotation.yielded", outcome="conflict", error=str(exc))
+            return RotationResult(
+                target=target.name,
+                outcome=Outcome.FAILED,
+                rotation_id=run.rotation_id,
+                next_run_at=self.clock.now() + self.retry_base,
+                error=str(exc),
+            )
         try:
             raw = self.store.read(self.state_path(target))
             state = (
@@ -717,14 +730,16 @@ def _credential_id(secret: StoredSecret) -> str | None:
 
 
 def _state_label(state: TargetState | None, now: datetime, next_rotation: datetime | None) -> str:
-    if state is None or state.current is None:
-        return "missing" if state is None or state.pending is None else "rotating"
+    if state is None:
+        return "missing"
     if state.stuck:
         return "stuck"
-    if state.pending is not None:
-        return "rotating"
     if state.failures:
         return "failing"
+    if state.pending is not None:
+        return "rotating"
+    if state.current is None:
+        return "missing"
     if state.current.expires_at <= now:
         return "expired"
     if next_rotation is not None and now >= next_rotation:

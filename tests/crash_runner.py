@@ -1,0 +1,37 @@
+"""Runs one reconcile of a target and dies (SIGKILL-like ``os._exit``) the
+moment the engine reports a given step, to prove crash convergence.
+
+    python -m tests.crash_runner SPEC_JSON TARGET_KIND KILL_AFTER_EVENT
+
+The audit log is the only hook: the process is killed right after the event's
+line is written, i.e. exactly between two steps of the protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rotator.model import Trigger
+from tests.enginekit import KitSpec, build_kit
+
+
+def main() -> None:
+    spec = KitSpec.loads(sys.argv[1])
+    target = spec.key_target() if sys.argv[2] == "key" else spec.pat_target()
+    kill_after = sys.argv[3]
+
+    def die(event: dict[str, Any]) -> None:
+        if event["event"] == kill_after:
+            sys.stdout.flush()
+            os._exit(137)
+
+    with build_kit(spec, audit_stream=sys.stdout) as kit:
+        kit.engine.audit.subscribe(die)
+        result = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+        print(f"result {result.outcome}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

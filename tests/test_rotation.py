@@ -1,0 +1,488 @@
+"""The rotation protocol end to end: the real engine against the ZITADEL
+emulator and a real OpenBao, over both ZITADEL transports (v2 Connect JSON
+through the official SDK, v1 gRPC)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from rotator.errors import RotatorError
+from rotator.model import Policy, Trigger
+from rotator.rotation import Outcome
+from rotator.zitadel.base import CredentialKind
+from rotator.zitadel.oidc import OidcClient
+from tests.enginekit import TEST_POLICY, Kit, KitSpec, build_kit
+
+DAY = 24 * 3600
+
+
+@pytest.fixture(params=["v2", "v1"])
+def api(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def spec(emulator: Any, openbao: Any, kv_mount: str, api: str) -> Iterator[KitSpec]:
+    emulator.set_clock_offset(0)
+    suffix = uuid.uuid4().hex[:8]
+    yield KitSpec(
+        key_user=emulator.add_user(f"svc-key-{suffix}")["login_name"],
+        pat_user=emulator.add_user(f"svc-pat-{suffix}")["login_name"],
+        issuer=emulator.issuer,
+        grpc_target=emulator.grpc_target,
+        admin_key_file=str(emulator.admin_key_file),
+        vault_url=openbao.url,
+        vault_token=openbao.root_token,
+        mount=kv_mount,
+        api=api,
+    )
+    emulator.clear_faults()
+    emulator.set_clock_offset(0)
+
+
+@pytest.fixture
+def kit(spec: KitSpec) -> Iterator[Kit]:
+    with build_kit(spec) as kit:
+        yield kit
+
+
+def advance(kit: Kit, emulator: Any, seconds: float) -> None:
+    """Move both clocks: the rotator's and ZITADEL's."""
+    kit.clock.advance(timedelta(seconds=seconds))
+    emulator.set_clock_offset(kit.clock.offset.total_seconds())
+
+
+def live_ids(kit: Kit, kind: CredentialKind, user: str) -> set[str]:
+    resolved = kit.transport.resolve_user(user)
+    creds = (
+        kit.transport.list_keys(resolved)
+        if kind is CredentialKind.KEY
+        else kit.transport.list_pats(resolved)
+    )
+    return {c.id for c in creds}
+
+
+def consumer_can_authenticate(kit: Kit, data: dict[str, Any]) -> None:
+    """What a consumer does with the secret it reads from Vault."""
+    if "keyId" in data:
+        kit.oidc.exchange_jwt_bearer(data, "openid")
+    else:
+        kit.oidc.userinfo(data["token"])
+
+
+def secret(kit: Kit, path: str) -> dict[str, Any]:
+    stored = kit.store.read(path)
+    assert stored is not None, path
+    return dict(stored.data)
+
+
+# --------------------------------------------------------------- full cycle
+
+
+def test_a_key_is_created_stored_verified_promoted_and_later_retired(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+
+    data = secret(kit, target.vault_path)
+    # Vault returns fields sorted (a Go map): the set is ZITADEL's key-file format
+    assert set(data) == {"type", "keyId", "key", "expirationDate", "userId"}
+    assert data["type"] == "serviceaccount"
+    assert data["keyId"] == first.credential_id
+    assert first.expires_at is not None
+    assert (first.expires_at.hour, first.expires_at.minute) == (0, 0)
+    consumer_can_authenticate(kit, data)
+    assert live_ids(kit, target.kind, target.user) == {first.credential_id}
+
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.UP_TO_DATE
+    assert kit.engine.status(target).state == "ready"
+
+    # 21 days on, the key is within renew_before (10 d) of its 30-day expiry
+    advance(kit, emulator, 21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED, second.error
+    assert second.previous_credential_id == first.credential_id
+    data = secret(kit, target.vault_path)
+    assert data["keyId"] == second.credential_id
+    assert data["previous"]["keyId"] == first.credential_id
+    consumer_can_authenticate(kit, data)
+    consumer_can_authenticate(kit, data["previous"])  # the old key still works in grace
+    assert live_ids(kit, target.kind, target.user) == {first.credential_id, second.credential_id}
+    assert kit.engine.status(target).state == "grace"
+
+    advance(kit, emulator, DAY + 60)
+    third = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert third.outcome is Outcome.RETIRED
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert "previous" not in secret(kit, target.vault_path)
+    assert kit.engine.status(target).state == "ready"
+
+    names = kit.event_names()
+    for step in [
+        "rotation.started",
+        "credential.created",
+        "credential.stored",
+        "credential.verified",
+        "credential.promoted",
+        "rotation.completed",
+        "credential.removed",
+        "credential.retired",
+    ]:
+        assert step in names
+
+
+def test_a_pat_goes_through_the_same_cycle(kit: Kit, spec: KitSpec, emulator: Any) -> None:
+    target = spec.pat_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+    data = secret(kit, target.vault_path)
+    assert set(data) == {"token", "token_id", "user_id", "expires_at"}
+    assert data["token_id"] == first.credential_id
+    consumer_can_authenticate(kit, data)
+
+    advance(kit, emulator, 21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED, second.error
+    data = secret(kit, target.vault_path)
+    assert data["previous"]["token_id"] == first.credential_id
+    consumer_can_authenticate(kit, data["previous"])
+
+    advance(kit, emulator, DAY + 60)
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    with pytest.raises(RotatorError):
+        consumer_can_authenticate(kit, {"token": data["previous"]["token"]})
+
+
+def test_the_old_credential_is_retired_before_its_midnight_expiry(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    long_grace = Policy(
+        lifetime=timedelta(days=30),
+        renew_before=timedelta(days=10),
+        grace=timedelta(days=5),
+        retire_margin=timedelta(hours=1),
+        verify_timeout=timedelta(seconds=5),
+    )
+    target = spec.key_target(policy=long_grace)
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    # the daemon was down: it comes back 2 days before the old key expires
+    until_two_days_left = (first.expires_at - kit.clock.now()).total_seconds() - 2 * DAY
+    advance(kit, emulator, until_two_days_left)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED
+    status = kit.engine.status(target)
+    assert status.retire_at == first.expires_at - timedelta(hours=1)  # not promoted + 5 d
+
+    advance(kit, emulator, (status.retire_at - kit.clock.now()).total_seconds() + 1)
+    assert kit.clock.now() < first.expires_at
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+    assert first.credential_id not in live_ids(kit, target.kind, target.user)
+
+
+def test_an_expired_credential_rotates_at_once_and_is_flagged(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    advance(kit, emulator, (first.expires_at - kit.clock.now()).total_seconds() + 3600)
+    assert kit.engine.status(target).state == "expired"
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED
+    started = [e for e in kit.events() if e["event"] == "rotation.started"][-1]
+    assert started["expired"] is True
+    assert started["reason"] == "expired"
+
+
+# ----------------------------------------------------------- dry run / plan
+
+
+def test_plan_and_dry_run_change_nothing(kit: Kit, spec: KitSpec, emulator: Any) -> None:
+    target = spec.key_target()
+    before_zitadel = emulator.state()
+    plan = kit.engine.plan(target)
+    assert plan.outcome is Outcome.DRY_RUN
+    assert any(a.startswith("rotate now") for a in plan.actions)
+    assert kit.store.read(target.vault_path) is None
+    assert kit.store.read(kit.engine.state_path(target)) is None
+    assert emulator.state() == before_zitadel
+
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    versions = (
+        kit.store.read(target.vault_path).version,  # type: ignore[union-attr]
+        kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
+    )
+    snapshot = emulator.state()
+    dry = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True, dry_run=True)
+    assert dry.outcome is Outcome.DRY_RUN
+    assert any(a.startswith("rotate at") for a in dry.actions)
+    assert emulator.state() == snapshot
+    assert (
+        kit.store.read(target.vault_path).version,  # type: ignore[union-attr]
+        kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
+    ) == versions
+
+
+# ------------------------------------------------------ failures / rollback
+
+
+def test_when_vault_refuses_the_write_the_new_key_is_removed_again(
+    kit: Kit, spec: KitSpec, emulator: Any, openbao: Any
+) -> None:
+    target = spec.key_target()
+    created: list[str] = []
+
+    def seal_vault_after_create(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.created":
+            created.append(event["new_credential_id"])
+            openbao.seal()
+
+    kit.engine.audit.subscribe(seal_vault_after_create)
+    try:
+        result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    finally:
+        openbao.unseal()
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "sealed" in result.error.lower() or "unavailable" in result.error.lower()
+    assert created
+    assert created[0] not in live_ids(kit, target.kind, target.user)
+    assert "rotation.rolled_back" in kit.event_names()
+
+
+def test_a_credential_that_never_verifies_is_rolled_back(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target(
+        policy=Policy(
+            lifetime=TEST_POLICY.lifetime,
+            renew_before=TEST_POLICY.renew_before,
+            grace=TEST_POLICY.grace,
+            verify_timeout=timedelta(seconds=1),
+        )
+    )
+    emulator.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    emulator.clear_faults()
+    assert result.outcome is Outcome.FAILED
+    assert live_ids(kit, target.kind, target.user) == set()
+    assert kit.store.read(target.vault_path) is None
+
+
+def test_repeated_failures_make_a_target_stuck_until_forced(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    kit.engine.max_attempts = 2
+    target = spec.pat_target()
+    method = "AddPersonalAccessToken"
+    emulator.set_faults(rules=[{"method": method, "code": "unavailable", "rate": 1.0}])
+    first = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert first.outcome is Outcome.FAILED
+    assert first.next_run_at is not None
+    advance(kit, emulator, 10)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.STUCK
+    assert kit.engine.status(target).state == "stuck"
+    emulator.clear_faults()
+    # stuck stays stuck for the schedule ...
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.STUCK
+    assert "target.stuck" in kit.event_names()
+    # ... until a person forces it
+    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+    assert forced.outcome is Outcome.ROTATED
+    assert kit.engine.status(target).state == "ready"
+
+
+def test_transient_zitadel_errors_are_reported_plainly(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    emulator.set_faults(
+        rules=[
+            {"method": "AddKey", "code": "resource_exhausted", "rate": 1.0},
+            {"method": "AddMachineKey", "code": "resource_exhausted", "rate": 1.0},
+        ]
+    )
+    result = kit.engine.reconcile(spec.key_target(), trigger=Trigger.CLI)
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "resource_exhausted" in result.error
+    failed = [e for e in kit.events() if e["event"] == "rotation.failed"][-1]
+    assert failed["error_type"] == "ZitadelUnavailable"
+
+
+# ------------------------------------------------- ownership / concurrency
+
+
+def test_an_unmanaged_secret_is_not_overwritten_unless_adopted(kit: Kit, spec: KitSpec) -> None:
+    target = spec.key_target()
+    kit.store.write(target.vault_path, {"keyId": "123", "key": "not-ours"}, cas=0)
+    refused = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert refused.outcome is Outcome.FAILED
+    assert refused.error is not None
+    assert "adopt" in refused.error
+    adopted = kit.engine.reconcile(spec.key_target(adopt=True), trigger=Trigger.CLI)
+    assert adopted.outcome is Outcome.ROTATED, adopted.error
+
+
+def test_two_engines_racing_on_a_due_target_rotate_it_once(spec: KitSpec) -> None:
+    target = spec.key_target()
+    results = []
+    with build_kit(spec) as one, build_kit(spec) as two:
+        barrier = threading.Barrier(2)
+
+        def run(kit: Kit) -> None:
+            barrier.wait()
+            try:
+                results.append(kit.engine.reconcile(target, trigger=Trigger.SCHEDULE))
+            except Exception as exc:  # surfaced by the assertion below
+                results.append(exc)  # type: ignore[arg-type]
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in (one, two)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rotated = [r for r in results if r.outcome is Outcome.ROTATED]
+        assert len(rotated) == 1, results
+        assert live_ids(one, target.kind, target.user) == {rotated[0].credential_id}
+        assert secret(one, target.vault_path)["keyId"] == rotated[0].credential_id
+
+
+# --------------------------------------------------------- crash convergence
+
+KILL_POINTS = [
+    "rotation.started",  # intent recorded, nothing created yet
+    "credential.created",  # exists in ZITADEL, id known only in memory
+    "credential.stored",  # secret kept in the state secret, not verified
+    "credential.verified",  # verified, not promoted
+    "credential.promoted",  # consumer secret written, state not updated
+    "rotation.completed",  # all done, process dies before exiting
+]
+
+
+@pytest.mark.parametrize("kill_after", KILL_POINTS)
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_a_rotator_killed_between_any_two_steps_converges_on_restart(
+    spec: KitSpec, kill_after: str, kind: str
+) -> None:
+    target = spec.key_target() if kind == "key" else spec.pat_target()
+    with build_kit(spec) as kit:
+        first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+        assert first.outcome is Outcome.ROTATED
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.crash_runner", spec.dumps(), kind, kill_after],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    with build_kit(spec) as kit:
+        # the consumer still has a working credential right after the crash
+        consumer_can_authenticate(kit, secret(kit, target.vault_path))
+        again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert again.outcome in (Outcome.ROTATED, Outcome.UP_TO_DATE), again.error
+        status = kit.engine.status(target)
+        data = secret(kit, target.vault_path)
+        current_id = data.get("keyId") or data.get("token_id")
+        assert status.credential_id == current_id
+        consumer_can_authenticate(kit, data)
+        expected = {current_id}
+        if status.previous_credential_id:
+            expected.add(status.previous_credential_id)
+            assert data["previous"].get("keyId", data["previous"].get("token_id")) == (
+                status.previous_credential_id
+            )
+        # no orphan left in ZITADEL: only the current and the one in grace
+        assert live_ids(kit, target.kind, target.user) == expected
+        raw_state = kit.store.read(kit.engine.state_path(target))
+        assert raw_state is not None
+        assert raw_state.data.get("pending") is None
+
+
+def test_a_rotator_killed_during_retirement_finishes_it_on_restart(
+    spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    with build_kit(spec) as kit:
+        kit.engine.reconcile(target, trigger=Trigger.CLI)
+        advance(kit, emulator, 21 * DAY)
+        second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        advance(kit, emulator, DAY + 60)
+    spec.clock_offset_s = kit.clock.offset.total_seconds()
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.crash_runner", spec.dumps(), "key", "credential.removed"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    with build_kit(spec) as kit:
+        kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        data = secret(kit, target.vault_path)
+        assert "previous" not in data
+        assert live_ids(kit, target.kind, target.user) == {data["keyId"]}
+        assert kit.engine.status(target).previous_credential_id is None
+        assert second.credential_id is not None
+
+
+# --------------------------------------------------------- consumer's view
+
+
+def test_a_consumer_can_authenticate_at_every_moment_of_a_rotation(
+    emulator_factory: Any, openbao: Any, kv_mount: str
+) -> None:
+    lagging = emulator_factory(lag_ms=800)
+    spec = KitSpec(
+        issuer=lagging.issuer,
+        grpc_target=lagging.grpc_target,
+        admin_key_file=str(lagging.admin_key_file),
+        vault_url=openbao.url,
+        vault_token=openbao.root_token,
+        mount=kv_mount,
+    )
+    target = spec.key_target()
+    failures: list[str] = []
+    attempts = 0
+    stop = threading.Event()
+    with build_kit(spec) as kit:
+        kit.engine.reconcile(target, trigger=Trigger.CLI)
+        consumer = OidcClient(spec.issuer, clock=kit.clock)
+
+        def consume() -> None:
+            nonlocal attempts
+            while not stop.is_set():
+                data = secret(kit, target.vault_path)
+                attempts += 1
+                try:
+                    consumer.exchange_jwt_bearer(data, "openid")
+                except Exception as exc:
+                    failures.append(f"{data['keyId']}: {type(exc).__name__}")
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        try:
+            for _ in range(2):
+                assert (
+                    kit.engine.reconcile(target, trigger=Trigger.CLI, force=True).outcome
+                    is Outcome.ROTATED
+                )
+        finally:
+            stop.set()
+            reader.join()
+            consumer.close()
+    assert attempts > 5
+    assert failures == []
