@@ -54,7 +54,9 @@ class App:
     token_source: TokenSource
     audit: AuditLog
     clock: Clock
-    #: "v1" or "v2": the ZITADEL API in use (detected when ``zitadel.api: auto``).
+    #: "v1" or "v2": the ZITADEL API in use (detected when ``zitadel.api: auto``);
+    #: the setting itself when not probed (``build(probe_api=False)``), "offline"
+    #: when ZITADEL could not be reached.
     api: str
     #: Why ZITADEL could not be used (only with ``build(require_zitadel=False)``).
     zitadel_error: ZitadelError | None = None
@@ -265,6 +267,7 @@ def build(
     clock: Clock | None = None,
     audit: AuditLog | None = None,
     require_zitadel: bool = True,
+    probe_api: bool = True,
 ) -> App:
     """Connect everything; raises RotatorError (ConfigError, VaultError,
     ZitadelError) when the environment is not usable.
@@ -272,6 +275,8 @@ def build(
     With ``require_zitadel=False`` (commands that only read Vault, such as
     ``status``) a ZITADEL that cannot be reached at start is tolerated: the
     transport then refuses every call, and ``App.zitadel_error`` says why.
+    With ``probe_api=False`` (commands that do not use the management API)
+    ``zitadel.api: auto`` is resolved only if the transport is used.
     """
     clock = clock or SystemClock()
     audit = audit or AuditLog(file=config.audit.file)
@@ -293,16 +298,26 @@ def build(
         transport: ZitadelTransport
         try:
             token_source()  # the rotator's own identity works, or we stop here
-            api = choose_api(
-                config.zitadel.api,
-                config.zitadel.url,
-                token_source,
-                audit=audit,
-                timeout=config.zitadel.timeout.total_seconds(),
-                verify=_tls_verify(config),
-            )
-            _check_transport_settings(config, api)
-            transport = LazyTransport(api, lambda: make_transport(config, api, token_source))
+
+            def connect() -> ZitadelTransport:
+                chosen = choose_api(
+                    config.zitadel.api,
+                    config.zitadel.url,
+                    token_source,
+                    audit=audit,
+                    timeout=config.zitadel.timeout.total_seconds(),
+                    verify=_tls_verify(config),
+                )
+                _check_transport_settings(config, chosen)
+                return LazyTransport(chosen, lambda: make_transport(config, chosen, token_source))
+
+            if require_zitadel and probe_api:
+                transport = connect()
+                api = transport.api
+            else:
+                # Probe the API only if something calls the management API.
+                transport = LazyTransport(config.zitadel.api, connect)
+                api = config.zitadel.api
         except ZitadelError as exc:
             if require_zitadel:
                 raise

@@ -517,6 +517,8 @@ _HANDLERS: dict[str, Handler] = {
 }
 #: Commands that only read Vault keep working while ZITADEL is unreachable.
 _VAULT_ONLY = frozenset({"status"})
+#: Commands that never call the management API (no API detection for them).
+_NO_MANAGEMENT_API = frozenset({"status", "verify"})
 
 
 def _fail(message: str) -> None:
@@ -572,7 +574,12 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         stream = cast(IO[str], ConsoleStream(stream))
     audit = AuditLog(stream=stream, file=config.audit.file)
     try:
-        app = build(config, audit=audit, require_zitadel=args.command not in _VAULT_ONLY)
+        app = build(
+            config,
+            audit=audit,
+            require_zitadel=args.command not in _VAULT_ONLY,
+            probe_api=args.command not in _NO_MANAGEMENT_API,
+        )
     except ConfigError:
         raise
     except RotatorError as exc:
