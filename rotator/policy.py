@@ -56,28 +56,3 @@ def retry_delay(
     fraction: float = 0.5 + (rng or _jitter).random() / 2
     return delay * fraction
 
-
-def validate(policy: Policy) -> list[str]:
-    """Problems with a policy, as sentences naming the field (empty when fine)."""
-    problems: list[str] = []
-    if policy.lifetime < timedelta(days=2):
-        problems.append(
-            "lifetime: must be at least 2d (expiry is rounded down to midnight UTC)"
-        )
-    if policy.renew_before >= policy.lifetime - timedelta(days=1):
-        problems.append(
-            "renew_before: must be shorter than lifetime minus one day, "
-            "or every new credential would be due at once"
-        )
-    if policy.renew_before <= timedelta(0):
-        problems.append("renew_before: must be positive")
-    if policy.grace < timedelta(0):
-        problems.append("grace: must not be negative")
-    if policy.retire_margin < timedelta(0):
-        problems.append("retire_margin: must not be negative")
-    if policy.grace + policy.retire_margin > policy.renew_before:
-        problems.append(
-            "grace: grace + retire_margin must not exceed renew_before, "
-            "or the old credential would be retired before its grace ends"
-        )
-    return problems

@@ -72,21 +72,3 @@ def test_retry_delay_grows_exponentially_with_jitter_and_is_capped() -> None:
         assert ceiling / 2 <= delay <= ceiling
     assert delays[-1] <= cap
 
-
-@pytest.mark.parametrize(
-    ("policy", "field"),
-    [
-        (Policy(lifetime=D), "lifetime"),
-        (Policy(lifetime=10 * D, renew_before=10 * D), "renew_before"),
-        (Policy(renew_before=timedelta(0)), "renew_before"),
-        (Policy(grace=-H), "grace"),
-        (Policy(renew_before=2 * D, grace=2 * D), "grace"),
-    ],
-)
-def test_inconsistent_policies_are_named_by_field(policy: Policy, field: str) -> None:
-    problems = rules.validate(policy)
-    assert any(p.startswith(f"{field}:") for p in problems), problems
-
-
-def test_the_default_policy_is_consistent() -> None:
-    assert rules.validate(Policy()) == []
