@@ -465,3 +465,21 @@ def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emula
         body = "".join(pem.strip().splitlines()[1:-1])
         assert body[:40] not in captured.replace("\n", "")
     assert "audit" in setup.audit_file.read_text()  # the file is really written
+
+
+def test_plan_exits_2_when_windows_cannot_be_kept(setup: Setup) -> None:
+    assert setup.run("rotate", "--all").code == 0
+    raw = yaml.safe_load(setup.path.read_text())
+    # Only on 30 February: never.
+    raw["targets"][0]["schedule"] = {"windows": [{"cron": "0 0 30 2 *", "duration": "1h"}]}
+    write_config(setup.path, raw)
+    assert setup.run("validate").code == 0  # legal, but cannot be kept
+
+    before = setup.versions()
+    plan = setup.run("plan", "--horizon", "40d")
+    assert plan.code == 2, plan.output
+    problems = [line for line in plan.stderr.splitlines() if line.startswith("rotator: plan:")]
+    assert problems
+    assert all(line.startswith("rotator: plan: billing at ") for line in problems)
+    assert "never fires" in problems[0]
+    assert setup.versions() == before
