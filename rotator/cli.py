@@ -30,7 +30,13 @@ from typing import IO, Any, TextIO, cast
 from rotator.app import App, build
 from rotator.audit import AuditLog
 from rotator.config import DEFAULT_CONFIG_PATH, Config, format_duration, load_config, parse_duration
-from rotator.errors import ConfigError, RotatorError, VerificationError, ZitadelError
+from rotator.errors import (
+    ConfigError,
+    RotatorError,
+    VaultError,
+    VerificationError,
+    ZitadelError,
+)
 from rotator.model import Target, Trigger
 from rotator.rotation import Outcome, RotationResult, TargetStatus
 from rotator.zitadel.base import CredentialKind
@@ -590,6 +596,16 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
             sys.stderr.write(f"rotator: warning: ZITADEL not reachable: {app.zitadel_error}\n")
         logging.getLogger("rotator").info("using ZITADEL API %s", app.api)
         return _HANDLERS[args.command](app, args)
+    except (UsageError, ConfigError):
+        raise
+    except (VaultError, ZitadelError) as exc:
+        # The engine reports per-target failures itself; this is a read
+        # (status, plan, verify) that lost Vault or ZITADEL mid-command.
+        _fail(str(exc))
+        return Exit.UNAVAILABLE
+    except RotatorError as exc:
+        _fail(str(exc))  # our own errors carry vetted, secret-free messages
+        return Exit.FAILED
     finally:
         app.close()
 
