@@ -204,12 +204,15 @@ class Daemon:
         if self.lease is not None:
             self.metrics.set_leader(False)
             self._lease_tick()
-            self._lease_thread = threading.Thread(
-                target=self._lease_loop, name="rotator-lease", daemon=True
-            )
-            self._lease_thread.start()
+            self.start_lease_thread()
         else:
             self.metrics.set_leader(True)
+
+    def start_lease_thread(self) -> None:
+        self._lease_thread = threading.Thread(
+            target=self._lease_loop, name="rotator-lease", daemon=True
+        )
+        self._lease_thread.start()
 
     def stop(self) -> None:
         """Stop taking jobs, let the one in flight finish, release the lease."""
@@ -271,6 +274,12 @@ class Daemon:
                 if job.id.startswith("target:"):
                     job.remove()
 
+    def _active(self) -> bool:
+        """Leader, and (between lease ticks) our lease has not run out meanwhile."""
+        if not self.role.leader or self.role.stopping:
+            return False
+        return self.lease is None or self.lease.is_held
+
     def _run_soon(self, job_id: str) -> None:
         if self.scheduler.running and not self.role.stopping:
             self.scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
@@ -284,14 +293,14 @@ class Daemon:
         for target in self.config.targets:
             if self.stop_event.is_set():
                 break
-            if self.role.leader:
+            if self._active():
                 result = self.run_target(target.name)
                 if result is not None:
                     results.append(result)
             status = self._status(target)
             if status is not None:
                 statuses.append(status)
-        if self.role.leader and self.webhook is not None:
+        if self._active() and self.webhook is not None:
             self.webhook.check_expiry(
                 statuses, self.clock.now(), self.config.notify.expiry_threshold
             )
@@ -299,7 +308,7 @@ class Daemon:
 
     def run_target(self, name: str) -> RotationResult | None:
         """Reconcile one target now unless its windows hold it back; plan its next run."""
-        if not self.role.leader or self.stop_event.is_set():
+        if not self._active() or self.stop_event.is_set():
             return None
         target = self.config.target(name)
         schedule = self.config.schedule_for(name)
@@ -458,11 +467,12 @@ def _once(daemon: Daemon) -> int:
             log.info("another replica holds the lease: nothing to do")
             return EXIT_OK
         daemon.role.leader = True
+        # keep renewing while the pass runs: it may take longer than the TTL
+        daemon.start_lease_thread()
     try:
         results = daemon.reconcile_all()
     finally:
-        if daemon.lease is not None:
-            daemon.lease.release()
+        daemon.stop()
     return exit_code(results)
 
 

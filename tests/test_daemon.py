@@ -37,7 +37,7 @@ from rotator.audit import AuditLog
 from rotator.clock import OffsetClock
 from rotator.config import load_config
 from rotator.daemon import run_daemon
-from rotator.lease import LeaseRecord
+from rotator.lease import LeaseRecord, VaultLease
 from rotator.model import Trigger
 from rotator.rotation import Outcome
 
@@ -648,4 +648,27 @@ def test_a_running_daemon_is_unready_while_vault_is_sealed(setup: Setup) -> None
         assert wait_for(lambda: (r := readyz()) and r.status_code == 200, 30, "ready again")
     finally:
         assert daemon.shutdown() == 0
+        app.close()
+
+
+def test_run_once_with_ha_skips_while_another_replica_leads(setup: Setup) -> None:
+    user = setup.user("pat")
+    config = setup.config(
+        "cron",
+        [{"name": "reports", "user": user, "kind": "pat", "vault_path": "apps/r"}],
+        ha=True,
+    )
+    app = setup.app(config)
+    other = VaultLease(app.store, "zitadel-rotator/leader", "other-replica", timedelta(minutes=5))
+    try:
+        assert other.try_acquire()
+        assert run_daemon(app, app.config, once=True) == 0  # standby: nothing done
+        assert app.engine.status(app.config.targets[0]).state == "missing"
+        other.release()
+        assert run_daemon(app, app.config, once=True) == 0
+        assert app.engine.status(app.config.targets[0]).state == "ready"
+        record = LeaseRecord.from_data(app.store.read("zitadel-rotator/leader").data)  # type: ignore[union-attr]
+        assert record is not None
+        assert record.holder == ""  # released when the pass ended
+    finally:
         app.close()
