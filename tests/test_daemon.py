@@ -667,7 +667,9 @@ def test_run_once_with_ha_skips_while_another_replica_leads(setup: Setup) -> Non
         other.release()
         assert run_daemon(app, app.config, once=True) == 0
         assert app.engine.status(app.config.targets[0]).state == "ready"
-        record = LeaseRecord.from_data(app.store.read("zitadel-rotator/leader").data)  # type: ignore[union-attr]
+        stored = app.store.read("zitadel-rotator/leader")
+        assert stored is not None
+        record = LeaseRecord.from_data(stored.data)
         assert record is not None
         assert record.holder == ""  # released when the pass ended
     finally:
