@@ -69,6 +69,22 @@ class App:
         self._closers.clear()
 
 
+def check_audit_file(config: Config) -> None:
+    """An audit file that cannot be appended to must stop us at start, not
+    halfway through a rotation."""
+    if config.audit.file is None:
+        return
+    path = Path(config.audit.file)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot append to {path} ({exc.strerror})", file=config.source, field="audit.file"
+        ) from None
+
+
 # --------------------------------------------------------------------------- Vault
 
 
@@ -279,6 +295,7 @@ def build(
     ``zitadel.api: auto`` is resolved only if the transport is used.
     """
     clock = clock or SystemClock()
+    check_audit_file(config)
     audit = audit or AuditLog(file=config.audit.file)
     closers: list[Callable[[], None]] = []
     try:
@@ -360,6 +377,7 @@ __all__ = [
     "LazyTransport",
     "OfflineTransport",
     "build",
+    "check_audit_file",
     "connect_store",
     "key_file_provider",
     "make_transport",

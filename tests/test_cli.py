@@ -483,3 +483,13 @@ def test_plan_exits_2_when_windows_cannot_be_kept(setup: Setup) -> None:
     assert all(line.startswith("rotator: plan: billing at ") for line in problems)
     assert "never fires" in problems[0]
     assert setup.versions() == before
+
+
+def test_an_unwritable_audit_file_stops_before_any_network(tmp_path: Path) -> None:
+    raw = offline_config(tmp_path, f"http://127.0.0.1:{free_port()}")
+    (tmp_path / "not-a-dir").write_text("")
+    raw["audit"] = {"file": "not-a-dir/audit.jsonl"}
+    path = write_config(tmp_path / "c.yaml", raw)
+    run = rotator("--config", str(path), "rotate", "--all", env={"VAULT_TOKEN": "unused"})
+    assert run.code == 2
+    assert f"{path}: audit.file: cannot append to" in assert_one_clean_line(run)
