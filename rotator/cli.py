@@ -39,6 +39,7 @@ from rotator.errors import (
 )
 from rotator.model import Target, Trigger
 from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.windows import ScheduledTarget, project, unsatisfiable
 from rotator.zitadel.base import CredentialKind
 
 
@@ -60,7 +61,8 @@ exit codes:
   1  at least one target failed (it will be retried; see `rotator status`)
   2  configuration or usage error (nothing was done), or `plan` found a
      schedule that cannot be kept
-  3  Vault or ZITADEL unreachable or refusing the rotator's credentials at start
+  3  Vault or ZITADEL unreachable or refusing the rotator's credentials at
+     start (or lost during a read-only command)
   4  at least one target is stuck after repeated failures; fix the cause, then
      `rotator rotate --force TARGET`
 
@@ -271,25 +273,6 @@ def exit_code(results: Iterable[RotationResult]) -> Exit:
     return Exit.OK
 
 
-def reconcile_all(
-    app: App,
-    targets: Sequence[Target],
-    *,
-    trigger: Trigger,
-    force: bool = False,
-    dry_run: bool = False,
-) -> list[RotationResult]:
-    """One reconcile pass, target by target (one target's failure never stops the rest)."""
-    return [app.engine.reconcile(t, trigger=trigger, force=force, dry_run=dry_run) for t in targets]
-
-
-def run_once(app: App) -> int:
-    """``rotator run --once``: what the schedule would do now, for every target."""
-    results = reconcile_all(app, app.config.targets, trigger=Trigger.SCHEDULE)
-    _print_results(results, sys.stderr, as_json=False)
-    return exit_code(results)
-
-
 def _print_results(results: Sequence[RotationResult], out: TextIO, *, as_json: bool) -> None:
     if as_json:
         out.write(json.dumps([_jsonable(r) for r in results], indent=2) + "\n")
@@ -412,26 +395,17 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
     now = app.clock.now()
     results = [app.engine.plan(t) for t in app.config.targets]
-    projected: list[Any] = []
-    problems: list[Any] = []
-    try:
-        from rotator import windows  # noqa: PLC0415 - optional module of the daemon work
-    except ImportError:
-        windows = None  # type: ignore[assignment]
-    if windows is not None:
-        scheduled = []
-        for target, result in zip(app.config.targets, results, strict=True):
-            schedule = app.config.schedule_for(target.name)
-            scheduled.append(
-                windows.ScheduledTarget(
-                    target=target,
-                    windows=schedule.windows,
-                    freezes=schedule.freeze,
-                    expires_at=result.expires_at,
-                )
-            )
-        projected = windows.project(scheduled, args.horizon, now)
-        problems = windows.unsatisfiable(projected)
+    scheduled = [
+        ScheduledTarget(
+            target=target,
+            windows=app.config.schedule_for(target.name).windows,
+            freezes=app.config.schedule_for(target.name).freeze,
+            expires_at=result.expires_at,
+        )
+        for target, result in zip(app.config.targets, results, strict=True)
+    ]
+    projected = project(scheduled, args.horizon, now)
+    problems = unsatisfiable(projected)
     if args.json:
         document = {
             "now": _jsonable(now),
@@ -499,15 +473,10 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_run(app: App, args: argparse.Namespace) -> int:
-    try:
-        # The daemon module arrives separately; until then `run --once` is done here.
-        daemon = importlib.import_module("rotator.daemon")
-    except ImportError:
-        if args.once:
-            return run_once(app)
-        raise UsageError("run: the daemon is not available in this build; use --once") from None
-    code: int = daemon.run_daemon(app, app.config, once=args.once)
-    return code
+    # Imported here: the scheduler, metrics and HTTP server are only for `run`.
+    from rotator.daemon import run_daemon  # noqa: PLC0415
+
+    return run_daemon(app, app.config, once=args.once)
 
 
 # --------------------------------------------------------------------------- main
