@@ -493,3 +493,57 @@ def test_an_unwritable_audit_file_stops_before_any_network(tmp_path: Path) -> No
     run = rotator("--config", str(path), "rotate", "--all", env={"VAULT_TOKEN": "unused"})
     assert run.code == 2
     assert f"{path}: audit.file: cannot append to" in assert_one_clean_line(run)
+
+
+@AUTO
+def test_the_rotator_rotates_its_own_key_kept_in_vault(setup: Setup, emulator: Emulator) -> None:
+    """``zitadel.credentials.vault_path`` listed as a target: every run reads its
+    identity from Vault, so after rotating itself it authenticates with the new key."""
+    own = emulator.add_user(f"rotator-self-{os.urandom(3).hex()}", roles=["ORG_OWNER"], key=True)
+    setup.vault.client().secrets.kv.v2.create_or_update_secret(
+        path="zitadel/rotator", secret=own["key_file"], mount_point=setup.mount
+    )
+    raw = yaml.safe_load(setup.path.read_text())
+    raw["zitadel"]["credentials"] = {"vault_path": "zitadel/rotator"}
+    raw["targets"].append(
+        {
+            "name": "self",
+            "user": own["id"],
+            "kind": "key",
+            "vault_path": "zitadel/rotator",
+            "adopt": True,
+        }
+    )
+    write_config(setup.path, raw)
+    first_key = own["key_file"]["keyId"]
+
+    first = setup.run("rotate", "self", "--json")
+    assert first.code == 0, first.output
+    [result] = json.loads(first.stdout)
+    assert result["outcome"] == "rotated"
+    assert result["previous_credential_id"] == first_key
+    second_key = result["credential_id"]
+    assert setup.secret("zitadel/rotator")["keyId"] == second_key
+
+    # A new process: its identity is now the rotated key, read from Vault.
+    second = setup.run("rotate", "self", "--json")
+    assert second.code == 0, second.output
+    [result] = json.loads(second.stdout)
+    assert result["previous_credential_id"] == second_key
+    minted = [
+        t["key_id"]
+        for t in emulator.state(tokens=True)["access_tokens"]
+        if t["user_id"] == own["id"]
+    ]
+    assert minted.count(first_key) == 1  # run 1 authenticated with it
+    assert minted.count(second_key) == 2  # run 1 verified it, run 2 authenticated with it
+    live = {
+        k["id"]
+        for k in credentials(emulator)["keys"]
+        if k["user_id"] == own["id"] and not k["removed_at"]
+    }
+    assert first_key not in live
+    assert {second_key, result["credential_id"]} <= live
+
+    third = setup.run("verify", "self")
+    assert third.code == 0, third.output
