@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import IO, Any, TextIO, cast
@@ -334,21 +334,19 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
             continue
         if args.dry_run:
             result = app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True)
-            if not any(a.startswith("rotate now") for a in result.actions):
-                # rotate means "now", due or not
-                result = _with_actions(result, (*result.actions, "rotate now (requested)"))
-            results.append(result)
+            results.append(_forced_plan(result))
         else:
             results.append(app.engine.reconcile(target, trigger=Trigger.CLI, force=True))
     _print_results(results, sys.stdout, as_json=args.json)
     return exit_code(results)
 
 
-def _with_actions(result: RotationResult, actions: tuple[str, ...]) -> RotationResult:
-    from dataclasses import replace  # noqa: PLC0415
-
-    kept = tuple(a for a in actions if not a.startswith("rotate at "))
-    return replace(result, actions=kept)
+def _forced_plan(result: RotationResult) -> RotationResult:
+    """A dry run of ``rotate``: it rotates now, due or not, instead of at the due time."""
+    if any(a.startswith("rotate now") for a in result.actions):
+        return result
+    kept = tuple(a for a in result.actions if not a.startswith("rotate at "))
+    return replace(result, actions=(*kept, "rotate now (requested)"))
 
 
 def _is_stuck(status: TargetStatus, config: Config) -> bool:
@@ -387,7 +385,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
                 sys.stdout.write(f"{s.target}: last error: {s.last_error}\n")
     if any(_is_stuck(s, app.config) for s in statuses):
         return Exit.STUCK
-    if any(s.state in ("failing", "expired") for s in statuses):
+    if any(s.failures or s.state == "expired" for s in statuses):
         return Exit.FAILED
     return Exit.OK
 

@@ -420,6 +420,7 @@ def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
         )
         first = setup.run("rotate", "billing")
         assert first.code == 1, first.output
+        assert setup.run("status", "billing").code == 1  # failing, will be retried
         second = setup.run("rotate", "billing")  # max_attempts: 2
         assert second.code == 4, second.output
         assert setup.run("status", "billing").code == 4
