@@ -72,9 +72,13 @@ OrQ, NotQ``; text methods are ``TextQueryMethod`` ints (0 EQUALS ..
 stored state name to each API's enum number.
 
 Administration (seeding, /_emulator endpoints): ``create_org``,
-``create_user``, ``grant_roles``, ``set_user_state``,
-``generate_machine_secret``, ``create_app``, ``set_clock_offset``,
-``advance_clock``, ``dump_state``.
+``create_user``, ``grant_roles``, ``set_user_state``, ``create_machine_key``,
+``set_metadata_admin``, ``generate_machine_secret``, ``create_app``,
+``set_clock_offset``, ``advance_clock``, ``mark_started``, ``dump_state``.
+Plain lookups without authorization: ``get_org``, ``org_by_name``,
+``list_orgs``, ``get_user``, ``all_users``, ``user_by_login_name``,
+``roles_of``, ``metadata_of``.  OAuth support: ``jwt_profile_key``,
+``issue_access_token``, ``token_info``.
 """
 
 # SQL fragments below are module constants, never request data; handler

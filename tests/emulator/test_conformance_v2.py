@@ -570,3 +570,39 @@ def test_responses_follow_protojson_conventions(emulator: Emulator, ids: dict[st
     assert response.headers["content-type"] == "application/json"
     # nothing listed: zero values omitted, uint64 as string
     assert response.json() == {"pagination": {"appliedLimit": "100"}}
+
+
+def test_a_non_rsa_pkix_key_is_accepted_but_never_verifies(
+    emulator: Emulator, ids: dict[str, str]
+) -> None:
+    """ZITADEL quirk (§6.2): BytesToPublicKey returns nil for EC keys without error."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.emulator.support import sign_assertion, token_request
+
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = access_token(emulator.issuer, json.loads(emulator.admin_key_file.read_text()))
+    added = connect(emulator.issuer, "AddKey", {
+        "userId": ids["svc-reports"], "expirationDate": in_days(1).isoformat(),
+        "publicKey": base64.b64encode(ec_pem).decode()}, token)
+    assert added.status_code == 200
+    assert "keyContent" not in added.json()
+    # even a correctly signed assertion cannot match: use an RSA key under that key id
+    rsa_key, _ = local_rsa_key()
+    key_file = key_file_for(rsa_key, added.json()["keyId"], ids["svc-reports"])
+    assert token_request(emulator.issuer, sign_assertion(key_file, emulator.issuer)) \
+        .status_code == 500
+
+
+def test_a_chunked_request_body_is_read(emulator: Emulator, ids: dict[str, str]) -> None:
+    import httpx
+
+    token = access_token(emulator.issuer, json.loads(emulator.admin_key_file.read_text()))
+    body = json.dumps({"userId": ids["svc-billing"]}).encode()
+    response = httpx.post(
+        f"{emulator.issuer}/zitadel.user.v2.UserService/GetUserByID",
+        content=iter([body[:5], body[5:]]),  # a generator body is sent chunked
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.json()["user"]["userId"] == ids["svc-billing"]
