@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -548,3 +550,30 @@ def test_the_rotator_rotates_its_own_key_kept_in_vault(setup: Setup, emulator: E
 
     third = setup.run("verify", "self")
     assert third.code == 0, third.output
+
+
+def test_the_demo_runs_and_ends_with_a_status_table_of_rotated_targets() -> None:
+    """scripts/demo is the README's first command: it must work with no manual step."""
+    process = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "demo")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so a hung demo can be stopped with its servers
+    )
+    try:
+        output, _ = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate()
+        raise
+    assert process.returncode == 0, output[-3000:]
+    tail = output[output.rindex("rotated targets (rotator status)") :].splitlines()
+    assert tail[1].split()[:3] == ["TARGET", "KIND", "CREDENTIAL"]
+    assert [line.split()[0] for line in tail[2:4]] == ["billing", "reports"]
+    assert all(line.split()[-1] == "ready" for line in tail[2:4])
+    assert "PRIVATE KEY" not in output
+    work = re.search(r"(/\S+/rotator-demo\.\w+)", output)
+    assert work is not None
+    assert not Path(work.group(1)).exists()  # cleaned up on exit
