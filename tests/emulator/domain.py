@@ -576,14 +576,25 @@ class Domain:
                 self._set_meta("clock_offset_ns", "0")
                 self._set_meta("sequence", "0")
                 self._set_meta("signing_key_id", self._new_id())
-                self._set_meta(
-                    "signing_key", keymat.private_pkcs1_pem(keymat.generate_rsa()).decode()
-                )
         self._offset_ns = int(self._meta("clock_offset_ns") or "0")
         self.instance_id = str(self._meta("instance_id"))
         self.zitadel_project_id = str(self._meta("zitadel_project_id"))
         self.signing_key_id = str(self._meta("signing_key_id"))
-        self.signing_key = keymat.load_private_pem(str(self._meta("signing_key")).encode())
+        self._signing_key: Any = None
+
+    @property
+    def signing_key(self) -> Any:
+        """The instance's RSA signing key (id_tokens, JWKS), generated on first use
+        so that start-up stays fast."""
+        with self._lock:
+            if self._signing_key is None:
+                stored = self._meta("signing_key")
+                if stored is None:
+                    stored = keymat.private_pkcs1_pem(keymat.generate_rsa()).decode()
+                    with self._tx():
+                        self._set_meta("signing_key", stored)
+                self._signing_key = keymat.load_private_pem(stored.encode())
+            return self._signing_key
 
     # --- plumbing -----------------------------------------------------------------
 
