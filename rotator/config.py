@@ -543,6 +543,8 @@ def _vault(section: _Section, ctx: _Ctx) -> VaultConfig:
     if url is None:
         ctx.fail(section.sub("url"), "is required (or set VAULT_ADDR)")
     mount = section.text("mount", "secret").strip("/")
+    if not mount:
+        ctx.fail(section.sub("mount"), "must name a KV v2 mount, e.g. secret")
     state_prefix = _vault_path(section, "state_prefix", "zitadel-rotator")
     namespace = section.text("namespace", None)
     ca_file = section.file("ca_file")

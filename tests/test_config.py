@@ -204,6 +204,7 @@ BAD: list[tuple[str, Any, str, str]] = [
         "environment variable name",
     ),
     ("vault.state_prefix", "/abs", "vault.state_prefix", "relative KV path"),
+    ("vault.mount", "/", "vault.mount", "must name a KV v2 mount"),
     ("policy.lifetime", "12h", "policy.lifetime", "at least 1d"),
     ("policy.renew_before", "30d", "policy.renew_before", "less than lifetime"),
     ("policy.renew_before", "0s", "policy.renew_before", "greater than 0s"),
