@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,6 +171,44 @@ def test_kill_9_and_restart_keeps_users_keys_pats_metadata_and_tokens(
                                                      keyId=key.key_id))
     state_keys = {k["id"]: k for k in emulator.state()["keys"]}
     assert state_keys[key.key_id]["removed_at"] is not None
+
+
+def test_every_answered_write_survives_a_kill_9_under_concurrent_load(
+    emulator: Emulator,
+) -> None:
+    token = admin_token(emulator)
+    user = emulator.user_ids["svc-billing"]
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(
+                        f"{emulator.issuer}/zitadel.user.v2.UserService/AddPersonalAccessToken",
+                        json={"userId": user, "expirationDate": in_days(1).isoformat()},
+                        headers={"Authorization": f"Bearer {token}"})
+                except httpx.HTTPError:
+                    return  # the server died under us
+                if response.status_code == 200:
+                    answered.append(response.json()["tokenId"])
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(answered) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emulator.kill()
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    emulator.start()
+
+    stored = {p["id"] for p in emulator.state()["pats"]}
+    assert len(answered) >= 40
+    assert set(answered) <= stored
 
 
 def test_the_state_dump_holds_no_secret_values(emulator: Emulator) -> None:
