@@ -290,8 +290,8 @@ def _claims(domain: dm.Domain, user: dm.User, scopes: tuple[str, ...]) -> dict[s
     if "urn:zitadel:iam:user:metadata" in scopes:
         md = domain.metadata_of(user.id)
         if md:
-            claims["urn:zitadel:iam:user:metadata"] = {
-                m.key: base64.b64encode(m.value).decode() for m in md}
+            # internal/api/oidc/userinfo.go setUserInfoMetadata: RawURLEncoding
+            claims["urn:zitadel:iam:user:metadata"] = {m.key: keymat.b64url(m.value) for m in md}
     return claims
 
 

@@ -17,7 +17,9 @@ from zitadel_client import Zitadel
 from zitadel_client.models import (
     UserServiceAddPersonalAccessTokenRequest,
     UserServiceGetUserByIDRequest,
+    UserServiceMetadata,
     UserServiceRemoveKeyRequest,
+    UserServiceSetUserMetadataRequest,
 )
 
 from tests.emulator.support import (
@@ -247,6 +249,9 @@ def test_client_credentials_grant(emulator: Emulator) -> None:
 
 def test_userinfo_with_a_pat(emulator: Emulator, admin: Zitadel) -> None:
     ids = emulator.user_ids
+    admin.users.set_user_metadata(UserServiceSetUserMetadataRequest(
+        userId=ids["svc-billing"], metadata=[UserServiceMetadata(
+            key="cost-center", value=base64.b64encode(b"\xfb\xff?").decode())]))
     pat = admin.users.add_personal_access_token(UserServiceAddPersonalAccessTokenRequest(
         userId=ids["svc-billing"], expirationDate=in_days(3)))
     response = httpx.get(f"{emulator.issuer}/oidc/v1/userinfo",
@@ -257,6 +262,8 @@ def test_userinfo_with_a_pat(emulator: Emulator, admin: Zitadel) -> None:
     assert claims["preferred_username"] == "svc-billing@acme.localhost"
     assert claims["urn:zitadel:iam:user:resourceowner:id"] == emulator.org_ids["acme"]
     assert claims["urn:zitadel:iam:user:resourceowner:name"] == "acme"
+    # metadata values are base64url without padding (setUserInfoMetadata)
+    assert claims["urn:zitadel:iam:user:metadata"] == {"cost-center": "-_8_"}
 
 
 def test_userinfo_refusals(emulator: Emulator) -> None:
