@@ -1164,7 +1164,7 @@ class Domain:
     def get_pat_v1(self, caller: Caller, user_id: str, token_id: str) -> Pat:
         pat = self._active_pat(user_id, token_id, caller.ctx_org_id)
         if pat is None:
-            raise zerr("not_found", "Errors.PersonalAccessToken.NotFound", "QUERY-4k1Sd")
+            raise zerr("not_found", "Errors.PersonalAccessToken.NotFound", "QUERY-fRunu")
         return pat
 
     def remove_pat_v1(self, caller: Caller, user_id: str, token_id: str) -> Details:
