@@ -142,6 +142,8 @@ class Metrics:
             return
         with self._lock:
             if name in _ATTEMPT_EVENTS and self._failing.get(target):
+                # one retry per attempt: a resumed intent plus a fresh start count once
+                self._failing[target] = False
                 self.retries.labels(target=target).inc()
             if name == "rotation.failed":
                 self._failing[target] = True

@@ -674,3 +674,32 @@ def test_run_once_with_ha_skips_while_another_replica_leads(setup: Setup) -> Non
         assert record.holder == ""  # released when the pass ended
     finally:
         app.close()
+
+
+def test_a_failed_attempt_is_retried_at_the_engines_backoff_time(setup: Setup) -> None:
+    user = setup.user("key")
+    port = free_port()
+    # the periodic reconcile is far away: only the target's own job can retry
+    config = setup.config(
+        "retry",
+        [{"name": "billing", "user": user, "kind": "key", "vault_path": "apps/billing"}],
+        port=port,
+        reconcile_interval="10m",
+    )
+    app = setup.app(config)
+    setup.emulator.set_faults(rules=[{"method": "AddKey", "code": "unavailable", "count": 1}])
+    daemon = run_in_thread(app)
+    try:
+        target = app.config.targets[0]
+        wait_for(lambda: app.engine.status(target).state == "ready", 30, "the retry to succeed")
+        metrics = scrape(port)
+    finally:
+        assert daemon.shutdown() == 0
+        app.close()
+    label = (("target", "billing"),)
+    assert metrics[("rotator_failures_total", label)] == 1
+    assert metrics[("rotator_retries_total", label)] == 1
+    assert metrics[("rotator_rotations_total", (("outcome", "failed"), *label))] == 1
+    assert metrics[("rotator_rotations_total", (("outcome", "rotated"), *label))] == 1
+    assert metrics[("rotator_target_ready", label)] == 1
+    assert len(setup.live_keys(user)) == 1

@@ -130,6 +130,14 @@ def test_counters_follow_audit_events_and_count_retries() -> None:
     assert s[("rotator_failures_total", (("target", "reports"),))] == 1
 
 
+def test_a_retry_that_first_cleans_up_an_interrupted_intent_counts_once() -> None:
+    m = Metrics()
+    m.on_audit({"event": "rotation.failed", "target": "billing", "attempt": 1})
+    m.on_audit({"event": "rotation.resumed", "target": "billing"})
+    m.on_audit({"event": "rotation.started", "target": "billing"})
+    assert scrape(m)[("rotator_retries_total", (("target", "billing"),))] == 1
+
+
 def test_a_failing_target_seen_in_status_counts_its_next_attempt_as_retry() -> None:
     # a daemon restarted while a target was failing still counts the retry
     m = Metrics()
