@@ -1334,15 +1334,25 @@ class Domain:
 
     def issue_access_token(self, user: User, scopes: Sequence[str], audience: Sequence[str],
                            key_id: str | None) -> tuple[str, int]:
-        """(opaque token, expiration); only the token's digest is stored."""
-        token = _opaque_token()
+        """(token, expiration): opaque for ACCESS_TOKEN_TYPE_BEARER users, a JWT
+        signed by the instance key for ACCESS_TOKEN_TYPE_JWT (§7.2).  Either way
+        only the token's digest is stored and validation is a lookup."""
         now = self.now()
         expiration = now + ACCESS_TOKEN_LIFETIME_NS
+        token_id = f"V2_{self._new_id()}-at_{self._new_id()}"
+        if user.access_token_type == 1:
+            token = keymat.sign_jwt(self.signing_key, self.signing_key_id, {
+                "iss": self.issuer, "sub": user.id, "aud": list(audience),
+                "exp": expiration // times.NS, "iat": now // times.NS,
+                "nbf": now // times.NS, "client_id": user.id, "jti": token_id,
+            })
+        else:
+            token = _opaque_token()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO access_tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                (f"V2_{self._new_id()}-at_{self._new_id()}", _hash(token), user.id, key_id,
-                 str(now), str(expiration), json.dumps(list(scopes)), json.dumps(list(audience))),
+                (token_id, _hash(token), user.id, key_id, str(now), str(expiration),
+                 json.dumps(list(scopes)), json.dumps(list(audience))),
             )
         return token, expiration
 

@@ -78,6 +78,7 @@ def _create_user(domain: Domain, data: dict[str, Any]) -> dict[str, Any]:
         state=str(data.get("state", "ACTIVE")),
         given_name=str(data.get("given_name", "")), family_name=str(data.get("family_name", "")),
         email=str(data.get("email", "")),
+        access_token_type=1 if data.get("access_token_type") == "JWT" else 0,
     )
     for m in data.get("memberships", []):
         target = domain.org_by_name(str(m["org"])) or domain.get_org(str(m["org"]))

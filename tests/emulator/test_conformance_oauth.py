@@ -142,6 +142,20 @@ def test_every_bad_assertion_is_a_500_server_error(
     assert response.json() == SERVER_ERROR
 
 
+def test_a_jwt_access_token_user_gets_a_signed_jwt_that_the_api_accepts(
+    emulator: Emulator,
+) -> None:
+    user = emulator.add_user("svc-jwt", key=True, access_token_type="JWT")
+    token = access_token(emulator.issuer, user["key_file"])
+    header, claims = (b64url_json(part) for part in token.split(".")[:2])
+    assert header["alg"] == "RS256"
+    assert claims["iss"] == emulator.issuer
+    assert claims["sub"] == user["id"]
+    assert claims["exp"] - claims["iat"] == 12 * 3600
+    got = connect(emulator.issuer, "GetUserByID", {"userId": user["id"]}, token)
+    assert got.json()["user"]["machine"]["accessTokenType"] == "ACCESS_TOKEN_TYPE_JWT"
+
+
 def test_a_signature_by_another_key_is_a_500(emulator: Emulator, admin_key: dict[str, Any]) -> None:
     other, _ = local_rsa_key()
     forged = dict(admin_key, key=other.private_bytes(
