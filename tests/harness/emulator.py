@@ -104,8 +104,16 @@ class Emulator:
             seed=seed,
             owns_dir=owns,
         )
-        emu.start()
-        return emu
+        for attempt in range(3):
+            try:
+                emu.start()
+                return emu
+            except EmulatorError:
+                # another process may have grabbed a port between probe and bind
+                if attempt == 2 or "already in use" not in emu.log_path.read_text(errors="replace"):
+                    raise
+                emu.http_port, emu.grpc_port = _free_port(), _free_port()
+        raise AssertionError("unreachable")
 
     @classmethod
     @contextlib.contextmanager
