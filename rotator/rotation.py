@@ -60,7 +60,7 @@ _ORPHAN_SKEW = timedelta(minutes=5)
 class Verifier(Protocol):
     def verify_key(self, key_file: Mapping[str, str]) -> None: ...
 
-    def verify_pat(self, token: str) -> None: ...
+    def verify_pat(self, token: str, user_id: str | None = None) -> None: ...
 
 
 class Outcome(StrEnum):
@@ -446,7 +446,9 @@ class Engine:
         """Retry until the new credential works or ``verify_timeout`` is spent.
 
         ZITADEL serves a new key from a projection, so the first exchanges
-        after creation may fail; only a credential that never works is wrong.
+        after creation may fail; only a credential that never works is wrong
+        (VerificationError: the caller rolls it back).  When ZITADEL stays
+        unreachable the credential is kept pending and the next run resumes.
         """
         deadline = time.monotonic() + target.policy.verify_timeout.total_seconds()
         delay = 0.2
@@ -455,10 +457,12 @@ class Engine:
                 if target.kind is CredentialKind.KEY:
                     self.verifier.verify_key(secret)
                 else:
-                    self.verifier.verify_pat(secret["token"])
+                    self.verifier.verify_pat(secret["token"], secret.get("user_id"))
                 return
-            except VerificationError:
-                if time.monotonic() + delay > deadline:
+            except RotatorError as exc:
+                # a refused credential (not propagated yet) and an unreachable
+                # ZITADEL are both worth another try within the deadline
+                if not exc.retryable or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -281,6 +281,34 @@ def test_a_credential_that_never_verifies_is_rolled_back(
     assert kit.store.read(target.vault_path) is None
 
 
+def test_an_unreachable_zitadel_during_verification_leaves_the_rotation_resumable(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    quick = Policy(
+        lifetime=TEST_POLICY.lifetime,
+        renew_before=TEST_POLICY.renew_before,
+        grace=TEST_POLICY.grace,
+        verify_timeout=timedelta(seconds=1),
+    )
+    target = spec.key_target(policy=quick)
+    assert live_ids(kit, target.kind, target.user) == set()  # the rotator's own token is cached
+    emulator.set_faults(rules=[{"method": "token", "code": "unavailable", "rate": 1.0}])
+    failed = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    emulator.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    created = [e["new_credential_id"] for e in kit.events() if e["event"] == "credential.created"]
+    assert len(created) == 1
+    # kept, not rolled back: it is recorded as pending, with its secret, in Vault
+    assert live_ids(kit, target.kind, target.user) == set(created)
+    assert kit.engine.status(target).state == "failing"
+
+    resumed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert resumed.credential_id == created[0]
+    assert "rotation.resumed" in kit.event_names()
+    assert secret(kit, target.vault_path)["keyId"] == created[0]
+
+
 def test_repeated_failures_make_a_target_stuck_until_forced(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
