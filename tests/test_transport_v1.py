@@ -429,8 +429,9 @@ def test_the_org_header_is_the_users_org(emulator: Emulator,
         t.remove_key(ledger, key.id)
         # a user-name lookup runs in the given org
         assert t.resolve_user("svc-ledger", org_id=emulator.org_ids["globex"]).id == ledger.id
-    # the admin (member of acme only) cannot touch globex's user
-    with pytest.raises(ZitadelNotFound, match="membership not found"):
+    # the admin (member of acme only) cannot touch globex's user; ZITADEL says
+    # NotFound "membership not found", which must not read as "the key is gone"
+    with pytest.raises(ZitadelPermissionDenied, match="membership not found"):
         transport.add_key(ledger, generate_key_pair().public_key_pem, _in(30))
 
 
@@ -440,7 +441,7 @@ def test_caller_without_any_membership(emulator: Emulator) -> None:
                   username="svc-billing")
     source = _token_source(emulator, noperm["key_file"])
     with ManagementTransport(f"http://{emulator.grpc_target}", source) as t, \
-            pytest.raises(ZitadelNotFound, match="AUTHZ-cdgFk"):
+            pytest.raises(ZitadelPermissionDenied, match="AUTHZ-cdgFk"):
         t.add_key(target, generate_key_pair().public_key_pem, _in(30))
 
 

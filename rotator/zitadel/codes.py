@@ -51,6 +51,9 @@ _CLASS_BY_CODE: dict[str, type[ZitadelError]] = {
 }
 
 
+#: Error id of ZITADEL's "membership not found (AUTHZ-cdgFk)".
+MEMBERSHIP_NOT_FOUND = "AUTHZ-cdgFk"
+
 #: grpcio spells one name the British way (``StatusCode.CANCELLED``).
 _ALIASES = {"cancelled": "canceled"}
 
@@ -80,6 +83,11 @@ def error_for(
     so grpc's ``StatusCode.name`` and Connect's code name agree.
     """
     normalised = normalise(code)
+    if normalised == "not_found" and MEMBERSHIP_NOT_FOUND in message:
+        # ZITADEL answers a caller without any membership with NotFound (§6.4).
+        # Read as "the key is gone", a removal would look done when nothing
+        # was removed: it is a permission problem.
+        normalised = "permission_denied"
     return error_class(normalised)(message, code=normalised, status=status, method=method)
 
 

@@ -70,8 +70,6 @@ PAGE_SIZE = 100
 #: ZITADEL's ``MaxQueryLimit``; larger limits are refused (§4.2).
 MAX_PAGE_SIZE = 1000
 _MAX_SERVER_TEXT = 300
-#: Error id of ZITADEL's "membership not found" (a caller without any role).
-MEMBERSHIP_NOT_FOUND = "AUTHZ-cdgFk"
 
 T = TypeVar("T")
 
@@ -89,11 +87,6 @@ def api_error(exc: ApiError, method: str, context: str, token: str | None = None
     message = body.get("message") if isinstance(body, dict) else None
     if not isinstance(code, str) or not code:
         code = http_status_code_name(status or 500)
-    if code == "not_found" and isinstance(message, str) and MEMBERSHIP_NOT_FOUND in message:
-        # ZITADEL's answer to a caller without any membership (§6.4) is NotFound;
-        # read as "the key is gone" it would make the engine believe a removal
-        # happened.  It is a permission problem.
-        code = "permission_denied"
     text = f"HTTP {status}"
     if isinstance(message, str) and message:
         text = message[:_MAX_SERVER_TEXT]
