@@ -320,7 +320,7 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     results: list[RotationResult] = []
     for target in targets:
         status = app.engine.status(target)
-        if _is_stuck(status, app.config) and not args.force:
+        if _is_stuck(status) and not args.force:
             results.append(
                 RotationResult(
                     target=target.name,
@@ -349,10 +349,8 @@ def _forced_plan(result: RotationResult) -> RotationResult:
     return replace(result, actions=(*kept, "rotate now (requested)"))
 
 
-def _is_stuck(status: TargetStatus, config: Config) -> bool:
-    # The engine marks a target stuck once failures reach max_attempts; its
-    # state label may say "missing" first when no credential was ever stored.
-    return status.state == "stuck" or status.failures >= config.daemon.max_attempts
+def _is_stuck(status: TargetStatus) -> bool:
+    return status.state == "stuck"
 
 
 def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
@@ -383,7 +381,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         for s in statuses:
             if s.last_error:
                 sys.stdout.write(f"{s.target}: last error: {s.last_error}\n")
-    if any(_is_stuck(s, app.config) for s in statuses):
+    if any(_is_stuck(s) for s in statuses):
         return Exit.STUCK
     if any(s.failures or s.state == "expired" for s in statuses):
         return Exit.FAILED
