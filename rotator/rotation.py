@@ -171,16 +171,18 @@ class Engine:
 
         run = _Run(target=target, trigger=trigger, user=user)
         try:
+            # Retiring the previous credential is never held back: not by a
+            # stuck target, not by a backoff.  It must leave before it expires.
+            state, version = self._retire_if_due(run, state, version)
             if state.stuck and not force:
                 return self._result(run, state, Outcome.STUCK, error=state.last_error)
             if force and state.stuck:
                 state.stuck, state.failures = False, 0
             waiting = state.next_attempt_at and self.clock.now() < state.next_attempt_at
-            if waiting and not force and state.pending is None:
+            if waiting and not force:
                 return self._result(run, state, Outcome.FAILED, error=state.last_error)
 
             state, version = self._resume(run, state, version)
-            state, version = self._retire_if_due(run, state, version)
             reason = self._rotation_reason(target, state, force)
             if reason is not None:
                 state, version = self._rotate(run, state, version, reason)
@@ -247,7 +249,8 @@ class Engine:
         now = self.clock.now()
         actions: list[str] = []
         if state.pending is not None:
-            verb = "clean up" if state.pending.phase is Phase.CREATING else "finish"
+            resumable = state.pending.phase in (Phase.CREATED, Phase.VERIFIED)
+            verb = "finish" if resumable else "clean up"
             actions.append(f"{verb} interrupted rotation {state.pending.rotation_id}")
         if state.previous is not None:
             retire = state.previous.retire_at
@@ -276,17 +279,19 @@ class Engine:
         )
 
     def _next_run_at(self, target: Target, state: TargetState) -> datetime | None:
+        """When reconcile has something to do next: a retirement, a retry or a rotation."""
         candidates = []
-        if state.stuck:
-            return None
-        if state.next_attempt_at is not None:
-            candidates.append(state.next_attempt_at)
-        if state.current is not None:
-            candidates.append(rules.due_at(state.current.expires_at, target.policy))
         if state.previous is not None:
             candidates.append(state.previous.retire_at)
-        if state.pending is not None or state.current is None:
+        if state.stuck:
+            pass  # only a person (rotate --force) moves it on; retirement still happens
+        elif state.next_attempt_at is not None:
+            # backing off: nothing before the retry time, even if due long ago
+            candidates.append(state.next_attempt_at)
+        elif state.pending is not None or state.current is None:
             candidates.append(self.clock.now())
+        else:
+            candidates.append(rules.due_at(state.current.expires_at, target.policy))
         return min(candidates) if candidates else None
 
     # ------------------------------------------------------- the protocol
@@ -301,8 +306,15 @@ class Engine:
             state, version = self._retire(run, state, version, reason="superseded")
         now = self.clock.now()
         old = state.current
-        run.rotation_id = uuid.uuid4().hex
-        expires_at = rules.new_expiry(now, target.policy.lifetime)
+        rotation = uuid.uuid4()
+        run.rotation_id = rotation.hex
+        # Midnight, plus a few microseconds drawn from the rotation id: ZITADEL
+        # stores the instant exactly and lists have no other field we control,
+        # so this is how a credential created before a crash is recognised as
+        # this rotation's, and nobody else's, on restart.
+        expires_at = rules.new_expiry(now, target.policy.lifetime) + timedelta(
+            microseconds=1 + rotation.int % 999_999
+        )
 
         # intent: written before any side effect, so a crash is recoverable
         state.pending = Pending(
@@ -384,16 +396,7 @@ class Engine:
             try:
                 self._verify(target, pending.secret)
             except VerificationError as exc:
-                self._remove_quietly(run, target, pending.credential_id)
-                state.pending = None
-                state, version = self._save(target, state, version)
-                self._emit(
-                    run,
-                    "rotation.rolled_back",
-                    new_credential_id=pending.credential_id,
-                    outcome="failure",
-                    error=str(exc),
-                )
+                self._abandon(run, state, version, error=str(exc))
                 raise
             pending.phase = Phase.VERIFIED
             state, version = self._save(target, state, version)
@@ -536,6 +539,50 @@ class Engine:
         metadata = {**existing.custom_metadata, "previous_credential_id": ""}
         self.store.write(target.vault_path, data, cas=existing.version, custom_metadata=metadata)
 
+    def _abandon(
+        self, run: _Run, state: TargetState, version: int, *, error: str
+    ) -> tuple[TargetState, int]:
+        """Give up a pending credential: claim the decision in Vault, then remove it.
+
+        The claim comes first (CAS): a rotator that lost the race to another
+        one, which may already have promoted this credential, must not remove
+        it.  The record is dropped only once ZITADEL confirmed the removal; if
+        that fails, the next run tries again (phase ABANDONED).
+        """
+        pending = state.pending
+        assert pending is not None
+        pending.phase = Phase.ABANDONED
+        state, version = self._save(run.target, state, version)
+        self._remove_pending(run, pending)
+        state.pending = None
+        state, version = self._save(run.target, state, version)
+        self._emit(
+            run,
+            "rotation.rolled_back",
+            new_credential_id=pending.credential_id,
+            outcome="failure",
+            error=error,
+        )
+        return state, version
+
+    def _remove_pending(self, run: _Run, pending: Pending) -> None:
+        """Remove what a pending rotation created (NotFound: never created or gone)."""
+        if pending.credential_id is not None:
+            with suppress(ZitadelNotFound):
+                self._remove(run.target, run.user, pending.credential_id)
+            return
+        # Created before a crash, id never recorded: it is the one that
+        # expires at the instant this rotation chose (unique per rotation).
+        for credential in self._list(run.target, run.user):
+            if credential.expires_at != pending.expires_at:
+                continue
+            created = credential.created_at
+            if created is not None and created < pending.started_at - _ORPHAN_SKEW:
+                continue
+            with suppress(ZitadelNotFound):
+                self._remove(run.target, run.user, credential.id)
+            self._emit(run, "orphan.removed", new_credential_id=credential.id)
+
     # ------------------------------------------------------ crash recovery
 
     def _resume(self, run: _Run, state: TargetState, version: int) -> tuple[TargetState, int]:
@@ -544,20 +591,8 @@ class Engine:
             return state, version
         run.rotation_id = pending.rotation_id
         self._emit(run, "rotation.resumed", phase=pending.phase.value)
-        if pending.phase is Phase.CREATING:
-            # ZITADEL may have created the credential before we died; its id was
-            # never recorded, so find it by the instant we asked it to expire at.
-            known = {c.id for c in (state.current, state.previous) if c is not None}
-            for credential in self._list(run.target, run.user):
-                if credential.id in known or credential.expires_at != pending.expires_at:
-                    continue
-                created = credential.created_at
-                if created is not None and created < pending.started_at - _ORPHAN_SKEW:
-                    continue
-                self._remove_quietly(run, run.target, credential.id)
-                self._emit(run, "orphan.removed", new_credential_id=credential.id)
-            state.pending = None
-            return self._save(run.target, state, version)
+        if pending.phase in (Phase.CREATING, Phase.ABANDONED):
+            return self._abandon(run, state, version, error=f"resumed in phase {pending.phase}")
         return self._verify_and_promote(run, state, version)
 
     # ------------------------------------------------------------ helpers

@@ -27,6 +27,9 @@ class Phase(StrEnum):
     CREATED = "created"
     #: Proven to work at ZITADEL's token endpoint; next is promotion.
     VERIFIED = "verified"
+    #: Given up (never verified, or found unfinished in phase CREATING): the
+    #: credential is being removed from ZITADEL; the record goes once it is gone.
+    ABANDONED = "abandoned"
 
 
 @dataclass

@@ -301,12 +301,113 @@ def test_an_unreachable_zitadel_during_verification_leaves_the_rotation_resumabl
     # kept, not rolled back: it is recorded as pending, with its secret, in Vault
     assert live_ids(kit, target.kind, target.user) == set(created)
     assert kit.engine.status(target).state == "failing"
+    # the schedule respects the backoff ...
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    assert failed.next_run_at is not None
+    advance(kit, emulator, (failed.next_run_at - kit.clock.now()).total_seconds() + 1)
 
+    # ... then resumes the same credential: nothing new is created
     resumed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     assert resumed.outcome is Outcome.ROTATED, resumed.error
     assert resumed.credential_id == created[0]
     assert "rotation.resumed" in kit.event_names()
     assert secret(kit, target.vault_path)["keyId"] == created[0]
+
+
+def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    quick = Policy(
+        lifetime=TEST_POLICY.lifetime,
+        renew_before=TEST_POLICY.renew_before,
+        grace=TEST_POLICY.grace,
+        verify_timeout=timedelta(seconds=1),
+    )
+    target = spec.key_target(policy=quick)
+    assert live_ids(kit, target.kind, target.user) == set()  # the rotator's own token is cached
+    emulator.set_faults(
+        rules=[
+            {"method": "token", "code": "internal", "rate": 1.0},  # the new key never works
+            {"method": "RemoveKey", "code": "unavailable", "rate": 1.0},
+            {"method": "RemoveMachineKey", "code": "unavailable", "rate": 1.0},
+        ]
+    )
+    failed = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    emulator.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    created = [e["new_credential_id"] for e in kit.events() if e["event"] == "credential.created"]
+    assert live_ids(kit, target.kind, target.user) == set(created)  # could not be removed yet
+    raw = kit.store.read(kit.engine.state_path(target))
+    assert raw is not None
+    assert raw.data["pending"]["phase"] == "abandoned"  # ... but it is not forgotten
+
+    assert failed.next_run_at is not None
+    advance(kit, emulator, (failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert again.outcome is Outcome.ROTATED, again.error
+    assert created[0] not in live_ids(kit, target.kind, target.user)
+    assert again.credential_id != created[0]
+
+
+def test_a_failing_target_waits_for_its_backoff_instead_of_retrying_at_once(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    advance(kit, emulator, 21 * DAY)  # due
+    emulator.set_faults(
+        rules=[
+            {"method": m, "code": "unavailable", "rate": 1.0} for m in ("AddKey", "AddMachineKey")
+        ]
+    )
+    failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    emulator.clear_faults()
+    waiting = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert waiting.outcome is Outcome.FAILED
+    # due long ago, yet the next run is the retry time, not "now": no busy loop
+    assert waiting.next_run_at == failed.next_run_at
+    assert waiting.next_run_at is not None
+    assert waiting.next_run_at > kit.clock.now()
+    assert [e["event"] for e in kit.events()].count("rotation.started") == 2
+
+
+def test_a_stuck_target_still_retires_its_previous_credential_before_expiry(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    advance(kit, emulator, 21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.previous_credential_id == first.credential_id
+    # the target then got stuck (set up directly in its state secret)
+    raw = kit.store.read(kit.engine.state_path(target))
+    assert raw is not None
+    kit.store.write(
+        kit.engine.state_path(target),
+        {**raw.data, "stuck": True, "failures": 5, "last_error": "test"},
+        cas=raw.version,
+    )
+    status = kit.engine.status(target)
+    assert status.state == "stuck"
+    assert status.retire_at is not None
+    advance(kit, emulator, (status.retire_at - kit.clock.now()).total_seconds() + 1)
+    result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert result.outcome is Outcome.STUCK
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert "previous" not in secret(kit, target.vault_path)
+
+
+def test_each_rotation_expires_at_midnight_at_an_instant_of_its_own(
+    kit: Kit, spec: KitSpec
+) -> None:
+    one = kit.engine.reconcile(spec.key_target(), trigger=Trigger.CLI)
+    two = kit.engine.reconcile(spec.pat_target(), trigger=Trigger.CLI)
+    assert one.expires_at is not None
+    assert two.expires_at is not None
+    for expiry in (one.expires_at, two.expires_at):
+        assert (expiry.hour, expiry.minute, expiry.second) == (0, 0, 0)
+        assert expiry.microsecond > 0
+    assert one.expires_at != two.expires_at
 
 
 def test_repeated_failures_make_a_target_stuck_until_forced(
