@@ -242,6 +242,13 @@ def _setup_logging(fmt: str, debug: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # HTTP and gRPC client libraries log full URLs and headers at INFO/DEBUG: a
+    # webhook URL is a secret (Slack), an Authorization header always is.
+    for chatty in _WIRE_LOGGERS:
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+_WIRE_LOGGERS = ("httpx", "httpcore", "urllib3", "requests", "hvac", "grpc", "authlib")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -449,6 +449,8 @@ def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emula
         setup.run("verify", "billing"),
         setup.run("verify", "reports"),
         setup.run("run", "--once"),
+        # debug logging turns on every library logger but the wire-level ones
+        setup.run("--debug", "rotate", "--all"),
     ]
     assert all(run.code == 0 for run in outputs), [run.output for run in outputs]
     captured = "".join(run.output for run in outputs) + setup.audit_file.read_text()
