@@ -17,6 +17,7 @@ from rotator.clock import OffsetClock
 from rotator.errors import (
     ConfigError,
     VerificationError,
+    ZitadelError,
     ZitadelUnauthenticated,
     ZitadelUnavailable,
 )
@@ -382,3 +383,38 @@ def _self_signed_ca_pem() -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_discovery_document_pointing_elsewhere_is_refused(admin_key: dict[str, Any]) -> None:
+    """A new key's assertion must never be sent to another host than the issuer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Discovery(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(
+                {
+                    "issuer": f"http://127.0.0.1:{self.server.server_port}",
+                    "token_endpoint": "http://attacker.invalid/oauth/v2/token",
+                    "userinfo_endpoint": f"http://127.0.0.1:{self.server.server_port}/u",
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with OidcClient(f"http://127.0.0.1:{server.server_port}") as oidc:
+            with pytest.raises(ZitadelError, match="token_endpoint away from"):
+                oidc.endpoints()
+            with pytest.raises(ZitadelError, match="away from"):
+                oidc.exchange_jwt_bearer(admin_key)
+    finally:
+        server.shutdown()
+        server.server_close()

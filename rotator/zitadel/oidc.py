@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -131,6 +132,11 @@ def _tls(verify_tls: bool | str) -> bool | ssl.SSLContext:
         ) from None
 
 
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
 class OidcClient:
     """OAuth/OIDC calls against one ZITADEL instance (``issuer``).
 
@@ -195,6 +201,19 @@ class OidcClient:
         if missing:
             raise error_for(
                 "failed_precondition", f"discovery document lacks {', '.join(missing)}", method=what
+            )
+        foreign = [
+            name
+            for name in ("token_endpoint", "userinfo_endpoint")
+            if _origin(document[name]) != _origin(self.issuer)
+        ]
+        if foreign:
+            # Assertions, new PATs and tokens go to these endpoints: never to
+            # another host or scheme than the configured issuer's.
+            raise error_for(
+                "failed_precondition",
+                f"discovery document points {', '.join(foreign)} away from {self.issuer}",
+                method=what,
             )
         issuer = document.get("issuer")
         return Endpoints(
