@@ -355,6 +355,7 @@ def build(
         max_attempts=config.daemon.max_attempts,
         retry_base=config.daemon.retry_base,
         retry_cap=config.daemon.retry_cap,
+        own_key_id=lambda: str(provider().get("keyId", "")) or None,
     )
     return App(
         config=config,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -129,6 +129,7 @@ class Engine:
         max_attempts: int = 5,
         retry_base: timedelta = timedelta(minutes=1),
         retry_cap: timedelta = timedelta(hours=1),
+        own_key_id: Callable[[], str | None] | None = None,
     ) -> None:
         self.transport = transport
         self.store = store
@@ -139,6 +140,8 @@ class Engine:
         self.max_attempts = max_attempts
         self.retry_base = retry_base
         self.retry_cap = retry_cap
+        #: The key the rotator itself signs in with, read afresh each time.
+        self.own_key_id = own_key_id
         self._users: dict[str, User] = {}
 
     # ------------------------------------------------------------------ API
@@ -511,6 +514,15 @@ class Engine:
         assert previous is not None
         now = self.clock.now()
         target = run.target
+        own = self.own_key_id
+        if own is not None and target.kind is CredentialKind.KEY and previous.id == own():
+            # Self-rotation with the key in a file: the file still holds the old
+            # key, and removing it would lock the rotator out for good.
+            raise RotatorError(
+                f"{target.name}: refusing to remove key {previous.id}, the rotator's own "
+                "identity; for self-rotation read it from Vault "
+                "(zitadel.credentials.vault_path = this target's vault_path)"
+            )
         if previous.created_by_rotator or target.adopt:
             # NotFound: removed before a crash, or by a person; the goal is reached
             with suppress(ZitadelNotFound):

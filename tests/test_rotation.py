@@ -410,6 +410,23 @@ def test_each_rotation_expires_at_midnight_at_an_instant_of_its_own(
     assert one.expires_at != two.expires_at
 
 
+def test_the_rotators_own_key_from_a_file_is_never_retired(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    # the rotator signs in with this very key, read from a file it cannot update
+    kit.engine.own_key_id = lambda: first.credential_id
+    advance(kit, emulator, 21 * DAY)
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    advance(kit, emulator, DAY + 60)
+    refused = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert refused.outcome is Outcome.FAILED
+    assert refused.error is not None
+    assert "own identity" in refused.error
+    assert first.credential_id in live_ids(kit, target.kind, target.user)
+
+
 def test_repeated_failures_make_a_target_stuck_until_forced(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
