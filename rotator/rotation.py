@@ -478,11 +478,6 @@ class Engine:
         assert pending.secret is not None
         assert pending.credential_id is not None
         existing = self.store.read(target.vault_path)
-        if existing is not None and _credential_id(existing) == pending.credential_id:
-            return existing.version  # promoted before a crash; nothing to redo
-        data: dict[str, Any] = dict(pending.secret)
-        if existing is not None and old is not None and _credential_id(existing) == old.id:
-            data["previous"] = {k: v for k, v in existing.data.items() if k != "previous"}
         metadata = {
             "managed-by": MANAGED_BY,
             "credential_id": pending.credential_id,
@@ -492,6 +487,18 @@ class Engine:
             "rotated_at": self.clock.now().isoformat(),
             "previous_credential_id": old.id if old else "",
         }
+        if existing is not None and _credential_id(existing) == pending.credential_id:
+            # Promoted before a crash.  The data is right; the metadata (a
+            # separate write in KV v2) may not have made it, and without
+            # `managed-by` a later state loss would look like a foreign secret.
+            if existing.custom_metadata.get("rotation_id") == pending.rotation_id:
+                return existing.version
+            return self.store.write(
+                target.vault_path, existing.data, cas=existing.version, custom_metadata=metadata
+            )
+        data: dict[str, Any] = dict(pending.secret)
+        if existing is not None and old is not None and _credential_id(existing) == old.id:
+            data["previous"] = {k: v for k, v in existing.data.items() if k != "previous"}
         return self.store.write(
             target.vault_path,
             data,
