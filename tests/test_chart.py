@@ -722,7 +722,7 @@ def test_the_build_context_holds_the_package_and_nothing_else() -> None:
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY ") and "--from=" not in line:
             copied.update(line.split()[1:-1])
-    assert copied == {"pyproject.toml", "README.md", "rotator"}
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "rotator"}
     assert copied <= allowed
     assert not allowed & {"tests", ".venv", ".tools", ".git", "helm"}
 
