@@ -2,18 +2,19 @@
 
 The audit trail is the record a person reads after the fact, so every event
 carries the same identifying fields (target, rotation id, credential ids,
-vault path and version, trigger, outcome).  Nothing secret is ever passed in;
-as a second line of defence, :func:`redact` drops any field whose name says it
-could hold secret material.
+vault path and version, trigger, outcome).  Events go through a structlog
+processor chain that ends in a JSON line on a stream (stdout for the daemon)
+and, optionally, in an append-only file.
+
+Nothing secret is ever passed in; as a second line of defence, :func:`redact`
+replaces any field whose name says it could hold secret material.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from collections.abc import Callable, MutableMapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,10 +25,11 @@ _SAFE_FIELDS = frozenset(
     {"key_id", "old_credential_id", "new_credential_id", "credential_id", "token_id", "kind"}
 )
 
+EventDict = MutableMapping[str, Any]
+Listener = Callable[[dict[str, Any]], None]
 
-def redact(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
+
+def redact(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
     """structlog processor: replace values of secret-looking fields."""
     for name in list(event_dict):
         lowered = name.lower()
@@ -38,34 +40,16 @@ def redact(
     return event_dict
 
 
-class AuditLog:
-    """Emits audit events as JSON lines to a stream and, optionally, a file."""
+class _Sink:
+    """The structlog "logger" at the end of the chain: writes each rendered
+    line to the stream and, if configured, appends it to the audit file."""
 
-    def __init__(self, stream: IO[str] | None = None, file: str | Path | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout
-        self._file = Path(file) if file else None
+    def __init__(self, stream: IO[str], file: Path | None) -> None:
+        self._stream = stream
+        self._file = file
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._processors: list[Any] = [
-            structlog.processors.add_log_level,
-            redact,
-        ]
 
-    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        """Call ``listener`` with every event (metrics and notifications hook in here)."""
-        self._listeners.append(listener)
-
-    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "event": event,
-            "audit": True,
-            **{k: v for k, v in fields.items() if v is not None},
-        }
-        processed: MutableMapping[str, Any] = record
-        for processor in self._processors:
-            processed = processor(None, "info", processed)
-        line = json.dumps(processed, default=str, sort_keys=False)
+    def msg(self, line: str) -> None:
         with self._lock:
             self._stream.write(line + "\n")
             self._stream.flush()
@@ -73,6 +57,42 @@ class AuditLog:
                 self._file.parent.mkdir(parents=True, exist_ok=True)
                 with self._file.open("a", encoding="utf-8") as fh:
                     fh.write(line + "\n")
+
+    info = msg
+
+
+class AuditLog:
+    """Emits audit events as JSON lines to a stream and, optionally, a file."""
+
+    def __init__(self, stream: IO[str] | None = None, file: str | Path | None = None) -> None:
+        path = Path(file) if file else None
+        self._listeners: list[Listener] = []
+        self._logger = structlog.wrap_logger(
+            _Sink(stream if stream is not None else sys.stdout, path),
+            processors=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                structlog.processors.add_log_level,
+                redact,
+                self._remember,
+                structlog.processors.JSONRenderer(default=str),
+            ],
+            cache_logger_on_first_use=False,
+        )
+        self._local = threading.local()
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener`` with every event (metrics and notifications hook in here)."""
+        self._listeners.append(listener)
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Record ``event``; ``None`` fields are left out.  Returns the event as written."""
+        self._logger.info(event, audit=True, **{k: v for k, v in fields.items() if v is not None})
+        record: dict[str, Any] = self._local.last
+        # listeners hear of an event only once it is on record
         for listener in self._listeners:
-            listener(dict(processed))
-        return dict(processed)
+            listener(dict(record))
+        return record
+
+    def _remember(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
+        self._local.last = dict(event_dict)
+        return event_dict
