@@ -143,6 +143,7 @@ class Engine:
         #: The key the rotator itself signs in with, read afresh each time.
         self.own_key_id = own_key_id
         self._users: dict[str, User] = {}
+        self._unrecorded_failures: dict[str, int] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -167,7 +168,8 @@ class Engine:
             user = self._user(target)
             state, version = self._load(target, user)
         except RotatorError as exc:
-            return self._result_for_error(target, None, exc)
+            return self._result_for_error(target, exc)
+        self._unrecorded_failures.pop(target.name, None)
 
         if dry_run:
             return self._plan(target, state)
@@ -736,9 +738,11 @@ class Engine:
             error=str(exc),
         )
 
-    def _result_for_error(
-        self, target: Target, state: TargetState | None, exc: RotatorError
-    ) -> RotationResult:
+    def _result_for_error(self, target: Target, exc: RotatorError) -> RotationResult:
+        """A failure before the target's state could be read (Vault down, user
+        unknown): nothing to record in Vault, so the backoff is kept here."""
+        attempt = self._unrecorded_failures.get(target.name, 0) + 1
+        self._unrecorded_failures[target.name] = attempt
         self.audit.emit(
             "rotation.failed",
             target=target.name,
@@ -747,8 +751,10 @@ class Engine:
             error=str(exc),
             error_type=type(exc).__name__,
             vault_path=target.vault_path,
+            attempt=attempt,
         )
-        retry = self.clock.now() + rules.retry_delay(1, base=self.retry_base, cap=self.retry_cap)
+        delay = rules.retry_delay(attempt, base=self.retry_base, cap=self.retry_cap)
+        retry = self.clock.now() + delay
         return RotationResult(
             target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=str(exc)
         )

@@ -427,6 +427,28 @@ def test_the_rotators_own_key_from_a_file_is_never_retired(
     assert first.credential_id in live_ids(kit, target.kind, target.user)
 
 
+def test_a_sealed_vault_is_reported_plainly_and_retried_with_growing_backoff(
+    kit: Kit, spec: KitSpec, openbao: Any
+) -> None:
+    target = spec.key_target()
+    delays = []
+    with openbao.sealed():
+        for _ in range(3):
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+            assert result.outcome is Outcome.FAILED
+            assert result.error is not None
+            assert "sealed" in result.error
+            assert result.next_run_at is not None
+            delays.append((result.next_run_at - kit.clock.now()).total_seconds())
+    attempts = [e["attempt"] for e in kit.events() if e["event"] == "rotation.failed"]
+    assert attempts == [1, 2, 3]
+    assert delays[2] >= 2.0 > delays[0]  # base 1 s doubling, with jitter in [d/2, d]
+    # nothing was half-applied: no credential was created
+    assert live_ids(kit, target.kind, target.user) == set()
+    ok = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert ok.outcome is Outcome.ROTATED, ok.error
+
+
 def test_repeated_failures_make_a_target_stuck_until_forced(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
