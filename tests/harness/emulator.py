@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,23 +43,12 @@ from typing import Any
 
 import pytest
 
+from tests.harness.processes import die_with_parent, free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 20.0
 
 _running: set[Emulator] = set()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Between fork and exec: the kernel SIGTERMs the emulator if pytest dies.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
 
 
 class EmulatorError(RuntimeError):
@@ -97,8 +84,8 @@ class Emulator:
         emu = cls(
             state_dir=Path(tempfile.mkdtemp(prefix="zitadel-emu-")) if state_dir is None
             else state_dir,
-            http_port=_free_port(),
-            grpc_port=_free_port(),
+            http_port=free_port(),
+            grpc_port=free_port(),
             lag_ms=lag_ms,
             no_v2_keys=no_v2_keys,
             seed=seed,
@@ -112,7 +99,7 @@ class Emulator:
                 # another process may have grabbed a port between probe and bind
                 if attempt == 2 or "already in use" not in emu.log_path.read_text(errors="replace"):
                     raise
-                emu.http_port, emu.grpc_port = _free_port(), _free_port()
+                emu.http_port, emu.grpc_port = free_port(), free_port()
         raise AssertionError("unreachable")
 
     @classmethod
@@ -150,7 +137,7 @@ class Emulator:
             self.process = subprocess.Popen(
                 self.argv(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                 cwd=REPO_ROOT, env=env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - nothing else runs in the child
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - nothing else runs in the child
             )
         _running.add(self)
         try:

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,25 +43,12 @@ from pathlib import Path
 import hvac
 import pytest
 
+from tests.harness.processes import die_with_parent, free_port
+
 BAO_BINARY = Path(sys.executable).parent / "bao"
 STARTUP_TIMEOUT = 20.0
 
 _running: set[OpenBao] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM the
-    # server when the pytest process dies, however it dies.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
 
 
 @dataclass(frozen=True)
@@ -128,7 +112,7 @@ class OpenBao:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 cwd=workdir,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded at this point
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - single-threaded at this point
             )
         bao = cls(
             url=f"http://127.0.0.1:{port}",
