@@ -27,7 +27,8 @@ import yaml
 
 from rotator.keys import build_key_file, generate_key_pair, key_file_json
 from tests.harness.emulator import Emulator
-from tests.harness.openbao import OpenBao, free_port
+from tests.harness.openbao import OpenBao
+from tests.harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

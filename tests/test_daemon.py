@@ -14,7 +14,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from rotator.daemon import run_daemon
 from rotator.lease import LeaseRecord, VaultLease
 from rotator.model import Trigger
 from rotator.rotation import Outcome
+from tests.harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "ROTATOR_TEST_VAULT_TOKEN"
@@ -48,12 +48,6 @@ LEASE_TTL = 5.0
 #: and a standby polls every ``ttl / 3``.
 TAKEOVER_BOUND = LEASE_TTL + LEASE_TTL / 3
 BACK = timedelta(days=25)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
