@@ -285,11 +285,10 @@ class Engine:
 
     def _next_run_at(self, target: Target, state: TargetState) -> datetime | None:
         """When reconcile has something to do next: a retirement, a retry or a rotation."""
-        candidates = []
-        if state.previous is not None:
-            candidates.append(state.previous.retire_at)
+        # retirement happens whatever else is going on, even when stuck
+        candidates = [state.previous.retire_at] if state.previous is not None else []
         if state.stuck:
-            pass  # only a person (rotate --force) moves it on; retirement still happens
+            pass  # nothing else until a person runs `rotate --force`
         elif state.next_attempt_at is not None:
             # backing off: nothing before the retry time, even if due long ago
             candidates.append(state.next_attempt_at)
@@ -297,7 +296,7 @@ class Engine:
             candidates.append(self.clock.now())
         else:
             candidates.append(rules.due_at(state.current.expires_at, target.policy))
-        return min(candidates) if candidates else None
+        return min(candidates, default=None)
 
     # ------------------------------------------------------- the protocol
 
