@@ -1,10 +1,15 @@
 """``python -m tests.emulator --port P --grpc-port G --state-dir DIR
-[--seed FILE] [--lag-ms N] [--no-v2-keys] [--verbose]``
+[--seed FILE] [--lag-ms N] [--no-v2-keys] [--tls-cert FILE --tls-key FILE] [--verbose]``
 
 Serves HTTP (OIDC, Connect v2, /_emulator admin) on 127.0.0.1:P and the v1
 ManagementService over gRPC on 127.0.0.1:G (when tests/emulator/grpc_v1.py is
 present).  Port 0 picks a free port.  Writes DIR/endpoints.json and prints one
 line ``ready <issuer>`` once both listeners accept connections.
+
+With ``--tls-cert`` (PEM chain, leaf first) and ``--tls-key`` (PEM) both
+listeners speak TLS only, and the issuer is ``https://127.0.0.1:P``.  The
+certificate must name ``IP:127.0.0.1`` in its subjectAltName: clients connect
+by that address (``localhost`` may resolve to ::1 first, where nothing listens).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 
 from tests.emulator.domain import Domain
 from tests.emulator.seed import apply_seed, load_seed, write_private
-from tests.emulator.server import EmulatorHTTPServer
+from tests.emulator.server import EmulatorHTTPServer, server_tls_context
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -34,8 +39,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="key propagation lag at the token endpoint (§6.3)")
     p.add_argument("--no-v2-keys", action="store_true",
                    help="behave like ZITADEL < v4: no v2 key/PAT/metadata methods")
+    p.add_argument("--tls-cert", type=Path,
+                   help="serve HTTPS and gRPC over TLS with this PEM certificate chain")
+    p.add_argument("--tls-key", type=Path, help="the PEM private key of --tls-cert")
     p.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    return args
 
 
 def _free_port() -> int:
@@ -44,16 +55,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_grpc(domain: Domain, port: int) -> tuple[Any, int | None]:
+def _start_grpc(domain: Domain, port: int,
+                tls: tuple[bytes, bytes] | None = None) -> tuple[Any, int | None]:
     try:
-        from tests.emulator.grpc_v1 import serve_grpc
+        from tests.emulator.grpc_v1 import start_grpc
     except ImportError as exc:
         print(f"emulator: v1 gRPC server not available ({exc})", file=sys.stderr, flush=True)
         return None, None
     if port == 0:
         port = _free_port()
-    server = serve_grpc(domain, port)
-    return server, int(getattr(server, "port", port))
+    server, bound = start_grpc(domain, port, tls=tls)
+    return server, bound
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,17 +77,23 @@ def main(argv: list[str] | None = None) -> int:
         apply_seed(domain, load_seed(args.seed), state_dir)
     domain.mark_started()
 
+    tls_context = None
+    grpc_tls = None
+    if args.tls_cert is not None:
+        tls_context = server_tls_context(str(args.tls_cert), str(args.tls_key))
+        grpc_tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes())
     http_server = EmulatorHTTPServer(args.port, domain, no_v2_keys=args.no_v2_keys,
-                                     verbose=args.verbose)
+                                     verbose=args.verbose, tls=tls_context)
     port = http_server.server_address[1]
-    issuer = f"http://127.0.0.1:{port}"
+    issuer = f"{'https' if tls_context else 'http'}://127.0.0.1:{port}"
     domain.issuer = issuer
-    grpc_server, grpc_port = _start_grpc(domain, args.grpc_port)
+    grpc_server, grpc_port = _start_grpc(domain, args.grpc_port, grpc_tls)
 
     users = {u.username: u.id for u in domain.all_users()}
     orgs = {o.name: o.id for o in domain.list_orgs()}
     endpoints = {"issuer": issuer,
                  "grpc": f"127.0.0.1:{grpc_port}" if grpc_port else None,
+                 "tls": tls_context is not None,
                  "orgs": orgs, "users": users}
     write_private(state_dir / "endpoints.json", json.dumps(endpoints, indent=2).encode())
 

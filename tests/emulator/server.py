@@ -4,6 +4,7 @@ emulator-only admin API under ``/_emulator/``."""
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,16 +96,53 @@ def _create_user(domain: Domain, data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: How long a client may take to finish the TLS handshake.
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for ``cert_file`` (PEM chain, leaf first) and ``key_file``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class EmulatorHTTPServer(ThreadingHTTPServer):
+    """HTTP, or HTTPS when given ``tls`` (a server :class:`ssl.SSLContext`)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, port: int, domain: Domain, *, no_v2_keys: bool = False,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.domain = domain
         self.no_v2_keys = no_v2_keys
         self.verbose = verbose
+        self.tls = tls
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        # The handshake happens in the request's own thread (finish_request):
+        # a slow or refusing client must not stall the accept loop.
+        return self.tls.wrap_socket(sock, server_side=True,
+                                    do_handshake_on_connect=False), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(HANDSHAKE_TIMEOUT)
+                request.do_handshake()
+                request.settimeout(None)
+            except OSError as exc:  # ssl.SSLError included
+                # A client that does not trust our certificate hangs up here:
+                # expected in TLS tests, so one line instead of a traceback.
+                sys.stderr.write(f"TLS handshake with {client_address} failed: {exc}\n")
+                return
+        super().finish_request(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

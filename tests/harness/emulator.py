@@ -13,6 +13,10 @@ Usage::
     def test_lag(emulator_factory) -> None:              # special flags
         emu = emulator_factory(lag_ms=300, no_v2_keys=True)
 
+    def test_tls(emulator_factory) -> None:              # HTTPS + gRPC over TLS
+        emu = emulator_factory(tls=(cert_pem_file, key_pem_file))
+        emu.issuer                            # https://127.0.0.1:P (the cert needs IP SAN)
+
 The module-scoped ``emulator`` is shared by the tests of a module: a test that
 sets faults or moves the clock should undo it (``emulator.reset()``).
 
@@ -30,6 +34,7 @@ import os
 import selectors
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -65,6 +70,8 @@ class Emulator:
     lag_ms: int = 0
     no_v2_keys: bool = False
     seed: Path | None = None
+    #: (certificate chain PEM file, private key PEM file): serve TLS on both ports.
+    tls: tuple[Path, Path] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     endpoints: dict[str, Any] = field(default_factory=dict, repr=False)
     owns_dir: bool = True
@@ -79,6 +86,7 @@ class Emulator:
         lag_ms: int = 0,
         no_v2_keys: bool = False,
         seed: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> Emulator:
         owns = state_dir is None
         emu = cls(
@@ -89,6 +97,7 @@ class Emulator:
             lag_ms=lag_ms,
             no_v2_keys=no_v2_keys,
             seed=seed,
+            tls=tls,
             owns_dir=owns,
         )
         for attempt in range(3):
@@ -120,6 +129,8 @@ class Emulator:
             args.append("--no-v2-keys")
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
+        if self.tls is not None:
+            args += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         return args
 
     @property
@@ -215,7 +226,8 @@ class Emulator:
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -248,10 +260,20 @@ class Emulator:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10,
+                                        context=self._admin_tls()) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             raise EmulatorError(f"{method} {path}: {exc.code} {exc.read().decode()}") from exc
+
+    def _admin_tls(self) -> ssl.SSLContext | None:
+        """The control channel trusts exactly the emulator's own certificate
+        (pinned; no CA needed), so TLS tests keep their admin calls."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls[0]))
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return context
 
     def set_faults(self, *, latency_ms: int = 0, rules: Sequence[dict[str, Any]] = (),
                    seed: int | None = None) -> dict[str, Any]:
@@ -328,8 +350,8 @@ def emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def emulator_factory() -> Iterator[Callable[..., Emulator]]:
-    """``emulator_factory(lag_ms=.., no_v2_keys=.., seed=..)`` -> a fresh emulator,
-    stopped when the test ends."""
+    """``emulator_factory(lag_ms=.., no_v2_keys=.., seed=.., tls=(cert, key))`` -> a
+    fresh emulator, stopped when the test ends."""
     started: list[Emulator] = []
 
     def make(**kwargs: Any) -> Emulator:
