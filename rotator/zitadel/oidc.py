@@ -114,8 +114,41 @@ def http_error(
     return error_for(code, detail, status=status, method=what)
 
 
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the server's TLS certificate was refused, if that is what ``exc``
+    (an httpx or urllib3 error) comes down to; else None.
+
+    OpenSSL's verify message names only the check that failed (and at most a
+    host name), never request data.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current.reason or "certificate verify failed")
+        # urllib3 keeps the cause in ``reason`` (MaxRetryError) or ``args`` (SSLError).
+        reason = getattr(current, "reason", None)
+        nested = [a for a in current.args if isinstance(a, BaseException)]
+        pending += [current.__cause__, current.__context__, *nested]
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+    return None
+
+
+def untrusted_detail(why: str) -> str:
+    return f"TLS certificate not trusted ({why}; for a private CA set zitadel.tls.ca_file)"
+
+
 def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
     """The retryable error for a call that got no HTTP answer."""
+    why = untrusted_certificate(exc)
+    if why is not None:
+        # Not "unreachable": the server answered, and the fix is trust, not the network.
+        return error_for("unavailable", untrusted_detail(why), method=what)
     reason = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
     return error_for("unavailable", f"{reason} ({type(exc).__name__})", method=what)
 

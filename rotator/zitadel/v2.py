@@ -62,7 +62,7 @@ from rotator.errors import (
 )
 from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
 from rotator.zitadel.codes import error_for
-from rotator.zitadel.oidc import http_status_code_name
+from rotator.zitadel.oidc import http_status_code_name, untrusted_certificate, untrusted_detail
 
 DEFAULT_TIMEOUT = 10.0
 #: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
@@ -421,6 +421,9 @@ def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> 
 
     Names only the exception type: ``str(exc)`` repeats the URL and OS error.
     """
+    why = untrusted_certificate(exc)
+    if why is not None:
+        return error_for("unavailable", f"{context}: {untrusted_detail(why)}", method=method)
     cause = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the real failure
     # NewConnectionError ("refused") subclasses ConnectTimeoutError: test it first.
     if isinstance(cause, urllib3.exceptions.TimeoutError) and not isinstance(
