@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rotator.errors import ZitadelUnavailable
+from rotator.zitadel.base import User
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import ManagementTransport
 from tests.harness.emulator import Emulator
@@ -49,8 +50,12 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_pki(directory: Path) -> Pki:
-    """A CA and a server certificate for ``127.0.0.1`` and ``localhost`` (SAN IP and DNS)."""
+LOCAL_NAMES = (x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+
+
+def make_pki(directory: Path, names: Sequence[x509.GeneralName] = LOCAL_NAMES) -> Pki:
+    """A CA and a server certificate for ``names`` (default: ``localhost`` and
+    ``127.0.0.1``, as SAN DNS and IP)."""
     now = datetime.now(UTC) - timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -89,9 +94,7 @@ def make_pki(directory: Path) -> Pki:
         .not_valid_before(now)
         .not_valid_after(now + timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName(list(names)),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -183,6 +186,7 @@ def write_config(
     api: str,
     users: dict[str, str],
     ca_file: Path | None,
+    insecure: bool = False,
 ) -> Path:
     zitadel: dict[str, Any] = {
         "url": emulator.issuer,
@@ -193,6 +197,8 @@ def write_config(
     }
     if ca_file is not None:
         zitadel["tls"] = {"ca_file": str(ca_file)}
+    if insecure:
+        zitadel["tls"] = {"insecure": True}
     raw = {
         "zitadel": zitadel,
         "vault": {"url": vault.url, "mount": vault.mount},
@@ -262,12 +268,36 @@ def test_without_the_ca_file_the_rotator_refuses_the_server_and_creates_nothing(
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("rotator: error: cannot start: ZITADEL"), lines[0]
-    assert "TLS certificate not trusted" in lines[0], lines[0]
+    # Not "unreachable": the operator learns what to fix.
+    assert "TLS certificate refused: self-signed certificate in certificate chain" in lines[0]
     assert "zitadel.tls.ca_file" in lines[0], lines[0]
     assert "Traceback" not in run.stderr
     assert credentials_of(tls_emulator, set(users.values())) == {"keys": [], "pats": []}
     after = tls_emulator.state()
     assert (after["keys"], after["pats"]) == (before["keys"], before["pats"])
+
+
+def test_insecure_skips_verification_over_https_but_not_over_grpc(
+    tmp_path: Path, tls_emulator: Emulator, vault: Vault
+) -> None:
+    users = fresh_users(tls_emulator, "insecure")
+    v2 = write_config(
+        tmp_path, tls_emulator, vault, api="v2", users=users, ca_file=None, insecure=True
+    )
+    rotated = rotator(v2, "rotate", "--all", "--json", env=vault.env)
+    assert rotated.code == 0, rotated.stdout + rotated.stderr
+    assert {r["outcome"] for r in json.loads(rotated.stdout)} == {"rotated"}
+
+    # gRPC has no "skip verification": v1 refuses the setting before any call.
+    v1 = write_config(
+        tmp_path, tls_emulator, vault, api="v1", users=users, ca_file=None, insecure=True
+    )
+    before = credentials_of(tls_emulator, set(users.values()))
+    run = rotator(v1, "rotate", "--all", "--force", env=vault.env)
+    assert run.code == 2, run.stdout + run.stderr
+    assert run.stderr.count("\n") == 1
+    assert "zitadel.tls.insecure: gRPC cannot skip certificate verification" in run.stderr
+    assert credentials_of(tls_emulator, set(users.values())) == before
 
 
 # --------------------------------------------------------------------------- the transports alone
@@ -313,8 +343,53 @@ def test_the_management_api_trusts_the_ca_file_and_only_it(
     finally:
         system_only.close()
     assert "certificate" in str(refused.value).lower()
-    if api == "v2":
-        assert "TLS certificate not trusted" in str(refused.value)
+    if api == "v2":  # v1 passes on gRPC's own words (CERTIFICATE_VERIFY_FAILED)
+        assert "TLS certificate refused" in str(refused.value)
+
+
+@pytest.fixture(scope="module")
+def misnamed_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, Pki]]:
+    """An emulator whose certificate, from a trusted CA, names another host."""
+    pki = make_pki(tmp_path_factory.mktemp("misnamed"), [x509.DNSName("zitadel.example")])
+    with Emulator.running(tls=(pki.cert_file, pki.key_file)) as emu:
+        yield emu, pki
+
+
+@pytest.mark.parametrize("path", ["oidc", "v1", "v2"])
+def test_a_certificate_for_another_host_is_refused_even_from_the_trusted_ca(
+    path: str, misnamed_emulator: tuple[Emulator, Pki]
+) -> None:
+    emulator, pki = misnamed_emulator
+    before = emulator.state()
+    with pytest.raises(ZitadelUnavailable) as refused:
+        add_a_pat_through(path, emulator, pki.ca_file)
+    message = str(refused.value)
+    if path == "v1":
+        assert "Hostname Verification Check failed" in message
+    else:
+        assert "TLS certificate refused: IP address mismatch" in message
+    assert emulator.state()["pats"] == before["pats"]
+
+
+def add_a_pat_through(path: str, emulator: Emulator, ca_file: Path) -> None:
+    """Discovery (``oidc``) or AddPersonalAccessToken over ``v1`` / ``v2``."""
+    if path == "oidc":
+        with OidcClient(emulator.issuer, verify_tls=str(ca_file), timeout=5) as oidc:
+            oidc.endpoints()
+        return
+    user = User(
+        id=emulator.user_ids["svc-reports"],
+        org_id=emulator.org_ids["acme"],
+        username="svc-reports",
+        active=True,
+        machine=True,
+    )
+    # The call never gets as far as presenting the token.
+    transport = management(path, emulator, lambda: "unused", ca_file)
+    try:
+        transport.add_pat(user, datetime.now(UTC) + timedelta(days=1))
+    finally:
+        transport.close()
 
 
 # --------------------------------------------------------------------------- the official SDK

@@ -140,7 +140,8 @@ def untrusted_certificate(exc: BaseException) -> str | None:
 
 
 def untrusted_detail(why: str) -> str:
-    return f"TLS certificate not trusted ({why}; for a private CA set zitadel.tls.ca_file)"
+    """Unknown CA or wrong name: either way the URL or the CA setting is what to check."""
+    return f"TLS certificate refused: {why.rstrip('.')} (check zitadel.url and zitadel.tls.ca_file)"
 
 
 def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
