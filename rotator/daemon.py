@@ -169,6 +169,9 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.webhook = webhook
         self.stop_event = stop_event or threading.Event()
+        #: Set only after the last job finished: the lease is renewed until then,
+        #: so no standby takes over a rotation still in flight here.
+        self._lease_stop = threading.Event()
         self.role = _Role(leader=lease is None)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
         self._lock = threading.RLock()
@@ -221,6 +224,7 @@ class Daemon:
         self.stop_event.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self._lease_stop.set()
         if self._lease_thread is not None:
             self._lease_thread.join(timeout=self.lease_interval + 5)
         if self.lease is not None and self.role.leader:
@@ -241,7 +245,7 @@ class Daemon:
     # ------------------------------------------------------------ leadership
 
     def _lease_loop(self) -> None:
-        while not self.stop_event.wait(self.lease_interval):
+        while not self._lease_stop.wait(self.lease_interval):
             try:
                 self._lease_tick()
             except Exception:  # keep polling: a dead lease thread would strand the replica
@@ -314,25 +318,39 @@ class Daemon:
         schedule = self.config.schedule_for(name)
         try:
             deferred = self._deferred(target, schedule)
+            # A closed window holds back a new rotation only: retirements and
+            # interrupted rotations are finished regardless.
+            result = self.engine.reconcile(
+                target, trigger=Trigger.SCHEDULE, rotate=deferred is None
+            )
             if deferred is not None:
                 log.info("rotation of %s waits for its window at %s", name, deferred.isoformat())
+                self.metrics.observe_result(result)
                 self.metrics.set_next_rotation(name, deferred)
+                retire_at = self.engine.status(target).retire_at
+                if retire_at is not None and retire_at > self.clock.now():
+                    deferred = min(deferred, retire_at)
                 self._plan(name, deferred)
-                return None
-            result = self.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+                return result
         except RotatorError as exc:
             # the status read before the reconcile failed (Vault down): try again soon
             log.warning("target %s: %s; retrying in %s", name, exc, _ERROR_RETRY)
-            self._plan(name, self.clock.now() + _ERROR_RETRY)
-            return None
-        except Exception:  # a bug in one target's run must not stop the daemon
-            log.exception("target %s: unexpected error; retrying in %s", name, _ERROR_RETRY)
-            self._plan(name, self.clock.now() + _ERROR_RETRY)
-            return None
+            return self._failed(name, str(exc))
+        except Exception as exc:  # a bug in one target's run must not stop the daemon
+            log.error("target %s: unexpected %s; retrying in %s", name, type(exc).__name__,
+                      _ERROR_RETRY)
+            return self._failed(name, f"unexpected {type(exc).__name__}")
         self.metrics.observe_result(result)
         self.metrics.set_next_rotation(name, self._next_rotation(target, schedule, result))
         self._plan(name, self._next_time(target, schedule, result))
         return result
+
+    def _failed(self, name: str, error: str) -> RotationResult:
+        """A run that never reached the engine still counts as a failed target
+        (``run --once`` exits non-zero), and is tried again soon."""
+        retry = self.clock.now() + _ERROR_RETRY
+        self._plan(name, retry)
+        return RotationResult(target=name, outcome=Outcome.FAILED, next_run_at=retry, error=error)
 
     def _deferred(self, target: Target, schedule: Schedule) -> datetime | None:
         if not schedule.windows and not schedule.freeze:
@@ -355,7 +373,9 @@ class Daemon:
         when = result.next_run_at
         if when is None:
             return None
-        if result.expires_at is not None and (schedule.windows or schedule.freeze):
+        # windows hold back fresh rotations only, never a retry after a failure
+        fresh = result.outcome is not Outcome.FAILED
+        if fresh and result.expires_at is not None and (schedule.windows or schedule.freeze):
             due = result.expires_at - target.policy.renew_before
             if when >= due:
                 allowed, _ = schedule_rotation(

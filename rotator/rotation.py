@@ -143,7 +143,8 @@ class Engine:
         #: The key the rotator itself signs in with, read afresh each time.
         self.own_key_id = own_key_id
         self._users: dict[str, User] = {}
-        self._unrecorded_failures: dict[str, int] = {}
+        #: Failures before a target's state could be read: (attempts, retry at, error).
+        self._unrecorded_failures: dict[str, tuple[int, datetime, str]] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -157,13 +158,21 @@ class Engine:
         trigger: Trigger,
         force: bool = False,
         dry_run: bool = False,
+        rotate: bool = True,
     ) -> RotationResult:
         """Bring ``target`` to its desired state; see the module docstring.
 
         Errors from ZITADEL or Vault do not propagate: they are recorded in the
         target's state (failure count, next attempt, ``stuck`` after
         ``max_attempts``) and returned as ``Outcome.FAILED`` / ``STUCK``.
+        ``rotate=False`` does everything but start a new rotation (a rotation
+        window is closed): retirements and interrupted rotations still finish.
         """
+        early = self._unrecorded_failures.get(target.name)
+        if early is not None and not force and not dry_run and self.clock.now() < early[1]:
+            return RotationResult(
+                target=target.name, outcome=Outcome.FAILED, next_run_at=early[1], error=early[2]
+            )
         try:
             user = self._user(target)
             state, version = self._load(target, user)
@@ -188,7 +197,7 @@ class Engine:
                 return self._result(run, state, Outcome.FAILED, error=state.last_error)
 
             state, version = self._resume(run, state, version)
-            reason = self._rotation_reason(target, state, force)
+            reason = self._rotation_reason(target, state, force) if rotate or force else None
             if reason is not None:
                 state, version = self._rotate(run, state, version, reason)
         except RotatorError as exc:
@@ -733,15 +742,16 @@ class Engine:
             outcome=Outcome.STUCK if stuck else Outcome.FAILED,
             rotation_id=run.rotation_id,
             credential_id=state.current.id if state and state.current else None,
-            next_run_at=next_attempt,
+            # stuck: nothing until a person acts, but a retirement still has its time
+            next_run_at=next_attempt
+            or (state.previous.retire_at if state and state.previous else None),
             error=str(exc),
         )
 
     def _result_for_error(self, target: Target, exc: RotatorError) -> RotationResult:
         """A failure before the target's state could be read (Vault down, user
         unknown): nothing to record in Vault, so the backoff is kept here."""
-        attempt = self._unrecorded_failures.get(target.name, 0) + 1
-        self._unrecorded_failures[target.name] = attempt
+        attempt = self._unrecorded_failures.get(target.name, (0, None, None))[0] + 1
         self.audit.emit(
             "rotation.failed",
             target=target.name,
@@ -754,6 +764,7 @@ class Engine:
         )
         delay = rules.retry_delay(attempt, base=self.retry_base, cap=self.retry_cap)
         retry = self.clock.now() + delay
+        self._unrecorded_failures[target.name] = (attempt, retry, str(exc))
         return RotationResult(
             target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=str(exc)
         )

@@ -343,6 +343,26 @@ def test_once_exits_4_when_a_target_is_stuck(setup: Setup) -> None:
         app.close()
 
 
+def test_once_exits_non_zero_when_a_target_could_not_even_be_looked_at(setup: Setup) -> None:
+    """A cron job must not report success while nothing could be checked."""
+    user = setup.user("key")
+    hour = (time.gmtime().tm_hour - 3) % 24
+    target = {
+        "name": "billing",
+        "user": user,
+        "kind": "key",
+        "vault_path": "apps/billing",
+        "schedule": {"windows": [{"cron": f"0 {hour} * * *", "duration": "1h"}]},
+    }
+    config = setup.config("unlookable", [target])
+    app = setup.app(config)
+    try:
+        with setup.openbao.sealed():
+            assert run_daemon(app, app.config, once=True) == 1
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize(
     ("schedule", "rotates"),
     [

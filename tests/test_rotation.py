@@ -428,7 +428,7 @@ def test_the_rotators_own_key_from_a_file_is_never_retired(
 
 
 def test_a_sealed_vault_is_reported_plainly_and_retried_with_growing_backoff(
-    kit: Kit, spec: KitSpec, openbao: Any
+    kit: Kit, spec: KitSpec, emulator: Any, openbao: Any
 ) -> None:
     target = spec.key_target()
     delays = []
@@ -440,6 +440,11 @@ def test_a_sealed_vault_is_reported_plainly_and_retried_with_growing_backoff(
             assert "sealed" in result.error
             assert result.next_run_at is not None
             delays.append((result.next_run_at - kit.clock.now()).total_seconds())
+            # before its retry time, a scheduled run does not even try (no event, no call)
+            waiting = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+            assert waiting.outcome is Outcome.FAILED
+            assert waiting.next_run_at == result.next_run_at
+            advance(kit, emulator, (result.next_run_at - kit.clock.now()).total_seconds() + 1)
     attempts = [e["attempt"] for e in kit.events() if e["event"] == "rotation.failed"]
     assert attempts == [1, 2, 3]
     assert delays[2] >= 2.0 > delays[0]  # base 1 s doubling, with jitter in [d/2, d]
@@ -447,6 +452,29 @@ def test_a_sealed_vault_is_reported_plainly_and_retried_with_growing_backoff(
     assert live_ids(kit, target.kind, target.user) == set()
     ok = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     assert ok.outcome is Outcome.ROTATED, ok.error
+
+
+def test_a_closed_window_holds_back_a_rotation_but_not_a_retirement(
+    kit: Kit, spec: KitSpec, emulator: Any
+) -> None:
+    target = spec.key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    advance(kit, emulator, 21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    # the operator shortened the lifetime: the new key is due again already
+    shorter = Policy(
+        lifetime=timedelta(days=30),
+        renew_before=timedelta(days=29, hours=12),
+        grace=timedelta(days=1),
+        verify_timeout=timedelta(seconds=5),
+    )
+    target = spec.key_target(policy=shorter)
+    advance(kit, emulator, DAY + 60)  # the previous key's grace is over
+    held = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE, rotate=False)
+    assert held.outcome is Outcome.RETIRED
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert first.credential_id != second.credential_id
+    assert kit.engine.status(target).state == "due"  # still due: waits for its window
 
 
 def test_repeated_failures_make_a_target_stuck_until_forced(
