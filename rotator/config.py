@@ -480,7 +480,9 @@ def _url(section: _Section, name: str, default: Any = _REQUIRED, *, secret: bool
     shown = "" if secret else f" (got {value!r})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         section.ctx.fail(section.sub(name), f"must be an http:// or https:// URL{shown}")
-    if parts.query or parts.fragment:
+    # Webhook URLs carry their credentials in the query (Teams, Google Chat);
+    # server URLs (issuer, Vault) have no business with one.
+    if parts.fragment or (parts.query and not secret):
         section.ctx.fail(section.sub(name), "must not have a query or fragment")
     try:
         parts.port  # noqa: B018 - raises on a malformed port

@@ -126,7 +126,12 @@ class Metrics:
             self.expiration.labels(target=name).set(result.expires_at.timestamp())
         ok = result.outcome in (Outcome.ROTATED, Outcome.RETIRED, Outcome.UP_TO_DATE)
         self.ready.labels(target=name).set(1 if ok and result.credential_id else 0)
-        self.stuck.labels(target=name).set(1 if result.outcome is Outcome.STUCK else 0)
+        # A FAILED result says nothing about stuck (it may come from a run that
+        # could not even read the target's state): leave the gauge as it was.
+        if result.outcome is Outcome.STUCK:
+            self.stuck.labels(target=name).set(1)
+        elif ok:
+            self.stuck.labels(target=name).set(0)
 
     def set_next_rotation(self, target: str, when: datetime | None) -> None:
         self._set(self.next_rotation, target, _ts(when))

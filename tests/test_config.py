@@ -291,6 +291,13 @@ def test_webhook_url_is_never_echoed() -> None:
     assert "XXXXsecret" not in str(caught.value)
 
 
+def test_a_webhook_url_may_carry_its_credentials_in_the_query() -> None:
+    teams = "https://prod.example.logic.azure.com/workflows/1/invoke?api-version=1&sig=abc"
+    assert parse(with_("notify.webhook_url", teams)).notify.webhook_url == teams
+    with pytest.raises(ConfigError, match=r"zitadel\.url: must not have a query"):
+        parse(with_("zitadel.url", "https://zitadel.example.com/?x=1"))
+
+
 def test_top_level_must_be_a_mapping() -> None:
     with pytest.raises(ConfigError, match=r"^config\.yaml: must be a mapping \(got a list\)"):
         parse([1, 2])
