@@ -97,6 +97,11 @@ def test_results_update_the_gauges() -> None:
     s = scrape(m)
     assert s[("rotator_target_ready", (("target", "billing"),))] == 0
     assert s[("rotator_target_stuck", (("target", "billing"),))] == 1
+    # a run that failed before it could read the state (Vault down) is no news about stuck
+    m.observe_result(RotationResult("billing", Outcome.FAILED, error="Vault is sealed"))
+    assert scrape(m)[("rotator_target_stuck", (("target", "billing"),))] == 1
+    m.observe_result(RotationResult("billing", Outcome.ROTATED, credential_id="k4"))
+    assert scrape(m)[("rotator_target_stuck", (("target", "billing"),))] == 0
 
 
 def test_counters_follow_audit_events_and_count_retries() -> None:
