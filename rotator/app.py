@@ -190,7 +190,9 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
     transport: ZitadelTransport = ManagementTransport(
         f"{scheme}://{zitadel.grpc_target}",
         token_source,
-        ca_file=zitadel.tls.ca_file,
+        # An http:// ZITADEL has no certificate to check: the CA file is unused,
+        # as on the OIDC and v2 paths (the transport would refuse the pair).
+        ca_file=None if zitadel.grpc_plaintext else zitadel.tls.ca_file,
         timeout=timeout,
     )
     return transport

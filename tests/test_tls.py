@@ -277,6 +277,21 @@ def test_without_the_ca_file_the_rotator_refuses_the_server_and_creates_nothing(
     assert (after["keys"], after["pats"]) == (before["keys"], before["pats"])
 
 
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_a_ca_file_is_unused_but_harmless_with_a_plaintext_zitadel(
+    api: str, tmp_path: Path, emulator: Emulator, pki: Pki, vault: Vault
+) -> None:
+    """One config (say, a chart mounting the CA everywhere) for both APIs: over
+    http:// there is no certificate to check; v1 used to fail every rotation
+    with "zitadel.ca_file: a CA file needs TLS; drop insecure"."""
+    assert emulator.issuer.startswith("http://")
+    users = fresh_users(emulator, f"plain-{api}")
+    config = write_config(tmp_path, emulator, vault, api=api, users=users, ca_file=pki.ca_file)
+    rotated = rotator(config, "rotate", "--all", "--json", env=vault.env)
+    assert rotated.code == 0, rotated.stdout + rotated.stderr
+    assert {r["outcome"] for r in json.loads(rotated.stdout)} == {"rotated"}
+
+
 def test_insecure_skips_verification_over_https_but_not_over_grpc(
     tmp_path: Path, tls_emulator: Emulator, vault: Vault
 ) -> None:

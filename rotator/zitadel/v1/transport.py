@@ -136,7 +136,7 @@ def channel_credentials(ca_file: str | Path | None = None) -> grpc.ChannelCreden
             roots: bytes | None = Path(ca_file).read_bytes()
         except OSError as exc:
             raise ConfigError(
-                f"cannot read CA file {ca_file}: {exc.strerror}", field="zitadel.ca_file"
+                f"cannot read CA file {ca_file}: {exc.strerror}", field="zitadel.tls.ca_file"
             ) from exc
     else:
         roots = _system_roots()
@@ -212,7 +212,7 @@ class ManagementTransport:
         options = [*CHANNEL_OPTIONS, *channel_options]
         if insecure or not target.tls:
             if ca_file is not None:
-                raise ConfigError("a CA file needs TLS; drop insecure", field="zitadel.ca_file")
+                raise ConfigError("a CA file needs TLS; drop insecure", field="zitadel.tls.ca_file")
             self._channel = grpc.insecure_channel(target.address, options=options)
         else:
             creds = channel_credentials(ca_file)
