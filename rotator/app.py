@@ -154,7 +154,8 @@ def _checked(data: Any, what: str) -> Mapping[str, Any]:
 # --------------------------------------------------------------------------- ZITADEL
 
 
-def _tls_verify(config: Config) -> bool | str:
+def tls_setting(config: Config) -> bool | str:
+    """ZITADEL's TLS check for HTTP clients: off, on (system CAs) or a CA file."""
     tls = config.zitadel.tls
     if tls.insecure:
         return False
@@ -308,7 +309,7 @@ def build(
             config.zitadel.url,
             clock=clock,
             timeout=config.zitadel.timeout.total_seconds(),
-            verify_tls=_tls_verify(config),
+            verify_tls=tls_setting(config),
         )
         closers.append(oidc.close)
         token_source = TokenSource(oidc, provider, clock=clock)
@@ -325,7 +326,7 @@ def build(
                     token_source,
                     audit=audit,
                     timeout=config.zitadel.timeout.total_seconds(),
-                    verify=_tls_verify(config),
+                    verify=tls_setting(config),
                 )
                 _check_transport_settings(config, chosen)
                 return LazyTransport(chosen, lambda: make_transport(config, chosen, token_source))

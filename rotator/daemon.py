@@ -55,7 +55,7 @@ from typing import Any, Protocol
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from rotator.app import App
+from rotator.app import App, tls_setting
 from rotator.config import Config, Schedule
 from rotator.errors import ConfigError, RotatorError
 from rotator.health import HealthServer, Readiness, discovery_probe, run_check
@@ -451,11 +451,6 @@ def _webhook(config: Config) -> Webhook | None:
     )
 
 
-def _tls_verify(config: Config) -> bool | str:
-    tls = config.zitadel.tls
-    return False if tls.insecure else (tls.ca_file or True)
-
-
 def run_daemon(
     app: App,
     config: Config,
@@ -499,7 +494,7 @@ def _once(daemon: Daemon) -> int:
 def _forever(daemon: Daemon, config: Config) -> int:
     stop = daemon.stop_event
     probe = discovery_probe(
-        config.zitadel.url, verify=_tls_verify(config), timeout=min(
+        config.zitadel.url, verify=tls_setting(config), timeout=min(
             2.0, config.zitadel.timeout.total_seconds()
         )
     )

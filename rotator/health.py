@@ -24,6 +24,7 @@ import httpx
 
 from rotator.errors import RotatorError, ZitadelUnavailable
 from rotator.metrics import Metrics
+from rotator.zitadel.oidc import tls_verify
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def discovery_probe(
 
     def probe() -> None:
         try:
-            response = httpx.get(url, timeout=timeout, verify=verify)
+            response = httpx.get(url, timeout=timeout, verify=tls_verify(verify))
         except httpx.HTTPError as exc:
             raise ZitadelUnavailable(
                 f"discovery unreachable ({type(exc).__name__})", code="unavailable"

@@ -22,6 +22,7 @@ import httpx
 
 from rotator.errors import ConfigError
 from rotator.zitadel.codes import error_for
+from rotator.zitadel.oidc import tls_verify
 
 ApiVersion = Literal["v1", "v2"]
 
@@ -100,7 +101,7 @@ def detect_api(
     url = issuer.rstrip("/") + PROBE_PATH
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     own_client = client is None
-    http = client or httpx.Client(timeout=timeout, verify=verify)
+    http = client or httpx.Client(timeout=timeout, verify=tls_verify(verify))
     try:
         response = http.post(url, json=_PROBE_BODY, headers=headers)
     except httpx.TimeoutException:

@@ -154,7 +154,8 @@ def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
     return error_for("unavailable", f"{reason} ({type(exc).__name__})", method=what)
 
 
-def _tls(verify_tls: bool | str) -> bool | ssl.SSLContext:
+def tls_verify(verify_tls: bool | str) -> bool | ssl.SSLContext:
+    """httpx's ``verify`` for a config's TLS setting: on/off, or a CA file."""
     if not isinstance(verify_tls, str):
         return verify_tls
     # httpx wants an SSLContext for a custom CA (a path is deprecated).
@@ -188,7 +189,7 @@ class OidcClient:
         """``verify_tls``: True (system CAs), False (no verification) or a CA file path."""
         self.issuer = issuer.rstrip("/")
         self.clock: Clock = clock or SystemClock()
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=_tls(verify_tls))
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=tls_verify(verify_tls))
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
 
