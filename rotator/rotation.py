@@ -143,8 +143,10 @@ class Engine:
         #: The key the rotator itself signs in with, read afresh each time.
         self.own_key_id = own_key_id
         self._users: dict[str, User] = {}
-        #: Failures before a target's state could be read: (attempts, retry at, error).
-        self._unrecorded_failures: dict[str, tuple[int, datetime, str]] = {}
+        #: Failures before a target's state could be read: (attempts, retry at,
+        #: error), keyed by the target as configured, so a changed target (a
+        #: fixed user name, `adopt: true`) is tried afresh at once.
+        self._unrecorded_failures: dict[Target, tuple[int, datetime, str]] = {}
 
     # ------------------------------------------------------------------ API
 
@@ -168,7 +170,7 @@ class Engine:
         ``rotate=False`` does everything but start a new rotation (a rotation
         window is closed): retirements and interrupted rotations still finish.
         """
-        early = self._unrecorded_failures.get(target.name)
+        early = self._unrecorded_failures.get(target)
         if early is not None and not force and not dry_run and self.clock.now() < early[1]:
             return RotationResult(
                 target=target.name, outcome=Outcome.FAILED, next_run_at=early[1], error=early[2]
@@ -178,7 +180,7 @@ class Engine:
             state, version = self._load(target, user)
         except RotatorError as exc:
             return self._result_for_error(target, exc)
-        self._unrecorded_failures.pop(target.name, None)
+        self._unrecorded_failures.pop(target, None)
 
         if dry_run:
             return self._plan(target, state)
@@ -751,7 +753,8 @@ class Engine:
     def _result_for_error(self, target: Target, exc: RotatorError) -> RotationResult:
         """A failure before the target's state could be read (Vault down, user
         unknown): nothing to record in Vault, so the backoff is kept here."""
-        attempt = self._unrecorded_failures.get(target.name, (0, None, None))[0] + 1
+        earlier = self._unrecorded_failures.get(target)
+        attempt = earlier[0] + 1 if earlier else 1
         self.audit.emit(
             "rotation.failed",
             target=target.name,
@@ -764,7 +767,7 @@ class Engine:
         )
         delay = rules.retry_delay(attempt, base=self.retry_base, cap=self.retry_cap)
         retry = self.clock.now() + delay
-        self._unrecorded_failures[target.name] = (attempt, retry, str(exc))
+        self._unrecorded_failures[target] = (attempt, retry, str(exc))
         return RotationResult(
             target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=str(exc)
         )
