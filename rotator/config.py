@@ -702,8 +702,11 @@ def _schedule(section: _Section, base: Schedule) -> Schedule:
     freeze = tuple(
         _freeze(_Section(section.ctx, item, path)) for item, path in section.items("freeze")
     )
+    # A target's own `windows` replace the defaults; an explicit empty list
+    # means "any time" for this target.
+    own_windows = section.has("windows")
     section.done()
-    return Schedule(windows=windows or base.windows, freeze=base.freeze + freeze)
+    return Schedule(windows=windows if own_windows else base.windows, freeze=base.freeze + freeze)
 
 
 def _targets(  # noqa: PLR0917 - private helper, called once

@@ -154,6 +154,15 @@ def test_windows_and_freezes_per_target_and_by_default() -> None:
     assert reports.freeze[1].cron == "0 16 * * 5"
 
 
+def test_a_target_opts_out_of_the_default_windows_with_an_empty_list() -> None:
+    raw = copy.deepcopy(MINIMAL)
+    raw["schedule"] = {"windows": [{"cron": "0 2 * * 1-5", "duration": "4h"}]}
+    raw["targets"][1]["schedule"] = {"windows": []}
+    config = parse(raw)
+    assert config.schedule_for("reports").windows == ()
+    assert len(config.schedule_for("billing").windows) == 1
+
+
 def test_questionable_but_legal_policy_is_a_warning() -> None:
     config = parse(with_("policy", {"lifetime": "2d", "renew_before": "1d", "grace": "1d"}))
     assert any("grace + retire_margin" in w for w in config.warnings)
