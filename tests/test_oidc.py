@@ -26,6 +26,7 @@ from rotator.zitadel.base import User
 from rotator.zitadel.oidc import AccessToken, OidcClient, TokenSource
 from rotator.zitadel.v2 import UserServiceTransport
 from tests.harness.emulator import Emulator
+from tests.harness.pki import make_pki
 
 TOKEN_LIFETIME = timedelta(hours=12)  # ZITADEL's default, as the emulator mints them
 
@@ -357,32 +358,9 @@ def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_ca_file_is_loaded(tmp_path: Path) -> None:
-    ca = tmp_path / "ca.pem"
-    ca.write_bytes(_self_signed_ca_pem())
+    ca = make_pki(tmp_path).ca_file
     OidcClient("https://zitadel.example", verify_tls=str(ca)).close()
 
-
-def _self_signed_ca_pem() -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def test_a_discovery_document_pointing_elsewhere_is_refused(admin_key: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ contract is the ZitadelTransport Protocol and the rotator.errors types.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +17,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from rotator.clock import OffsetClock
 from rotator.errors import (
@@ -45,6 +40,7 @@ from rotator.zitadel.v1.gen.zitadel_management_v1_pb2_grpc import (
 from tests.emulator.domain import Domain
 from tests.emulator.grpc_v1 import ManagementServicer, start_grpc
 from tests.harness.emulator import Emulator
+from tests.harness.pki import make_pki
 
 # --- endpoint parsing ------------------------------------------------------------------
 
@@ -155,38 +151,6 @@ def test_detection_never_guesses_on_failures(response: httpx.Response, cls: type
 # --- TLS: custom CA, system CA, plaintext -------------------------------------------------
 
 
-def _self_signed_ca_and_server_cert() -> tuple[bytes, bytes, bytes]:
-    """(CA certificate PEM, server certificate PEM for 127.0.0.1, server key PEM)."""
-    now = datetime.now(UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rotator test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
-
-
 class TlsZitadel:
     def __init__(self, root: Path) -> None:
         self.domain = Domain(root / "state")
@@ -195,10 +159,11 @@ class TlsZitadel:
         self.token, _ = self.domain.issue_access_token(
             admin, ["openid"], [self.domain.zitadel_project_id], None
         )
-        ca, cert, key = _self_signed_ca_and_server_cert()
-        self.ca_file = root / "ca.pem"
-        self.ca_file.write_bytes(ca)
-        self.server, self.port = start_grpc(self.domain, tls=(cert, key))
+        pki = make_pki(root)
+        self.ca_file = pki.ca_file
+        self.server, self.port = start_grpc(
+            self.domain, tls=(pki.cert_file.read_bytes(), pki.key_file.read_bytes())
+        )
 
 
 @pytest.fixture(scope="module")

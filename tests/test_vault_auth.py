@@ -11,16 +11,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from rotator.clock import OffsetClock
 from rotator.config import VaultAuthConfig, VaultConfig
@@ -37,6 +35,7 @@ from rotator.vault_auth import (
     method_from_config,
 )
 from tests.harness.openbao import OpenBao, kv_policy
+from tests.harness.pki import make_pki
 
 FAST = RetryPolicy(attempts=2, initial_delay=0.01)
 
@@ -285,23 +284,6 @@ def service_account_jwt(namespace: str, name: str, uid: str) -> str:
     return f"{signing_input}.{_b64(signature)}"
 
 
-def self_signed_ca() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-kubernetes-ca")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
 
 class TokenReviewServer:
     """The one Kubernetes API call Vault's kubernetes auth makes: TokenReview.
@@ -368,7 +350,7 @@ def kubernetes_api() -> Iterator[TokenReviewServer]:
 
 @pytest.fixture
 def kubernetes_auth(
-    openbao: OpenBao, kubernetes_api: TokenReviewServer, kv_policy_name: str
+    openbao: OpenBao, kubernetes_api: TokenReviewServer, kv_policy_name: str, tmp_path: Path
 ) -> str:
     """OpenBao's kubernetes auth method pointed at the TokenReview server; its mount path."""
     mount = openbao.enable_kubernetes(f"k8s-{kv_policy_name}")
@@ -377,7 +359,8 @@ def kubernetes_auth(
         kubernetes_host=kubernetes_api.url,
         token_reviewer_jwt=service_account_jwt("kube-system", "reviewer", "uid-reviewer"),
         disable_local_ca_jwt=True,
-        kubernetes_ca_cert=self_signed_ca(),  # required by OpenBao; unused over http
+        # required by OpenBao; unused over http
+        kubernetes_ca_cert=make_pki(tmp_path).ca_file.read_text(),
         mount_point=mount,
     )
     client.auth.kubernetes.create_role(
