@@ -9,19 +9,22 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from rotator.errors import RotatorError
-from rotator.model import Policy, Trigger
+from rotator.model import Trigger
 from rotator.rotation import Outcome
 from rotator.zitadel.base import CredentialKind
 from rotator.zitadel.oidc import OidcClient
 from tests.enginekit import TEST_POLICY, Kit, KitSpec, build_kit
 
 DAY = 24 * 3600
+#: For tests where verification must give up fast.
+QUICK_VERIFY = replace(TEST_POLICY, verify_timeout=timedelta(seconds=1))
 
 
 @pytest.fixture(params=["v2", "v1"])
@@ -167,13 +170,7 @@ def test_a_pat_goes_through_the_same_cycle(kit: Kit, spec: KitSpec, emulator: An
 def test_the_old_credential_is_retired_before_its_midnight_expiry(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
-    long_grace = Policy(
-        lifetime=timedelta(days=30),
-        renew_before=timedelta(days=10),
-        grace=timedelta(days=5),
-        retire_margin=timedelta(hours=1),
-        verify_timeout=timedelta(seconds=5),
-    )
+    long_grace = replace(TEST_POLICY, grace=timedelta(days=5))
     target = spec.key_target(policy=long_grace)
     first = kit.engine.reconcile(target, trigger=Trigger.CLI)
     assert first.expires_at is not None
@@ -265,14 +262,7 @@ def test_when_vault_refuses_the_write_the_new_key_is_removed_again(
 def test_a_credential_that_never_verifies_is_rolled_back(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
-    target = spec.key_target(
-        policy=Policy(
-            lifetime=TEST_POLICY.lifetime,
-            renew_before=TEST_POLICY.renew_before,
-            grace=TEST_POLICY.grace,
-            verify_timeout=timedelta(seconds=1),
-        )
-    )
+    target = spec.key_target(policy=QUICK_VERIFY)
     emulator.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
     result = kit.engine.reconcile(target, trigger=Trigger.CLI)
     emulator.clear_faults()
@@ -284,13 +274,7 @@ def test_a_credential_that_never_verifies_is_rolled_back(
 def test_an_unreachable_zitadel_during_verification_leaves_the_rotation_resumable(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
-    quick = Policy(
-        lifetime=TEST_POLICY.lifetime,
-        renew_before=TEST_POLICY.renew_before,
-        grace=TEST_POLICY.grace,
-        verify_timeout=timedelta(seconds=1),
-    )
-    target = spec.key_target(policy=quick)
+    target = spec.key_target(policy=QUICK_VERIFY)
     assert live_ids(kit, target.kind, target.user) == set()  # the rotator's own token is cached
     emulator.set_faults(rules=[{"method": "token", "code": "unavailable", "rate": 1.0}])
     failed = kit.engine.reconcile(target, trigger=Trigger.CLI)
@@ -317,13 +301,7 @@ def test_an_unreachable_zitadel_during_verification_leaves_the_rotation_resumabl
 def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
-    quick = Policy(
-        lifetime=TEST_POLICY.lifetime,
-        renew_before=TEST_POLICY.renew_before,
-        grace=TEST_POLICY.grace,
-        verify_timeout=timedelta(seconds=1),
-    )
-    target = spec.key_target(policy=quick)
+    target = spec.key_target(policy=QUICK_VERIFY)
     assert live_ids(kit, target.kind, target.user) == set()  # the rotator's own token is cached
     emulator.set_faults(
         rules=[
@@ -462,12 +440,7 @@ def test_a_closed_window_holds_back_a_rotation_but_not_a_retirement(
     advance(kit, emulator, 21 * DAY)
     second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     # the operator shortened the lifetime: the new key is due again already
-    shorter = Policy(
-        lifetime=timedelta(days=30),
-        renew_before=timedelta(days=29, hours=12),
-        grace=timedelta(days=1),
-        verify_timeout=timedelta(seconds=5),
-    )
+    shorter = replace(TEST_POLICY, renew_before=timedelta(days=29, hours=12))
     target = spec.key_target(policy=shorter)
     advance(kit, emulator, DAY + 60)  # the previous key's grace is over
     held = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE, rotate=False)
