@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rotator.model import Trigger
-from rotator.rotation import Outcome
+from rotator.report import Outcome
 from tests.enginekit import KitSpec, build_kit, key_target, pat_target
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import OpenBao

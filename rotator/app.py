@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +27,7 @@ from rotator import vault_auth
 from rotator.audit import AuditLog
 from rotator.clock import Clock, SystemClock
 from rotator.config import Config
+from rotator.engine import Engine
 from rotator.errors import (
     ConfigError,
     RotatorError,
@@ -32,10 +35,11 @@ from rotator.errors import (
     ZitadelError,
     ZitadelUnavailable,
 )
+from rotator.failures import Backoff
 from rotator.keys import InvalidKeyFile, check_key_file
-from rotator.rotation import Engine
+from rotator.model import Credential, IssuedPat, User
+from rotator.ports import ZitadelTransport
 from rotator.vault import VaultStore
-from rotator.zitadel.base import Credential, IssuedPat, User, ZitadelTransport
 from rotator.zitadel.detect import choose_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
 
@@ -67,6 +71,12 @@ class App:
             with contextlib.suppress(Exception):  # best effort at exit
                 close()
         self._closers.clear()
+
+
+def process_identity(config: Config) -> str:
+    """This process's name in leases and rotation intents: configured, else host and pid."""
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return config.daemon.ha.identity or f"{host}-{os.getpid()}"
 
 
 def check_audit_file(config: Config) -> None:
@@ -355,9 +365,14 @@ def build(
         clock=clock,
         audit=audit,
         state_prefix=config.vault.state_prefix,
-        max_attempts=config.daemon.max_attempts,
-        retry_base=config.daemon.retry_base,
-        retry_cap=config.daemon.retry_cap,
+        backoff=Backoff(
+            max_attempts=config.daemon.max_attempts,
+            base=config.daemon.retry_base,
+            cap=config.daemon.retry_cap,
+        ),
+        identity=process_identity(config),
+        # a create or a Vault write, with the clients' own retries
+        intent_timeout=3 * max(config.zitadel.timeout, config.vault.timeout),
         own_key_id=lambda: str(provider().get("keyId", "")) or None,
     )
     return App(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -37,10 +38,10 @@ from rotator.errors import (
     VerificationError,
     ZitadelError,
 )
+from rotator.kinds import ops_for
 from rotator.model import Target, Trigger
-from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.windows import ScheduledTarget, project, unsatisfiable
-from rotator.zitadel.base import CredentialKind
 
 
 class UsageError(Exception):
@@ -343,7 +344,11 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
             result = app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True)
             results.append(_forced_plan(result))
         else:
-            results.append(app.engine.reconcile(target, trigger=Trigger.CLI, force=True))
+            results.append(
+                app.engine.reconcile(
+                    target, trigger=Trigger.CLI, rotate_now=True, unstick=args.force
+                )
+            )
     _print_results(results, sys.stdout, as_json=args.json)
     return exit_code(results)
 
@@ -457,17 +462,10 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
         sys.stderr.write(f"rotator: {target.name}: no secret at {target.vault_path}\n")
         return Exit.FAILED
     data = {k: v for k, v in secret.data.items() if k != "previous"}
+    ops = ops_for(target.kind)
     try:
-        if target.kind is CredentialKind.KEY:
-            app.oidc.verify_key(data)
-            what = f"key {data.get('keyId')} works (jwt-bearer token exchange and userinfo)"
-        else:
-            token = data.get("token")
-            if not isinstance(token, str):
-                raise VerificationError(f"the secret at {target.vault_path} has no token field")
-            user_id = data.get("user_id")
-            app.oidc.verify_pat(token, str(user_id) if user_id else None)
-            what = f"PAT {data.get('token_id')} works (userinfo)"
+        ops.verify(app.oidc, data)
+        what = f"{ops.label} {ops.credential_id(data)} works ({ops.proof})"
     except (VerificationError, ZitadelError) as exc:
         sys.stderr.write(f"rotator: {target.name}: verification failed: {exc}\n")
         return Exit.FAILED
@@ -476,10 +474,30 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_run(app: App, args: argparse.Namespace) -> int:
+    """``run --once``; the long-running ``run`` is :func:`_serve`."""
     # Imported here: the scheduler, metrics and HTTP server are only for `run`.
     from rotator.daemon import run_daemon  # noqa: PLC0415
 
     return run_daemon(app, app.config, once=args.once)
+
+
+def _serve(config: Config, audit: AuditLog, connect: Callable[[], App]) -> int:
+    """The daemon connects itself, and keeps trying while ZITADEL or Vault is down."""
+    from rotator.daemon import serve  # noqa: PLC0415
+
+    built: list[App] = []
+
+    def build_app() -> App:
+        app = connect()
+        built.append(app)
+        logging.getLogger("rotator").info("using ZITADEL API %s", app.api)
+        return app
+
+    try:
+        return serve(config, audit, build_app)
+    finally:
+        for app in built:
+            app.close()
 
 
 # --------------------------------------------------------------------------- main
@@ -551,13 +569,17 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     if args.log_format == "console":
         stream = cast(IO[str], ConsoleStream(stream))
     audit = AuditLog(stream=stream, file=config.audit.file)
+    connect = functools.partial(
+        build,
+        config,
+        audit=audit,
+        require_zitadel=args.command not in _VAULT_ONLY,
+        probe_api=args.command not in _NO_MANAGEMENT_API,
+    )
+    if args.command == "run" and not args.once:
+        return _serve(config, audit, connect)
     try:
-        app = build(
-            config,
-            audit=audit,
-            require_zitadel=args.command not in _VAULT_ONLY,
-            probe_api=args.command not in _NO_MANAGEMENT_API,
-        )
+        app = connect()
     except ConfigError:
         raise
     except RotatorError as exc:

@@ -1,6 +1,6 @@
 """Where the engine gets the time from.
 
-Every decision takes ``now`` from a :class:`Clock`, so tests can move time
+Every decision takes ``now`` from a :class:`~rotator.ports.Clock`, so tests can move time
 (together with the emulator's clock offset) without sleeping.
 """
 
@@ -9,15 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
-
-class Clock(Protocol):
-    def now(self) -> datetime:
-        """The current instant, timezone-aware UTC."""
-        ...
-
-    def sleep(self, seconds: float) -> None: ...
+from rotator.ports import Clock
 
 
 class SystemClock:
@@ -42,3 +35,6 @@ class OffsetClock:
 
     def advance(self, delta: timedelta) -> None:
         self.offset += delta
+
+
+__all__ = ["Clock", "OffsetClock", "SystemClock"]

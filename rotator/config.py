@@ -31,9 +31,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from rotator.errors import ConfigError
-from rotator.model import Policy, Target
+from rotator.model import CredentialKind, Policy, Schedule, Target
 from rotator.windows import FreezeWindow, RotationWindow
-from rotator.zitadel.base import CredentialKind
 
 DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
 DEFAULT_K8S_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -100,14 +99,6 @@ class VaultConfig:
     ca_file: str | None = None
     timeout: timedelta = timedelta(seconds=10)
     auth: VaultAuthConfig = field(default_factory=VaultAuthConfig)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    #: Rotations (not retirements) happen only inside one of these; empty = any time.
-    windows: tuple[RotationWindow, ...] = ()
-    #: Rotations are held back inside any of these.
-    freeze: tuple[FreezeWindow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -754,6 +745,7 @@ def _targets(  # noqa: PLR0917 - private helper, called once
             )
         paths[vault_path] = path
         own_warnings: list[str] = []
+        schedule = _schedule(section.section("schedule"), default_schedule)
         target = Target(
             name=name,
             user=section.text("user"),
@@ -762,10 +754,11 @@ def _targets(  # noqa: PLR0917 - private helper, called once
             org_id=section.text("org_id", None),
             adopt=section.flag("adopt", False),
             policy=_policy(section.section("policy"), defaults, own_warnings),
+            schedule=schedule,
         )
         if target.policy != defaults:  # inherited defaults were judged once already
             warnings.extend(own_warnings)
-        schedules.append((name, _schedule(section.section("schedule"), default_schedule)))
+        schedules.append((name, schedule))
         section.done()
         targets.append(target)
     if not targets:

@@ -4,9 +4,10 @@ Scheduling (APScheduler 3.x ``BackgroundScheduler``, one worker thread so
 reconciles never overlap):
 
 * one job per target, ``target:<name>``, at the engine's
-  ``RotationResult.next_run_at`` (due, retirement or retry time; the engine
-  owns the backoff), moved into the target's rotation window when one is
-  configured, plus a little jitter; re-planned after every run;
+  ``RotationResult.next_run_at`` (retirement, retry or due time, windows
+  applied: :func:`rotator.planner.next_run`), plus a little jitter;
+  re-planned after every run.  The daemon does no scheduling arithmetic of
+  its own;
 * one periodic job, ``reconcile``, every ``daemon.reconcile_interval``: every
   target once, then the per-target gauges and expiry notifications from
   ``engine.status()``;
@@ -27,9 +28,9 @@ measured 4.8 s).  Even two replicas acting at once cannot rotate a target twice:
 state write in Vault is check-and-set.
 
 Windows: a fresh rotation starts only inside the target's rotation windows
-and outside its freezes (:mod:`rotator.windows`).  Finishing an interrupted
-rotation, retrying a failed one, rotating an expired or missing credential
-and retiring an old one are not held back.
+and outside its freezes; the engine decides (:mod:`rotator.planner`).
+Finishing an interrupted rotation, retrying a failed one, rotating an expired
+or missing credential and retiring an old one are not held back.
 
 Shutdown (SIGTERM/SIGINT, or ``stop_event``): no new job starts, the
 reconcile in flight finishes its current target, the lease is released (a
@@ -40,30 +41,30 @@ SIGKILL is resumed from its state in Vault by whichever replica runs next.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from rotator.app import App, tls_setting
-from rotator.config import Config, Schedule
+from rotator.app import App, process_identity, tls_setting
+from rotator.audit import AuditLog
+from rotator.config import Config
 from rotator.errors import ConfigError, RotatorError
-from rotator.health import HealthServer, Readiness, discovery_probe, run_check
+from rotator.health import Check, HealthServer, Readiness, discovery_probe, run_check
 from rotator.metrics import Metrics
 from rotator.model import Target, Trigger
 from rotator.notify import Webhook
-from rotator.rotation import Outcome, RotationResult, TargetStatus
-from rotator.windows import defer_until, safety_margin, schedule_rotation
+from rotator.planner import with_jitter
+from rotator.ports import Lease
+from rotator.report import Outcome, RotationResult, TargetStatus
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +72,6 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_STUCK = 0, 1, 3, 4
 #: After an unexpected error in one target's job, try again this much later.
 _ERROR_RETRY = timedelta(minutes=1)
-
-
-class Lease(Protocol):
-    """A lease that at most one replica holds (VaultLease, KubernetesLease)."""
-
-    def try_acquire(self) -> bool:
-        """Take the lease if free or expired, renew it if ours; True while we hold it."""
-        ...
-
-    def release(self) -> None:
-        """Give the lease up now (another replica may take it at its next poll)."""
-        ...
-
-    @property
-    def is_held(self) -> bool:
-        """Whether our last successful write is still unexpired (by our clock)."""
-        ...
 
 
 def exit_code(results: list[RotationResult]) -> int:
@@ -101,9 +85,8 @@ def exit_code(results: list[RotationResult]) -> int:
 
 
 def identity(config: Config) -> str:
-    """This replica's name in the lease: configured, else host name and pid."""
-    host = os.environ.get("HOSTNAME") or socket.gethostname()
-    return config.daemon.ha.identity or f"{host}-{os.getpid()}"
+    """This replica's name in the lease (and in the rotation intents it writes)."""
+    return process_identity(config)
 
 
 def make_lease(app: App, config: Config) -> Lease | None:
@@ -311,96 +294,25 @@ class Daemon:
         return results
 
     def run_target(self, name: str) -> RotationResult | None:
-        """Reconcile one target now unless its windows hold it back; plan its next run."""
+        """Reconcile one target now and plan its next run (windows are the engine's)."""
         if not self._active() or self.stop_event.is_set():
             return None
         target = self.config.target(name)
-        schedule = self.config.schedule_for(name)
         try:
-            deferred = self._deferred(target, schedule)
-            # A closed window holds back a new rotation only: retirements and
-            # interrupted rotations are finished regardless.
-            result = self.engine.reconcile(
-                target, trigger=Trigger.SCHEDULE, rotate=deferred is None
-            )
-            if deferred is not None:
-                log.info("rotation of %s waits for its window at %s", name, deferred.isoformat())
-                self.metrics.observe_result(result)
-                self.metrics.set_next_rotation(name, deferred)
-                retire_at = self.engine.status(target).retire_at
-                if retire_at is not None and retire_at > self.clock.now():
-                    deferred = min(deferred, retire_at)
-                self._plan(name, deferred)
-                return result
-        except RotatorError as exc:
-            # the status read before the reconcile failed (Vault down): try again soon
-            log.warning("target %s: %s; retrying in %s", name, exc, _ERROR_RETRY)
-            return self._failed(name, str(exc))
+            result = self.engine.reconcile(target, trigger=Trigger.SCHEDULE)
         except Exception as exc:  # a bug in one target's run must not stop the daemon
             log.error("target %s: unexpected %s; retrying in %s", name, type(exc).__name__,
                       _ERROR_RETRY)
-            return self._failed(name, f"unexpected {type(exc).__name__}")
+            retry = self.clock.now() + _ERROR_RETRY
+            self._plan(name, retry)
+            error = f"unexpected {type(exc).__name__}"
+            return RotationResult(target=name, outcome=Outcome.FAILED, next_run_at=retry,
+                                  error=error)
         self.metrics.observe_result(result)
-        self.metrics.set_next_rotation(name, self._next_rotation(target, schedule, result))
-        self._plan(name, self._next_time(target, schedule, result))
+        self.metrics.set_next_rotation(name, result.next_rotation_at)
+        jitter = self.config.daemon.jitter
+        self._plan(name, with_jitter(result.next_run_at, self.clock.now(), jitter, self._rng))
         return result
-
-    def _failed(self, name: str, error: str) -> RotationResult:
-        """A run that never reached the engine still counts as a failed target
-        (``run --once`` exits non-zero), and is tried again soon."""
-        retry = self.clock.now() + _ERROR_RETRY
-        self._plan(name, retry)
-        return RotationResult(target=name, outcome=Outcome.FAILED, next_run_at=retry, error=error)
-
-    def _deferred(self, target: Target, schedule: Schedule) -> datetime | None:
-        if not schedule.windows and not schedule.freeze:
-            return None
-        status = self.engine.status(target)
-        if status.state != "due":  # only a fresh rotation waits for a window
-            return None
-        return defer_until(
-            self.clock.now(),
-            status.next_rotation_at,
-            status.expires_at,
-            schedule.windows,
-            schedule.freeze,
-            margin=safety_margin(target),
-        )
-
-    def _next_time(
-        self, target: Target, schedule: Schedule, result: RotationResult
-    ) -> datetime | None:
-        when = result.next_run_at
-        if when is None:
-            return None
-        # windows hold back fresh rotations only, never a retry after a failure
-        fresh = result.outcome is not Outcome.FAILED
-        if fresh and result.expires_at is not None and (schedule.windows or schedule.freeze):
-            due = result.expires_at - target.policy.renew_before
-            if when >= due:
-                allowed, _ = schedule_rotation(
-                    due, result.expires_at, schedule.windows, schedule.freeze,
-                    safety_margin(target),
-                )
-                when = max(when, allowed)
-        jitter = self.config.daemon.jitter.total_seconds()
-        if jitter > 0 and when > self.clock.now():
-            when += timedelta(seconds=self._rng.uniform(0, jitter))
-        return when
-
-    def _next_rotation(
-        self, target: Target, schedule: Schedule, result: RotationResult
-    ) -> datetime | None:
-        """When the next rotation attempt happens (the metric; retirements aside)."""
-        if result.outcome is Outcome.STUCK:
-            return None
-        if result.outcome is Outcome.FAILED or result.expires_at is None:
-            return result.next_run_at
-        due = result.expires_at - target.policy.renew_before
-        when, _ = schedule_rotation(
-            due, result.expires_at, schedule.windows, schedule.freeze, safety_margin(target)
-        )
-        return when
 
     def _plan(self, name: str, when: datetime | None) -> None:
         """(Re)schedule ``target:<name>`` at ``when`` on the engine's clock."""
@@ -459,13 +371,13 @@ def run_daemon(
     stop_event: threading.Event | None = None,
 ) -> int:
     """``rotator run`` (until stopped; returns 0) and ``rotator run --once``."""
+    if not once:
+        return serve(config, app.audit, lambda: app, stop_event=stop_event)
     lease = make_lease(app, config)
     webhook = _webhook(config)
     daemon = Daemon(app, config, lease=lease, webhook=webhook, stop_event=stop_event)
     try:
-        if once:
-            return _once(daemon)
-        return _forever(daemon, config)
+        return _once(daemon)
     finally:
         if webhook is not None:
             webhook.close()
@@ -491,19 +403,41 @@ def _once(daemon: Daemon) -> int:
     return exit_code(results)
 
 
-def _forever(daemon: Daemon, config: Config) -> int:
-    stop = daemon.stop_event
-    probe = discovery_probe(
-        config.zitadel.url, verify=tls_setting(config), timeout=min(
-            2.0, config.zitadel.timeout.total_seconds()
-        )
-    )
+@dataclass
+class _Starting:
+    """Readiness while the daemon cannot start yet: why, and since when."""
+
+    reason: str = "starting"
+
+    def readiness(self) -> Readiness:
+        return Readiness(checks=(Check("startup", ok=False, detail=self.reason),), role="starting")
+
+
+def serve(
+    config: Config,
+    audit: AuditLog,
+    build_app: Callable[[], App],
+    *,
+    stop_event: threading.Event | None = None,
+) -> int:
+    """The long-running daemon: health endpoints first, then the app.
+
+    A fault at start (ZITADEL or Vault unreachable, Vault sealed, a refused
+    login) does not end the process, which under Kubernetes would be a crash
+    loop: ``/healthz`` answers 200, ``/readyz`` 503 with the reason, and the
+    start is retried with backoff until it works.  Only a configuration
+    error (:class:`ConfigError`) ends it (exit 2).
+    """
+    stop = stop_event or threading.Event()
+    metrics = Metrics()
+    starting = _Starting()
+    readiness: list[Callable[[], Readiness]] = [starting.readiness]
     try:
         health = HealthServer(
             config.daemon.listen_host,
             config.daemon.listen_port,
-            readiness=lambda: daemon.readiness(probe),
-            metrics=daemon.metrics,
+            readiness=lambda: readiness[0](),  # noqa: PLW0108 - replaced once started
+            metrics=metrics,
         )
     except OSError as exc:
         raise ConfigError(
@@ -514,6 +448,56 @@ def _forever(daemon: Daemon, config: Config) -> int:
     previous = _install_signal_handlers(stop)
     health.start()
     log.info("health and metrics on http://%s:%d", config.daemon.listen_host, health.port)
+    try:
+        app = _start(build_app, audit, starting, stop)
+        if app is None:
+            return EXIT_OK  # stopped before it could start
+        probe = discovery_probe(
+            config.zitadel.url,
+            verify=tls_setting(config),
+            timeout=min(2.0, config.zitadel.timeout.total_seconds()),
+        )
+        webhook = _webhook(config)
+        daemon = Daemon(app, config, lease=make_lease(app, config), metrics=metrics,
+                        webhook=webhook, stop_event=stop)
+        readiness[0] = lambda: daemon.readiness(probe)
+        try:
+            return _forever(daemon, config)
+        finally:
+            if webhook is not None:
+                webhook.close()
+    finally:
+        health.stop()
+        _restore_signal_handlers(previous)
+
+
+#: Waits between start attempts: 1 s, doubling, at most a minute.
+_START_RETRY_BASE, _START_RETRY_CAP = 1.0, 60.0
+
+
+def _start(
+    build_app: Callable[[], App], audit: AuditLog, starting: _Starting, stop: threading.Event
+) -> App | None:
+    delay = _START_RETRY_BASE
+    attempt = 0
+    while not stop.is_set():
+        attempt += 1
+        try:
+            return build_app()
+        except ConfigError:
+            raise
+        except RotatorError as exc:
+            starting.reason = str(exc)
+            audit.emit("daemon.start_failed", outcome="failure", error=str(exc),
+                       error_type=type(exc).__name__, attempt=attempt,
+                       retry_in_s=round(delay, 1))
+        stop.wait(delay)
+        delay = min(delay * 2, _START_RETRY_CAP)
+    return None
+
+
+def _forever(daemon: Daemon, config: Config) -> int:
+    stop = daemon.stop_event
     try:
         daemon.start()
         daemon.app.audit.emit(
@@ -527,8 +511,6 @@ def _forever(daemon: Daemon, config: Config) -> int:
     finally:
         daemon.stop()
         daemon.app.audit.emit("daemon.stopped", identity=identity(config))
-        health.stop()
-        _restore_signal_handlers(previous)
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ rotation protocol never depends on a transport.
     │   ├── VaultUnavailable        unreachable, sealed, 5xx, 429: worth retrying
     │   ├── VaultPermissionDenied   the token's policy does not allow this path
     │   └── CasConflict             someone else wrote the secret since we read it
+    │       └── RotationInFlight    another rotator owns the target's rotation until its deadline
     ├── VerificationError           the new credential did not work at ZITADEL
     └── RotationStuck               too many failed attempts; a person must look
 
@@ -106,6 +107,10 @@ class VaultPermissionDenied(VaultError):
 
 class CasConflict(VaultError):
     """A check-and-set write lost: the secret changed since it was read."""
+
+
+class RotationInFlight(CasConflict):
+    """Another rotator runs this target's rotation and may until its deadline."""
 
 
 class VerificationError(RotatorError):

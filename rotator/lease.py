@@ -33,7 +33,7 @@ from typing import Any
 
 from rotator.clock import Clock, SystemClock
 from rotator.errors import CasConflict
-from rotator.store import SecretStore
+from rotator.ports import SecretStore
 
 log = logging.getLogger(__name__)
 

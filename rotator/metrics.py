@@ -6,8 +6,8 @@ in one process (tests) or a CLI run never share or double-register series.
 Sources, chosen so nothing is counted twice:
 
 * **gauges** (expiry, next rotation, last success, ready, stuck) are set from
-  what the engine reports: :class:`~rotator.rotation.RotationResult` after a
-  reconcile and :class:`~rotator.rotation.TargetStatus` from a status read;
+  what the engine reports: :class:`~rotator.report.RotationResult` after a
+  reconcile and :class:`~rotator.report.TargetStatus` from a status read;
 * **counters** (rotations by outcome, retries, failures) are driven by audit
   events (:meth:`on_audit`, subscribed to :class:`~rotator.audit.AuditLog`),
   which the engine emits exactly once per real event, whoever called it.
@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from rotator import __version__
-from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.report import Outcome, RotationResult, TargetStatus
 
 #: Engine states in which the consumer finds a valid credential and nothing failed.
 READY_STATES = frozenset({"ready", "grace", "due", "rotating"})

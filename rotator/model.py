@@ -1,13 +1,25 @@
-"""Plain data: what a target is, which policy applies, and the state the
-engine keeps for it in Vault.  No I/O here."""
+"""Plain data: what a target is, which policy and schedule apply, and what
+ZITADEL and Vault tell about credentials and secrets.  No I/O here.
+
+The interfaces that produce and consume these values are in
+:mod:`rotator.ports`; the engine's own bookkeeping is in :mod:`rotator.state`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from rotator.zitadel.base import CredentialKind
+if TYPE_CHECKING:  # windows.py imports this module at run time
+    from rotator.windows import FreezeWindow, RotationWindow
+
+
+class CredentialKind(StrEnum):
+    KEY = "key"
+    PAT = "pat"
 
 
 class Trigger(StrEnum):
@@ -31,6 +43,14 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    #: Rotations (not retirements) start only inside one of these; empty = any time.
+    windows: tuple[RotationWindow, ...] = ()
+    #: Rotations are held back inside any of these.
+    freeze: tuple[FreezeWindow, ...] = ()
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     user: str
@@ -40,3 +60,49 @@ class Target:
     policy: Policy = field(default_factory=Policy)
     #: Take over a credential found in ``vault_path`` that the rotator did not create.
     adopt: bool = False
+    #: When a fresh rotation may start (windows and freezes).
+    schedule: Schedule = field(default_factory=Schedule)
+
+
+# --------------------------------------------------------------------------- ZITADEL
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    org_id: str
+    username: str
+    active: bool = True
+    machine: bool = True
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What ZITADEL tells about a key or PAT: never secret."""
+
+    id: str
+    kind: CredentialKind
+    user_id: str
+    expires_at: datetime
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IssuedPat:
+    """A PAT as returned once by ZITADEL.  ``token`` is secret: kept out of repr."""
+
+    credential: Credential
+    token: str = field(repr=False)
+
+
+# --------------------------------------------------------------------------- Vault
+
+
+@dataclass(frozen=True)
+class StoredSecret:
+    """One KV v2 secret as read.  ``data`` may hold secret material: never log it."""
+
+    path: str
+    version: int
+    data: Mapping[str, Any] = field(repr=False)
+    custom_metadata: Mapping[str, str] = field(default_factory=dict)

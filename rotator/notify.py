@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from rotator.rotation import TargetStatus
+from rotator.report import TargetStatus
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,12 @@ def due_at(expires_at: datetime, policy: Policy) -> datetime:
     return expires_at - policy.renew_before
 
 
+def safety_margin(policy: Policy) -> timedelta:
+    """How long before expiry a rotation must start for the old credential to
+    keep its full grace and still be retired ``retire_margin`` before expiry."""
+    return policy.grace + policy.retire_margin
+
+
 def retire_at(promoted_at: datetime, old_expires_at: datetime, policy: Policy) -> datetime:
     """When the previous credential is removed from ZITADEL.
 

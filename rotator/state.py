@@ -59,6 +59,27 @@ class Pending:
     credential_id: str | None = None
     #: The consumer payload (key file or PAT record). Secret: never logged.
     secret: dict[str, str] | None = field(default=None, repr=False)
+    #: The process that runs this rotation; no other one touches it before ``deadline``.
+    owner: str = ""
+    deadline: datetime | None = None
+
+
+@dataclass
+class Orphan:
+    """A credential this rotator may have created and must remove.
+
+    Recorded when a rotation is given up.  ``credential_id`` is known when
+    ZITADEL answered the create; otherwise the credential is recognised by
+    its ``expires_at``, an instant unique to its rotation.  ZITADEL may still
+    carry out a create whose answer was lost, and its lists lag behind its
+    writes: the record is kept until ``watch_until`` even when nothing matches.
+    """
+
+    rotation_id: str
+    expires_at: datetime
+    created_after: datetime
+    watch_until: datetime
+    credential_id: str | None = None
 
 
 @dataclass
@@ -69,11 +90,27 @@ class TargetState:
     current: CredentialRef | None = None
     previous: PreviousCredential | None = None
     pending: Pending | None = None
+    orphans: list[Orphan] = field(default_factory=list)
+    #: Failed attempts in a row; ``permanent_failures`` of them count toward ``stuck``.
     failures: int = 0
+    permanent_failures: int = 0
     stuck: bool = False
     last_error: str | None = None
+    last_error_class: str | None = None
     next_attempt_at: datetime | None = None
     last_success_at: datetime | None = None
+    #: Fingerprint of the target's configuration when it last failed.
+    target_digest: str | None = None
+
+    def is_blank(self) -> bool:
+        """Nothing but failures recorded: no credential was ever handled."""
+        return (
+            self.current is None
+            and self.previous is None
+            and self.pending is None
+            and not self.orphans
+            and self.last_success_at is None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA_VERSION, **_encode(asdict(self))}
@@ -92,6 +129,10 @@ class TargetState:
             pending = _decode_fields(Pending, state.pending)
             pending["phase"] = Phase(pending["phase"])
             state.pending = Pending(**pending)
+        state.orphans = [
+            Orphan(**_decode_fields(Orphan, o)) if isinstance(o, dict) else o
+            for o in state.orphans
+        ]
         return state
 
 
@@ -102,6 +143,9 @@ _DATETIME_FIELDS = {
     "started_at",
     "next_attempt_at",
     "last_success_at",
+    "deadline",
+    "created_after",
+    "watch_until",
 }
 
 

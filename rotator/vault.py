@@ -54,7 +54,7 @@ from rotator.errors import (
     VaultPermissionDenied,
     VaultUnavailable,
 )
-from rotator.store import StoredSecret
+from rotator.model import StoredSecret
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _metadata_payload(custom_metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 class VaultStore:
-    """:class:`rotator.store.SecretStore` on one KV v2 mount."""
+    """:class:`rotator.ports.SecretStore` on one KV v2 mount."""
 
     def __init__(
         self,

@@ -32,15 +32,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import hvac
 from hvac.adapters import Adapter
 from hvac.api.auth_methods import AppRole, Kubernetes
 from hvac.api.auth_methods.token import Token
 
-from rotator.clock import Clock, SystemClock
+from rotator.clock import SystemClock
 from rotator.errors import ConfigError, VaultError, VaultPermissionDenied, VaultUnavailable
+from rotator.ports import Clock, VaultAuthMethod
 from rotator.vault import RetryPolicy, VaultStore, call_vault
 
 if TYPE_CHECKING:
@@ -104,17 +105,6 @@ class SecretSource:
         if not text:
             raise ConfigError(f"{what} from {self.describe()} is empty or not set")
         return text
-
-
-class AuthMethod(Protocol):
-    @property
-    def name(self) -> str:
-        """The method's name ("token", "approle", "kubernetes"), used in messages."""
-        ...
-
-    def login(self, client: hvac.Client, now: datetime) -> VaultToken:
-        """Obtain a token using ``client``'s connection; ``client`` itself is left as it is."""
-        ...
 
 
 def _adapter_with(client: hvac.Client, token: str | None) -> Adapter:
@@ -230,7 +220,7 @@ class Authenticator:
 
     def __init__(
         self,
-        method: AuthMethod,
+        method: VaultAuthMethod,
         *,
         clock: Clock | None = None,
         renew_fraction: float = 0.5,
@@ -324,8 +314,8 @@ class Authenticator:
 
 def method_from_config(
     config: VaultAuthConfig, environ: Mapping[str, str] | None = None
-) -> AuthMethod:
-    """The :class:`AuthMethod` for the ``vault.auth`` section of the configuration."""
+) -> VaultAuthMethod:
+    """The :class:`VaultAuthMethod` for the ``vault.auth`` section of the configuration."""
     method = config.method
     if method == "token":
         if config.token_file:

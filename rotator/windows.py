@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 
 from rotator.model import Target
-from rotator.policy import new_expiry, retire_at
+from rotator.policy import new_expiry, retire_at, safety_margin
 
 #: How far ahead :func:`next_allowed` searches when not given a limit.
 DEFAULT_SEARCH = timedelta(days=400)
@@ -260,30 +260,6 @@ def schedule_rotation(
     return when, ScheduleReason.DUE if when == due else ScheduleReason.WINDOW
 
 
-def defer_until(
-    now: datetime,
-    due_at: datetime | None,
-    expires_at: datetime | None,
-    windows: Sequence[RotationWindow],
-    freezes: Sequence[FreezeWindow],
-    *,
-    margin: timedelta,
-) -> datetime | None:
-    """For the daemon: None if a rotation due at ``due_at`` may start now, else when.
-
-    Not due yet, no expiry known, or no windows and freezes: None (the
-    engine decides).  Otherwise the start is pushed to the next allowed time
-    unless that would pass the latest safe time.
-    """
-    if due_at is None or expires_at is None or (not windows and not freezes):
-        return None
-    now = _aware(now, "now")
-    if _aware(due_at, "due_at") > now:
-        return None
-    when, _ = schedule_rotation(now, expires_at, windows, freezes, margin)
-    return when if when > now else None
-
-
 # --- projection (`rotator plan --horizon`) ----------------------------------------------
 
 
@@ -318,12 +294,6 @@ class PlannedRotation:
         return not self.problems
 
 
-def safety_margin(target: Target) -> timedelta:
-    """How long before expiry a rotation must start for the old credential to
-    keep its full grace and still be retired ``retire_margin`` before expiry."""
-    return target.policy.grace + target.policy.retire_margin
-
-
 def _fmt(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -331,7 +301,7 @@ def _fmt(t: datetime) -> str:
 def _config_problems(st: ScheduledTarget, now: datetime) -> list[str]:
     policy = st.target.policy
     problems: list[str] = []
-    margin = safety_margin(st.target)
+    margin = safety_margin(st.target.policy)
     if margin >= policy.renew_before:
         problems.append(
             f"grace + retire_margin ({margin}) is not shorter than renew_before "
@@ -359,7 +329,7 @@ def project(
     planned: list[PlannedRotation] = []
     for st in targets:
         policy = st.target.policy
-        margin = safety_margin(st.target)
+        margin = safety_margin(st.target.policy)
         config_problems = _config_problems(st, now)
         expires = st.expires_at.astimezone(UTC) if st.expires_at is not None else None
         first = True

@@ -29,7 +29,7 @@ def main() -> None:
 
     with build_kit(spec, audit_stream=sys.stdout) as kit:
         kit.engine.audit.subscribe(die)
-        result = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+        result = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
         print(f"result {result.outcome}", flush=True)
 
 

@@ -18,7 +18,8 @@ import hvac
 from rotator.audit import AuditLog
 from rotator.clock import OffsetClock
 from rotator.model import Policy, Target
-from rotator.rotation import Engine
+from rotator.engine import Engine
+from rotator.failures import Backoff
 from rotator.vault import VaultStore
 from rotator.zitadel.base import CredentialKind, ZitadelTransport
 from rotator.zitadel.oidc import OidcClient, TokenSource
@@ -103,9 +104,9 @@ def build_kit(spec: KitSpec, *, audit_stream: IO[str] | None = None) -> Iterator
         oidc,
         clock=clock,
         audit=AuditLog(stream),
-        max_attempts=spec.max_attempts,
-        retry_base=timedelta(seconds=1),
-        retry_cap=timedelta(seconds=4),
+        backoff=Backoff(
+            max_attempts=spec.max_attempts, base=timedelta(seconds=1), cap=timedelta(seconds=4)
+        ),
     )
     try:
         yield Kit(engine, store, transport, oidc, clock, stream)

@@ -421,7 +421,9 @@ def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
 ) -> None:
     try:
         emulator.set_faults(
-            rules=[{"method": m, "code": "internal"} for m in ("AddKey", "AddMachineKey")]
+            rules=[
+                {"method": m, "code": "permission_denied"} for m in ("AddKey", "AddMachineKey")
+            ]
         )
         first = setup.run("rotate", "billing")
         assert first.code == 1, first.output

@@ -38,7 +38,7 @@ from rotator.config import load_config
 from rotator.daemon import run_daemon
 from rotator.lease import LeaseRecord, VaultLease
 from rotator.model import Trigger
-from rotator.rotation import Outcome
+from rotator.report import Outcome
 from tests.harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,19 +327,36 @@ def test_a_failed_rotation_reaches_the_webhook_and_the_exit_code(
 
 
 def test_once_exits_4_when_a_target_is_stuck(setup: Setup) -> None:
-    user = setup.user("key")
+    """A permanent cause (here: no such user) makes a target stuck after max_attempts."""
     config = setup.config(
         "stuck",
+        [{"name": "billing", "user": "svc-nobody", "kind": "key", "vault_path": "apps/billing"}],
+        max_attempts=1,
+    )
+    app = setup.app(config)
+    try:
+        assert run_daemon(app, app.config, once=True) == 4
+        assert run_daemon(app, app.config, once=True) == 4  # stays stuck until forced
+    finally:
+        app.close()
+
+
+def test_once_a_transient_fault_never_makes_a_target_stuck(setup: Setup) -> None:
+    user = setup.user("key")
+    config = setup.config(
+        "transient",
         [{"name": "billing", "user": user, "kind": "key", "vault_path": "apps/billing"}],
         max_attempts=1,
     )
     app = setup.app(config)
     setup.emulator.set_faults(rules=[{"method": "AddKey", "code": "internal", "rate": 1.0}])
     try:
-        assert run_daemon(app, app.config, once=True) == 4
-        setup.emulator.clear_faults()
-        assert run_daemon(app, app.config, once=True) == 4  # stays stuck until forced
+        assert run_daemon(app, app.config, once=True) == 1
+        status = app.engine.status(app.config.targets[0])
+        assert status.state == "failing"
+        assert status.failures == 1
     finally:
+        setup.emulator.clear_faults()
         app.close()
 
 
@@ -591,7 +608,7 @@ def test_the_rotator_rotates_its_own_key_and_keeps_working(setup: Setup) -> None
         seed = setup.app(config, back=BACK)
         try:
             target = seed.config.targets[0]
-            result = seed.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+            result = seed.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
             assert result.outcome is Outcome.ROTATED, result
         finally:
             seed.close()

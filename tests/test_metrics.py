@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rotator.audit import AuditLog
 from rotator.metrics import Metrics
-from rotator.rotation import Outcome, RotationResult, TargetStatus
+from rotator.report import Outcome, RotationResult, TargetStatus
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 EXPIRES = datetime(2026, 12, 23, tzinfo=UTC)

@@ -16,7 +16,7 @@ import pytest
 
 from rotator.audit import AuditLog
 from rotator.notify import Webhook, expiring
-from rotator.rotation import TargetStatus
+from rotator.report import TargetStatus
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

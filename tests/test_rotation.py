@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 
 from rotator.errors import RotatorError
-from rotator.model import Trigger
-from rotator.rotation import Outcome
+from rotator.model import Schedule, Trigger
+from rotator.report import Outcome
+from rotator.windows import RotationWindow
 from rotator.zitadel.base import CredentialKind
 from rotator.zitadel.oidc import OidcClient
 from tests.enginekit import TEST_POLICY, Kit, KitSpec, build_kit
 
 DAY = 24 * 3600
+HOUR = timedelta(hours=1)
 #: For tests where verification must give up fast.
 QUICK_VERIFY = replace(TEST_POLICY, verify_timeout=timedelta(seconds=1))
 
@@ -222,7 +224,7 @@ def test_plan_and_dry_run_change_nothing(kit: Kit, spec: KitSpec, emulator: Any)
         kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
     )
     snapshot = emulator.state()
-    dry = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True, dry_run=True)
+    dry = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, dry_run=True)
     assert dry.outcome is Outcome.DRY_RUN
     assert any(a.startswith("rotate at") for a in dry.actions)
     assert emulator.state() == snapshot
@@ -317,7 +319,9 @@ def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(
     assert live_ids(kit, target.kind, target.user) == set(created)  # could not be removed yet
     raw = kit.store.read(kit.engine.state_path(target))
     assert raw is not None
-    assert raw.data["pending"]["phase"] == "abandoned"  # ... but it is not forgotten
+    # ... but it is not forgotten: an orphan record holds it until ZITADEL removed it
+    assert raw.data["pending"] is None
+    assert [o["credential_id"] for o in raw.data["orphans"]] == created
 
     assert failed.next_run_at is not None
     advance(kit, emulator, (failed.next_run_at - kit.clock.now()).total_seconds() + 1)
@@ -394,7 +398,7 @@ def test_the_rotators_own_key_from_a_file_is_never_retired(
     target = spec.key_target()
     first = kit.engine.reconcile(target, trigger=Trigger.CLI)
     # the rotator signs in with this very key, read from a file it cannot update
-    kit.engine.own_key_id = lambda: first.credential_id
+    kit.engine.rotation.own_key_id = lambda: first.credential_id
     advance(kit, emulator, 21 * DAY)
     assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
     advance(kit, emulator, DAY + 60)
@@ -441,9 +445,10 @@ def test_a_closed_window_holds_back_a_rotation_but_not_a_retirement(
     second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     # the operator shortened the lifetime: the new key is due again already
     shorter = replace(TEST_POLICY, renew_before=timedelta(days=29, hours=12))
-    target = spec.key_target(policy=shorter)
+    new_year_only = Schedule(windows=(RotationWindow(cron="0 2 1 1 *", duration=HOUR),))
+    target = spec.key_target(policy=shorter, schedule=new_year_only)
     advance(kit, emulator, DAY + 60)  # the previous key's grace is over
-    held = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE, rotate=False)
+    held = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     assert held.outcome is Outcome.RETIRED
     assert live_ids(kit, target.kind, target.user) == {second.credential_id}
     assert first.credential_id != second.credential_id
@@ -453,10 +458,10 @@ def test_a_closed_window_holds_back_a_rotation_but_not_a_retirement(
 def test_repeated_failures_make_a_target_stuck_until_forced(
     kit: Kit, spec: KitSpec, emulator: Any
 ) -> None:
-    kit.engine.max_attempts = 2
+    kit.engine.failures.backoff = replace(kit.engine.backoff, max_attempts=2)
     target = spec.pat_target()
     method = "AddPersonalAccessToken"
-    emulator.set_faults(rules=[{"method": method, "code": "unavailable", "rate": 1.0}])
+    emulator.set_faults(rules=[{"method": method, "code": "permission_denied", "rate": 1.0}])
     first = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     assert first.outcome is Outcome.FAILED
     assert first.next_run_at is not None
@@ -469,7 +474,7 @@ def test_repeated_failures_make_a_target_stuck_until_forced(
     assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.STUCK
     assert "target.stuck" in kit.event_names()
     # ... until a person forces it
-    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, force=True)
+    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, unstick=True)
     assert forced.outcome is Outcome.ROTATED
     assert kit.engine.status(target).state == "ready"
 
@@ -646,7 +651,7 @@ def test_a_consumer_can_authenticate_at_every_moment_of_a_rotation(
         try:
             for _ in range(2):
                 assert (
-                    kit.engine.reconcile(target, trigger=Trigger.CLI, force=True).outcome
+                    kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True).outcome
                     is Outcome.ROTATED
                 )
         finally:

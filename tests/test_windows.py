@@ -23,7 +23,6 @@ from rotator.windows import (
     RotationWindow,
     ScheduledTarget,
     ScheduleReason,
-    defer_until,
     is_allowed,
     next_allowed,
     project,
@@ -260,27 +259,6 @@ def test_scheduled_start_is_never_before_due_nor_after_the_safe_time_unless_over
         if reason is not ScheduleReason.NO_WINDOW_BEFORE_EXPIRY:
             assert is_allowed(when, windows, [HOLIDAYS])
         due += timedelta(hours=5)
-
-
-@pytest.mark.parametrize(
-    ("now", "due", "expected"),
-    [
-        ("2026-11-28T09:00", "2026-12-01T00:00", None),  # not due yet: the engine decides
-        ("2026-11-23T01:30", "2026-11-20T00:00", None),  # overdue and inside a window: now
-        ("2026-11-28T09:00", "2026-11-27T00:00", "2026-11-30T01:00"),  # overdue, weekend: Monday
-        ("2026-12-08T09:00", "2026-11-27T00:00", None),  # past the latest safe time: now
-    ],
-)
-def test_defer_until(now: str, due: str, expected: str | None) -> None:
-    result = defer_until(utc(now), utc(due), EXPIRY, [WEEKDAY_NIGHTS], [], margin=MARGIN)
-    assert result == (utc(expected) if expected else None)
-
-
-def test_defer_until_without_windows_never_defers() -> None:
-    assert (
-        defer_until(utc("2026-11-28T09:00"), utc("2026-11-27T00:00"), EXPIRY, [], [], margin=MARGIN)
-        is None
-    )
 
 
 # --- configuration errors name the field ---------------------------------------------------

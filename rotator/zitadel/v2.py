@@ -60,7 +60,7 @@ from rotator.errors import (
     ZitadelRejected,
     ZitadelUnauthenticated,
 )
-from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
+from rotator.model import Credential, CredentialKind, IssuedPat, User
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.oidc import http_status_code_name, untrusted_certificate, untrusted_detail
 
@@ -136,7 +136,7 @@ def _to_user(found: UserServiceUser, asked: str) -> User:
 
 
 class UserServiceTransport:
-    """:class:`rotator.zitadel.base.ZitadelTransport` on ZITADEL's v2 UserService.
+    """:class:`rotator.ports.ZitadelTransport` on ZITADEL's v2 UserService.
 
     ``token`` returns the bearer token to use (called before every request;
     cache in the callable).  If it also has an ``invalidate()`` method, a call

@@ -26,6 +26,8 @@ INJECTABLE: dict[str, str] = {
     "deadline_exceeded": "emulator: injected deadline exceeded",
     "unknown": "emulator: injected unknown error",
     "aborted": "emulator: injected aborted",
+    # a permanent cause: the rotator's identity lost its grant
+    "permission_denied": "No matching permissions found (AUTH-5mWD2)",
 }
 
 

@@ -35,7 +35,8 @@ from rotator.errors import (
     ZitadelNotFound,
     ZitadelRejected,
 )
-from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User, ZitadelTransport
+from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.ports import ZitadelTransport
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.v1.gen import (
     zitadel_authn_v1_pb2 as authn_pb,
@@ -180,7 +181,7 @@ def _credential(message: Any, kind: CredentialKind, user_id: str) -> Credential:
 
 
 class ManagementTransport:
-    """:class:`rotator.zitadel.base.ZitadelTransport` over ManagementService v1.
+    """:class:`rotator.ports.ZitadelTransport` over ManagementService v1.
 
     ``endpoint`` is the gRPC address (see :func:`parse_endpoint`); ZITADEL
     serves gRPC on its HTTP port, so that is usually the issuer URL.

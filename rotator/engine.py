@@ -1,0 +1,226 @@
+"""The engine: one entry point per target for the daemon and the CLI.
+
+:meth:`Engine.reconcile` loads a target's state, runs the rotation protocol
+(:mod:`rotator.rotation`) on it, and turns whatever went wrong into a
+recorded failure (:mod:`rotator.failures`) and a :class:`RotationResult`;
+:meth:`Engine.status` and :meth:`Engine.plan` report without acting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from rotator import consumer, failures, planner, report
+from rotator.audit import AuditLog
+from rotator.errors import RotatorError
+from rotator.failures import Backoff, FailureBook, FailureClass
+from rotator.kinds import ops_for
+from rotator.model import Target, Trigger, User
+from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
+from rotator.report import Outcome, RotationResult, TargetStatus
+from rotator.rotation import Rotation, Run
+from rotator.state import TargetState
+
+
+class Engine:
+    def __init__(
+        self,
+        transport: ZitadelTransport,
+        store: SecretStore,
+        verifier: Verifier,
+        *,
+        clock: Clock,
+        audit: AuditLog,
+        state_prefix: str = "zitadel-rotator",
+        backoff: Backoff | None = None,
+        identity: str = "rotator",
+        intent_timeout: timedelta = timedelta(seconds=30),
+        orphan_watch: timedelta = timedelta(minutes=15),
+        own_key_id: Callable[[], str | None] | None = None,
+    ) -> None:
+        self.transport, self.store, self.clock, self.audit = transport, store, clock, audit
+        self.state_prefix = state_prefix.strip("/")
+        self.backoff = backoff or Backoff()
+        self.failures = FailureBook(store, self.backoff, self.state_path)
+        self.rotation = Rotation(
+            transport,
+            store,
+            verifier,
+            clock=clock,
+            state_path=self.state_path,
+            identity=identity,
+            intent_timeout=intent_timeout,
+            orphan_watch=orphan_watch,
+            own_key_id=own_key_id,
+        )
+        #: Users resolved once per process: a user's id and org never change.
+        self._users: dict[tuple[str | None, str], User] = {}
+
+    def state_path(self, target: Target) -> str:
+        return f"{self.state_prefix}/targets/{target.name}"
+
+    def reconcile(
+        self,
+        target: Target,
+        *,
+        trigger: Trigger,
+        rotate_now: bool = False,
+        unstick: bool = False,
+        dry_run: bool = False,
+    ) -> RotationResult:
+        """Bring ``target`` to its desired state (see :mod:`rotator.rotation`).
+
+        ``rotate_now`` starts a rotation whether due or not, windows or not;
+        ``unstick`` clears ``stuck`` (a person fixed the cause).  Errors do not
+        propagate: they are recorded and returned as ``FAILED`` / ``STUCK``.
+        """
+        now = self.clock.now()
+        waiting = self.failures.waiting(target, now)
+        if waiting is not None and not (rotate_now or unstick or dry_run):
+            return self._failed(target, waiting)
+        try:
+            user = self._user(target)
+            state, version = self._load(target, user)
+        except RotatorError as exc:
+            return self._early_failure(target, exc)
+        self.failures.forget(target)
+        if dry_run:
+            reason = self.rotation.rotation_reason(target, state, user)
+            return report.plan(target, state, reason, now)
+
+        run = Run(target, trigger, user, ops_for(target.kind), self.audit, started=now)
+        try:
+            state, version, stopped = self.rotation.converge(
+                run, state, version, rotate_now=rotate_now, unstick=unstick
+            )
+        except RotatorError as exc:
+            return self._fail(run, exc)
+        if stopped is not None:
+            return self._result(run, state, stopped, error=state.last_error)
+        if failures.clear(state):
+            state, version = self.rotation.save(target, state, version)
+        outcome = Outcome.UP_TO_DATE
+        if run.rotated:
+            outcome = Outcome.ROTATED
+        elif run.retired:
+            outcome = Outcome.RETIRED
+        return self._result(run, state, outcome)
+
+    def plan(self, target: Target) -> RotationResult:
+        return self.reconcile(target, trigger=Trigger.CLI, dry_run=True)
+
+    def status(self, target: Target) -> TargetStatus:
+        raw = self.store.read(self.state_path(target))
+        secret = self.store.read(target.vault_path)
+        state = TargetState.from_dict(dict(raw.data)) if raw else self.failures.remembered(target)
+        version = secret.version if secret else None
+        return report.status(target, state, version, self.clock.now())
+
+    # ------------------------------------------------------------ state
+
+    def _user(self, target: Target) -> User:
+        key = (target.org_id, target.user)
+        if key not in self._users:
+            self._users[key] = self.transport.resolve_user(target.user, target.org_id)
+        return self._users[key]
+
+    def _load(self, target: Target, user: User) -> tuple[TargetState, int]:
+        raw = self.store.read(self.state_path(target))
+        state = TargetState.from_dict(dict(raw.data)) if raw else None
+        if state is not None:
+            failures.forgive_if_changed(state, target)
+        if state is None or state.is_blank():
+            # first run, lost state, or only failures so far: what does Vault hold?
+            state = state or TargetState(target=target.name, kind=target.kind.value, user_id="")
+            existing = self.store.read(target.vault_path)
+            if existing is not None:
+                listed = ops_for(target.kind).list(self.transport, user)
+                state.current = consumer.adopt(target, existing, listed)
+        state.user_id = state.user_id or user.id
+        return state, raw.version if raw else 0
+
+    # ------------------------------------------------------------ failures
+
+    def _fail(self, run: Run, exc: RotatorError) -> RotationResult:
+        if failures.classify(exc) is FailureClass.CONFLICT:
+            # Another rotator acts on this target: it owns the rotation, and
+            # writing our failure would only make it fail too.
+            run.emit("rotation.yielded", outcome="conflict", error=str(exc))
+            return RotationResult(
+                target=run.target.name,
+                outcome=Outcome.FAILED,
+                rotation_id=run.rotation_id,
+                error=str(exc),
+                next_run_at=self.clock.now() + self.backoff.base,
+            )
+        state, failure = self.failures.record(run.target, exc, self.clock.now())
+        self._emit_failure(failure, exc, run.emit)
+        outcome = Outcome.STUCK if failure.stuck else Outcome.FAILED
+        return self._result(run, state, outcome, error=str(exc))
+
+    def _early_failure(self, target: Target, exc: RotatorError) -> RotationResult:
+        """Failed before the target's state could be read (user unknown, foreign
+        secret, Vault sealed): recorded all the same."""
+        state, failure = self.failures.record(target, exc, self.clock.now(), early=True)
+
+        def emit(event: str, **fields: Any) -> None:
+            self.audit.emit(
+                event,
+                target=target.name,
+                kind=target.kind.value,
+                vault_path=target.vault_path,
+                **fields,
+            )
+
+        self._emit_failure(failure, exc, emit)
+        return self._failed(target, state)
+
+    @staticmethod
+    def _emit_failure(
+        failure: failures.Failure, exc: RotatorError, emit: Callable[..., None]
+    ) -> None:
+        retry = failure.next_attempt_at
+        emit(
+            "rotation.failed",
+            outcome="failure",
+            error=failure.error,
+            error_type=type(exc).__name__,
+            failure_class=failure.cls.value,
+            attempt=failure.attempt,
+            next_attempt_at=retry.isoformat() if retry else None,
+        )
+        if failure.stuck:
+            emit(
+                "target.stuck",
+                outcome="stuck",
+                attempt=failure.attempt,
+                error=failure.error,
+                failure_class=failure.cls.value,
+            )
+
+    def _failed(self, target: Target, state: TargetState) -> RotationResult:
+        return RotationResult(
+            target=target.name,
+            outcome=Outcome.STUCK if state.stuck else Outcome.FAILED,
+            error=state.last_error,
+            next_run_at=state.next_attempt_at,
+            next_rotation_at=state.next_attempt_at,
+        )
+
+    def _result(
+        self, run: Run, state: TargetState, outcome: Outcome, *, error: str | None = None
+    ) -> RotationResult:
+        planned = planner.next_run(state, run.target.policy, run.target.schedule, self.clock.now())
+        return RotationResult(
+            target=run.target.name,
+            outcome=outcome,
+            rotation_id=run.rotation_id,
+            credential_id=state.current.id if state.current else None,
+            previous_credential_id=state.previous.id if state.previous else None,
+            expires_at=state.current.expires_at if state.current else None,
+            next_run_at=planned.at,
+            next_rotation_at=planned.rotation_at,
+            error=error,
+        )

@@ -1,0 +1,117 @@
+"""Per-kind operations: how a key or a PAT is created, listed, removed and
+proven to work.  The rotation protocol calls these and never asks which kind
+it holds; a new kind of credential is one new class here.
+
+The *payload* is what a consumer reads from Vault: the key file for a key
+(byte-for-byte the JSON ZITADEL's console hands out), the token record for a
+PAT.  It is secret material: never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from rotator.errors import VerificationError
+from rotator.keys import build_key_file, generate_key_pair
+from rotator.model import Credential, CredentialKind, User
+from rotator.ports import Verifier, ZitadelTransport
+
+Payload = dict[str, str]
+
+
+class CredentialOps(Protocol):
+    kind: CredentialKind
+    #: How people call it, and how :meth:`verify` proves it works (for messages).
+    label: str
+    proof: str
+
+    def create(
+        self, transport: ZitadelTransport, user: User, expires_at: datetime
+    ) -> tuple[Credential, Payload]:
+        """Create a credential expiring at exactly ``expires_at``; return it and its payload."""
+        ...
+
+    def list(self, transport: ZitadelTransport, user: User) -> list[Credential]: ...
+
+    def remove(self, transport: ZitadelTransport, user: User, credential_id: str) -> None:
+        """Raises ZitadelNotFound when it does not exist."""
+        ...
+
+    def verify(self, verifier: Verifier, payload: Mapping[str, Any]) -> None:
+        """Raise VerificationError unless the payload authenticates at ZITADEL."""
+        ...
+
+    def credential_id(self, payload: Mapping[str, Any]) -> str | None:
+        """The id of the credential a consumer payload holds."""
+        ...
+
+
+class KeyOps:
+    kind = CredentialKind.KEY
+    label = "key"
+    proof = "jwt-bearer token exchange and userinfo"
+
+    def create(
+        self, transport: ZitadelTransport, user: User, expires_at: datetime
+    ) -> tuple[Credential, Payload]:
+        pair = generate_key_pair()
+        credential = transport.add_key(user, pair.public_key_pem, expires_at)
+        key_file = build_key_file(credential.id, user.id, pair.private_key_pem, expires_at)
+        return credential, dict(key_file)
+
+    def list(self, transport: ZitadelTransport, user: User) -> list[Credential]:
+        return transport.list_keys(user)
+
+    def remove(self, transport: ZitadelTransport, user: User, credential_id: str) -> None:
+        transport.remove_key(user, credential_id)
+
+    def verify(self, verifier: Verifier, payload: Mapping[str, Any]) -> None:
+        verifier.verify_key(payload)
+
+    def credential_id(self, payload: Mapping[str, Any]) -> str | None:
+        value = payload.get("keyId")
+        return str(value) if value else None
+
+
+class PatOps:
+    kind = CredentialKind.PAT
+    label = "PAT"
+    proof = "userinfo"
+
+    def create(
+        self, transport: ZitadelTransport, user: User, expires_at: datetime
+    ) -> tuple[Credential, Payload]:
+        issued = transport.add_pat(user, expires_at)
+        payload = {
+            "token": issued.token,
+            "token_id": issued.credential.id,
+            "user_id": user.id,
+            "expires_at": expires_at.isoformat(),
+        }
+        return issued.credential, payload
+
+    def list(self, transport: ZitadelTransport, user: User) -> list[Credential]:
+        return transport.list_pats(user)
+
+    def remove(self, transport: ZitadelTransport, user: User, credential_id: str) -> None:
+        transport.remove_pat(user, credential_id)
+
+    def verify(self, verifier: Verifier, payload: Mapping[str, Any]) -> None:
+        token = payload.get("token")
+        if not isinstance(token, str) or not token:
+            raise VerificationError("the secret holds no PAT (no `token` field)")
+        user_id = payload.get("user_id")
+        verifier.verify_pat(token, str(user_id) if user_id else None)
+
+    def credential_id(self, payload: Mapping[str, Any]) -> str | None:
+        value = payload.get("token_id")
+        return str(value) if value else None
+
+
+_OPS: dict[CredentialKind, CredentialOps] = {ops.kind: ops for ops in (KeyOps(), PatOps())}
+
+
+def ops_for(kind: CredentialKind) -> CredentialOps:
+    return _OPS[kind]
