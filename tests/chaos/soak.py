@@ -9,7 +9,6 @@ seed replay a run (``CHAOS_SEED=...``), up to the timing of real processes.
 from __future__ import annotations
 
 import random
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,7 +100,7 @@ class Soak:
         harness's, not a finding."""
         for api in ("v1", "v2"):
             proc = self.world.spawn(api, "rotate", "--all", label=f"bootstrap-{api}")
-            code = proc.popen.wait(timeout=ONE_SHOT_DEADLINE_S)
+            code = proc.wait(timeout=ONE_SHOT_DEADLINE_S)
             if code != 0:
                 raise RuntimeError(f"bootstrap rotate ({api}) exited {code}: "
                                    + proc.err.read_text(errors="replace")[-2000:])
@@ -217,9 +216,7 @@ class Soak:
                 self.world.bao.unseal()
         for proc in procs:
             left = ONE_SHOT_DEADLINE_S - (time.monotonic() - proc.started)
-            try:
-                proc.popen.wait(timeout=max(1.0, left))
-            except subprocess.TimeoutExpired:
+            if proc.wait(timeout=max(1.0, left)) is None:
                 proc.kill()
                 self._record(self.figures.steps, [checks.Violation(
                     "hang", proc.label, f"still running after {ONE_SHOT_DEADLINE_S:.0f}s")])
@@ -244,7 +241,7 @@ class Soak:
         for _ in range(2):
             for api in ("v1", "v2"):
                 proc = self.world.spawn(api, "run", "--once", label=f"{api}-converge")
-                proc.popen.wait(timeout=ONE_SHOT_DEADLINE_S)
+                proc.wait(timeout=ONE_SHOT_DEADLINE_S)
         self._note("converge: two fault-free `run --once` passes")
         final = self.profile.steps + 1
         self._record(final, checks.check_step(self.world, final=True))

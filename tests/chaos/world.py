@@ -85,28 +85,90 @@ class WebhookSink:
         self.server.server_close()
 
 
+class Zygote:
+    """The harness side of ``zygote.py``: spawns rotator processes by fork and
+    learns their exit codes."""
+
+    def __init__(self, log: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        with log.open("ab") as err:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.zygote"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=err, cwd=REPO_ROOT, env=env,
+                preexec_fn=die_with_parent)  # noqa: PLW1509
+        assert self.popen.stdout is not None
+        ready = self.popen.stdout.readline()
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"zygote did not start: {ready!r}; see {log}")
+        self._cond = threading.Condition()
+        self._pids: list[int] = []
+        self.exits: dict[int, int] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            words = raw.decode().split()
+            with self._cond:
+                if words[:1] == ["pid"]:
+                    self._pids.append(int(words[1]))
+                elif words[:1] == ["exit"]:
+                    self.exits[int(words[1])] = int(words[2])
+                self._cond.notify_all()
+
+    def spawn(self, argv: list[str], env: dict[str, str], out: Path, err: Path) -> int:
+        assert self.popen.stdin is not None
+        line = json.dumps({"argv": argv, "env": env, "out": str(out), "err": str(err)})
+        with self._cond:
+            self.popen.stdin.write(line.encode() + b"\n")
+            self.popen.stdin.flush()
+            if not self._cond.wait_for(lambda: bool(self._pids), timeout=30):
+                raise RuntimeError("zygote did not fork")
+            return self._pids.pop(0)
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self.exits, timeout=timeout)
+            return self.exits.get(pid)
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+
+
 @dataclass(eq=False)
 class Proc:
-    """One rotator process; stdout and stderr go to files (scanned for secrets)."""
+    """One rotator process (a real OS process, forked by the zygote); stdout and
+    stderr go to files, scanned for secrets."""
 
     label: str
     argv: list[str]
-    popen: subprocess.Popen[bytes]
+    pid: int
+    zygote: Zygote = field(repr=False)
     out: Path
     err: Path
     started: float = field(default_factory=time.monotonic)
     killed: bool = False
 
     def kill(self) -> None:
-        """SIGKILL, only this process (by its own pid)."""
-        if self.popen.poll() is None:
+        """SIGKILL this process (by its own pid) and wait until it is reaped."""
+        if self.alive():
             self.killed = True
-            self.popen.send_signal(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.zygote.wait(self.pid, timeout=10)
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.pid not in self.zygote.exits
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code (negative: the signal), or None while still running."""
+        return self.zygote.wait(self.pid, timeout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.zygote.exits.get(self.pid)
 
 
 class World:
@@ -132,6 +194,7 @@ class World:
         self.audit_files = {api: root / f"audit-{api}.jsonl" for api in ("v1", "v2")}
         self.configs = {api: self._write_config(api) for api in ("v1", "v2")}
         self.procs: list[Proc] = []
+        self.zygote = Zygote(root / "zygote.log")
         self._seq = 0
         self.fault_spec: dict[str, Any] = {}
         self.faults_fired = 0
@@ -215,12 +278,9 @@ class World:
         env.update({TOKEN_ENV: self.bao.root_token, "ROTATOR_CLOCK_OFFSET_FILE":
                     str(self.offset_file), "PYTHONPATH": str(REPO_ROOT)})
         env.pop("VAULT_TOKEN", None)
-        argv = [sys.executable, "-m", "rotator", "--config", str(self.configs[api]), *args]
-        with out.open("wb") as o, err.open("wb") as e:
-            popen = subprocess.Popen(argv, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
-                                     cwd=REPO_ROOT, env=env,
-                                     preexec_fn=die_with_parent)  # noqa: PLW1509
-        proc = Proc(label, argv, popen, out, err)
+        argv = ["--config", str(self.configs[api]), *args]
+        pid = self.zygote.spawn(argv, env, out, err)
+        proc = Proc(label, argv, pid, self.zygote, out, err)
         self.procs.append(proc)
         return proc
 
@@ -237,6 +297,7 @@ class World:
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
+        self.zygote.close()
         self.webhook.close()
         self.emulator.close()
         self.bao.stop()
