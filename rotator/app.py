@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from rotator import vault_auth
 from rotator.audit import AuditLog
-from rotator.clock import Clock, SystemClock
+from rotator.clock import Clock, system_clock
 from rotator.config import Config
 from rotator.engine import Engine
 from rotator.errors import (
@@ -307,7 +307,7 @@ def build(
     With ``probe_api=False`` (commands that do not use the management API)
     ``zitadel.api: auto`` is resolved only if the transport is used.
     """
-    clock = clock or SystemClock()
+    clock = clock or system_clock()  # ROTATOR_CLOCK_OFFSET_FILE: testing hook (clock.py)
     check_audit_file(config)
     audit = audit or AuditLog(file=config.audit.file)
     closers: list[Callable[[], None]] = []

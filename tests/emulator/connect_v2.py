@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.emulator import domain as dm
 from tests.emulator.errors import EmuError
+from tests.emulator.faults import DropConnection
 from tests.emulator.protojson import Enum, F, Msg, b64, camel, clean, decode, enum_out, ts, u64
 
 SERVICE = "zitadel.user.v2.UserService"
@@ -484,7 +485,7 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
     if method not in HANDLERS or (no_v2_keys and method in V4_ONLY):
         return _not_found()
     try:
-        domain.faults.check(method)
+        after = domain.faults.check(method)
     except EmuError as err:
         return error_response(err)
     if http_method != "POST":
@@ -502,8 +503,12 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
         caller = domain.authenticate(headers.get("authorization"), headers.get("x-zitadel-orgid"))
         validate(method, req)
         result = HANDLERS[method](domain, caller, req)
+        if after is not None:
+            after.apply()  # ZITADEL acted; the answer is late, lost or dropped
     except EmuError as err:
         return error_response(err)
+    except DropConnection:
+        raise  # an injected lost answer: the server closes the connection
     except Exception:  # a bug in the emulator: answer like ZITADEL's internal errors
         import traceback
 

@@ -98,7 +98,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.emulator import keys as keymat
 from tests.emulator import times
@@ -546,6 +546,9 @@ def _fmt_opt(instant: int | None) -> str | None:
 
 def _opaque_token() -> str:
     return keymat.b64url(secrets.token_bytes(48))
+
+
+_Listed = TypeVar("_Listed", MachineKey, Pat)
 
 
 class Domain:
@@ -1134,8 +1137,8 @@ class Domain:
     def list_machine_keys_v1(self, caller: Caller, user_id: str, offset: int,
                              limit: int) -> tuple[int, list[MachineKey]]:
         """Enabled keys of the user in the ctx org, expired included, insertion order."""
-        found = self._keys_where("user_id = ? AND org_id = ? AND removed_at IS NULL",
-                                 user_id, caller.ctx_org_id)
+        found = self._listed(self._keys_where(
+            "user_id = ? AND org_id = ? AND removed_at IS NULL", user_id, caller.ctx_org_id))
         return len(found), _page(found, offset, limit)
 
     def get_machine_key_v1(self, caller: Caller, user_id: str, key_id: str) -> MachineKey:
@@ -1157,8 +1160,8 @@ class Domain:
 
     def list_pats_v1(self, caller: Caller, user_id: str, offset: int,
                      limit: int) -> tuple[int, list[Pat]]:
-        found = self._pats_where("user_id = ? AND org_id = ? AND removed_at IS NULL",
-                                 user_id, caller.ctx_org_id)
+        found = self._listed(self._pats_where(
+            "user_id = ? AND org_id = ? AND removed_at IS NULL", user_id, caller.ctx_org_id))
         return len(found), _page(found, offset, limit)
 
     def get_pat_v1(self, caller: Caller, user_id: str, token_id: str) -> Pat:
@@ -1207,6 +1210,16 @@ class Domain:
                            [(user.id, k) for k in keys])
         return Details(seq, now, now, user.org_id)
 
+    def _listed(self, items: list[_Listed]) -> list[_Listed]:
+        """What a list query sees: with ``list_lag_ms`` (admin fault config) a
+        credential created less than that long ago (emulator time) is not in the
+        list projection yet - ZITADEL's lists are eventually consistent."""
+        lag_ns = self.faults.list_lag_ms * 1_000_000
+        if lag_ns <= 0:
+            return items
+        now = self.now()
+        return [i for i in items if i.created + lag_ns <= now]
+
     # --- v2 UserService handlers -------------------------------------------------------
 
     def add_key_v2(self, caller: Caller, user_id: str, expiration: int,
@@ -1227,7 +1240,7 @@ class Domain:
 
     def list_keys_v2(self, caller: Caller, filters: Sequence[ResourceFilter], sorting: int,
                      offset: int, limit: int, asc: bool) -> tuple[int, int, list[MachineKey]]:
-        return self._list_resources_v2(caller, self._keys_where("removed_at IS NULL"),
+        return self._list_resources_v2(caller, self._listed(self._keys_where("removed_at IS NULL")),
                                        filters, sorting, offset, limit, asc)
 
     def add_pat_v2(self, caller: Caller, user_id: str, expiration: int) -> AddedPat:
@@ -1247,7 +1260,7 @@ class Domain:
 
     def list_pats_v2(self, caller: Caller, filters: Sequence[ResourceFilter], sorting: int,
                      offset: int, limit: int, asc: bool) -> tuple[int, int, list[Pat]]:
-        return self._list_resources_v2(caller, self._pats_where("removed_at IS NULL"),
+        return self._list_resources_v2(caller, self._listed(self._pats_where("removed_at IS NULL")),
                                        filters, sorting, offset, limit, asc)
 
     def _list_resources_v2(self, caller: Caller, items: list[Any],

@@ -4,6 +4,24 @@ Every transport calls ``faults.check(method)`` once per request, before any
 other processing, with the bare method name ("AddKey", "AddMachineKey",
 "token", "userinfo", "introspect", ...).  The check may sleep (latency) and
 may raise ``EmuError`` with the configured code.
+
+A rule's ``mode`` says when it strikes:
+
+- ``fail`` (default): before anything happens; ZITADEL does nothing.
+- ``slow``: ZITADEL performs and commits the action, then answers only after
+  ``latency_ms`` - beyond the client's deadline, the client gives up on a
+  credential that exists.
+- ``lost``: ZITADEL performs and commits the action, then answers the rule's
+  ``code`` (a proxy's 503 after the backend wrote).
+- ``drop``: ZITADEL performs and commits the action, then the connection is
+  closed without an answer (gRPC: UNAVAILABLE, what a client sees on a reset).
+
+For the last three ``check`` returns an :class:`After` that the transport
+applies once the handler succeeded (``after.apply()``).
+
+``list_lag_ms`` hides credentials created less than that long ago (emulator
+time) from ListKeys / ListPersonalAccessTokens, v1 and v2, like ZITADEL's
+eventually consistent projections.
 """
 
 from __future__ import annotations
@@ -15,6 +33,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.emulator.errors import EmuError
+
+MODES = ("fail", "slow", "lost", "drop")
+
+
+class DropConnection(Exception):
+    """Raised by ``After.apply`` in ``drop`` mode: the HTTP server closes the
+    connection without writing a response."""
+
+
+@dataclass(frozen=True)
+class After:
+    """What happens to a request's answer once ZITADEL has acted."""
+
+    mode: str
+    delay_ms: int
+    error: EmuError
+
+    def apply(self) -> None:
+        """Sleep ``delay_ms``; then raise the lost answer (``lost``: ``EmuError``,
+        ``drop``: :class:`DropConnection`) or return (``slow``)."""
+        if self.delay_ms > 0:
+            time.sleep(self.delay_ms / 1000)
+        if self.mode == "lost":
+            raise self.error
+        if self.mode == "drop":
+            raise DropConnection(self.error.message)
 
 #: Codes a rule may inject, with the message the emulator answers.  The
 #: resource_exhausted text is ZITADEL's quota message (§8); the others are the
@@ -39,20 +83,27 @@ class Rule:
     count: int | None = None  # fail only the next N matching calls
     latency_ms: int = 0  # extra delay for matching calls (before the failure roll)
     fired: int = 0
+    mode: str = "fail"  # see the module docstring
 
 
 @dataclass
 class Faults:
     latency_ms: int = 0
     rules: list[Rule] = field(default_factory=list)
+    #: New keys/PATs are missing from list answers for this long (emulator time).
+    list_lag_ms: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def configure(self, spec: dict[str, Any]) -> None:
-        """Replace the configuration with ``{"latency_ms": N, "rules": [...]}``."""
+        """Replace the configuration with ``{"latency_ms": N, "list_lag_ms": N,
+        "rules": [...], "seed": N}``."""
         rules = []
         for raw in spec.get("rules", []):
-            code = str(raw["code"])
+            mode = str(raw.get("mode", "fail"))
+            if mode not in MODES:
+                raise ValueError(f"unsupported fault mode {mode!r}; use one of {list(MODES)}")
+            code = str(raw.get("code", "unavailable" if mode != "fail" else ""))
             if code not in INJECTABLE:
                 allowed = sorted(INJECTABLE)
                 raise ValueError(f"unsupported fault code {code!r}; use one of {allowed}")
@@ -67,11 +118,16 @@ class Faults:
                     rate=rate,
                     count=None if count is None else int(count),
                     latency_ms=int(raw.get("latency_ms", 0)),
+                    mode=mode,
                 )
             )
+        list_lag_ms = int(spec.get("list_lag_ms", 0))
+        if list_lag_ms < 0:
+            raise ValueError("list_lag_ms must be >= 0")
         seed = spec.get("seed")
         with self._lock:
             self.latency_ms = int(spec.get("latency_ms", 0))
+            self.list_lag_ms = list_lag_ms
             self.rules = rules
             if seed is not None:
                 self._rng.seed(seed)
@@ -79,35 +135,46 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self.latency_ms = 0
+            self.list_lag_ms = 0
             self.rules = []
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "latency_ms": self.latency_ms,
+                "list_lag_ms": self.list_lag_ms,
                 "rules": [
                     {"method": r.method, "code": r.code, "rate": r.rate, "count": r.count,
-                     "latency_ms": r.latency_ms, "fired": r.fired}
+                     "latency_ms": r.latency_ms, "mode": r.mode, "fired": r.fired}
                     for r in self.rules
                 ],
             }
 
-    def check(self, method: str) -> None:
+    def check(self, method: str) -> After | None:
+        """Delay and/or fail this call now (``fail`` rules), or return what to do
+        with its answer once ZITADEL has acted (``slow``/``lost``/``drop``)."""
         delay_ms = self.latency_ms
         failure: EmuError | None = None
+        after: After | None = None
         with self._lock:
             for rule in self.rules:
                 if rule.method not in ("*", method):
                     continue
-                delay_ms += rule.latency_ms
+                if rule.mode == "fail":
+                    delay_ms += rule.latency_ms
                 if rule.count is not None and rule.count <= 0:
                     continue
-                if failure is None and self._rng.random() < rule.rate:
+                if failure is None and after is None and self._rng.random() < rule.rate:
                     if rule.count is not None:
                         rule.count -= 1
                     rule.fired += 1
-                    failure = EmuError(rule.code, INJECTABLE[rule.code])
+                    error = EmuError(rule.code, INJECTABLE[rule.code])
+                    if rule.mode == "fail":
+                        failure = error
+                    else:
+                        after = After(rule.mode, rule.latency_ms, error)
         if delay_ms > 0:
             time.sleep(delay_ms / 1000)
         if failure is not None:
             raise failure
+        return after

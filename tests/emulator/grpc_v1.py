@@ -32,6 +32,7 @@ from rotator.zitadel.v1.gen import zitadel_v1_pb2 as object_pb
 from tests.emulator import domain as dm
 from tests.emulator import times
 from tests.emulator.errors import EmuError
+from tests.emulator.faults import DropConnection
 
 SERVICE = "zitadel.management.v1.ManagementService"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -263,14 +264,21 @@ class ManagementServicer(mgmt_grpc.ManagementServiceServicer):
     def _run(self, method: str, request: Any, context: grpc.ServicerContext,
              validate: Callable[[Any], None], handler: Handler) -> Any:
         try:
-            self.d.faults.check(method)
+            after = self.d.faults.check(method)
             headers = {k.lower(): v for k, v in context.invocation_metadata()
                        if isinstance(v, str)}
             caller = self.d.authenticate(headers.get("authorization"),
                                          headers.get("x-zitadel-orgid"))
             self.d.authorize_v1(caller, dm.V1_PERMISSIONS[method])
             validate(request)
-            return handler(caller, request)
+            answer = handler(caller, request)
+            if after is not None:
+                try:
+                    after.apply()  # ZITADEL acted; the answer is late, lost or dropped
+                except DropConnection:
+                    # what a client sees when the connection is reset mid-call
+                    raise EmuError("unavailable", "emulator: connection dropped") from None
+            return answer
         except EmuError as error:
             code = _CODES.get(error.code, grpc.StatusCode.UNKNOWN)
             if error.detail_id:

@@ -14,6 +14,7 @@ from tests.emulator import domain as dm
 from tests.emulator import keys as keymat
 from tests.emulator import times
 from tests.emulator.errors import EmuError
+from tests.emulator.faults import After
 
 Response = tuple[int, dict[str, str], bytes]
 
@@ -349,12 +350,28 @@ def handle(domain: dm.Domain, path: str, http_method: str, headers: Mapping[str,
     if path not in FAULT_NAMES and path not in PATHS.values():
         return None
     fault = FAULT_NAMES.get(path)
+    after: After | None = None
     if fault is not None:
         try:
-            domain.faults.check(fault)
+            after = domain.faults.check(fault)
         except EmuError as err:
-            status = FAULT_STATUS.get(err.code, 500)
-            return _json(status, {"error": "server_error", "error_description": err.message})
+            return _fault_response(err)
+    answer = _route(domain, path, http_method, headers, body)
+    if after is not None:
+        try:
+            after.apply()  # the endpoint acted (a token was issued); the answer is late or lost
+        except EmuError as err:
+            return _fault_response(err)
+    return answer
+
+
+def _fault_response(err: EmuError) -> Response:
+    status = FAULT_STATUS.get(err.code, 500)
+    return _json(status, {"error": "server_error", "error_description": err.message})
+
+
+def _route(domain: dm.Domain, path: str, http_method: str, headers: Mapping[str, str],
+           body: bytes) -> Response:
     if path == "/.well-known/openid-configuration":
         return _json(200, discovery(domain.issuer))
     if path == "/oauth/v2/keys":

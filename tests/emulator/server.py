@@ -3,7 +3,9 @@ emulator-only admin API under ``/_emulator/``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import ssl
 import sys
 import traceback
@@ -14,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from tests.emulator import connect_v2, oidc
 from tests.emulator.domain import Domain
 from tests.emulator.errors import EmuError
+from tests.emulator.faults import DropConnection
 
 Response = tuple[int, dict[str, str], bytes]
 CONNECT_PREFIX = f"/{connect_v2.SERVICE}/"
@@ -202,6 +205,13 @@ class _Handler(BaseHTTPRequestHandler):
             if response is None:
                 response = 404, {"Content-Type": "text/plain; charset=utf-8"}, \
                     b"404 page not found\n"
+        except DropConnection:
+            # an injected lost answer: the action is committed, the client gets
+            # a reset connection instead of a response
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
         except Exception:
             traceback.print_exc()
             response = _json(500, {"error": "server_error", "error_description": "Errors.Internal"})

@@ -335,3 +335,145 @@ def test_port_zero_picks_free_ports_and_reports_them(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=5)
+
+
+# --- list lag and answers lost after the action -------------------------------------------
+
+
+def _user_keys(emu: Emulator, user_id: str) -> list[dict[str, Any]]:
+    return [k for k in emu.state()["keys"] if k["user_id"] == user_id]
+
+
+def _user_pats(emu: Emulator, user_id: str) -> list[dict[str, Any]]:
+    return [p for p in emu.state()["pats"] if p["user_id"] == user_id]
+
+
+def _listed_ids(emu: Emulator, token: str, method: str, user_id: str) -> list[str]:
+    response = connect(emu.issuer, method, {"filters": [{"userIdFilter": {"id": user_id}}]},
+                       token)
+    assert response.status_code == 200, response.text
+    return [item["id"] for item in response.json().get("result", [])]
+
+
+def test_list_lag_hides_new_keys_and_pats_from_v2_lists_for_a_while(
+    emulator: Emulator,
+) -> None:
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-listlag-v2")["id"]
+    emulator.set_faults(list_lag_ms=60_000)
+    key_id = add_key(emulator, token, user).json()["keyId"]
+    pat_id = connect(emulator.issuer, "AddPersonalAccessToken",
+                     {"userId": user, "expirationDate": in_days(3).isoformat()},
+                     token).json()["tokenId"]
+    assert _listed_ids(emulator, token, "ListKeys", user) == []
+    assert _listed_ids(emulator, token, "ListPersonalAccessTokens", user) == []
+    assert [k["id"] for k in _user_keys(emulator, user)] == [key_id]  # it exists all the same
+    emulator.advance(61)  # the projection catches up (emulator time)
+    assert _listed_ids(emulator, token, "ListKeys", user) == [key_id]
+    assert _listed_ids(emulator, token, "ListPersonalAccessTokens", user) == [pat_id]
+    assert emulator.faults()["list_lag_ms"] == 60_000
+
+
+def test_list_lag_applies_to_v1_lists_too(emulator: Emulator) -> None:
+    import grpc
+
+    from rotator.zitadel.v1.gen import zitadel_authn_v1_pb2 as authn_pb
+    from rotator.zitadel.v1.gen import zitadel_management_v1_pb2 as m
+    from rotator.zitadel.v1.gen import zitadel_management_v1_pb2_grpc as mgmt_grpc
+
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-listlag-v1")["id"]
+    md = [("authorization", f"Bearer {token}")]
+    with grpc.insecure_channel(emulator.grpc_target) as channel:
+        stub = mgmt_grpc.ManagementServiceStub(channel)
+        emulator.set_faults(list_lag_ms=60_000)
+        stub.AddMachineKey(m.AddMachineKeyRequest(user_id=user, type=authn_pb.KEY_TYPE_JSON),
+                           metadata=md, timeout=10)
+        stub.AddPersonalAccessToken(m.AddPersonalAccessTokenRequest(user_id=user),
+                                    metadata=md, timeout=10)
+        keys = stub.ListMachineKeys(m.ListMachineKeysRequest(user_id=user), metadata=md, timeout=10)
+        pats = stub.ListPersonalAccessTokens(m.ListPersonalAccessTokensRequest(user_id=user),
+                                             metadata=md, timeout=10)
+        assert (len(keys.result), len(pats.result)) == (0, 0)
+        emulator.set_faults()  # no lag: the projection has caught up
+        keys = stub.ListMachineKeys(m.ListMachineKeysRequest(user_id=user), metadata=md, timeout=10)
+        pats = stub.ListPersonalAccessTokens(m.ListPersonalAccessTokensRequest(user_id=user),
+                                             metadata=md, timeout=10)
+        assert (len(keys.result), len(pats.result)) == (1, 1)
+
+
+def test_a_slow_answer_comes_after_the_client_gave_up_but_the_key_exists(
+    emulator: Emulator,
+) -> None:
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-slow")["id"]
+    emulator.set_faults(rules=[{"method": "AddKey", "mode": "slow", "latency_ms": 1500,
+                                "count": 1}])
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{emulator.issuer}/zitadel.user.v2.UserService/AddKey",
+                   json={"userId": user, "expirationDate": in_days(30).isoformat()},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=0.5)
+    assert len(_user_keys(emulator, user)) == 1  # committed before the answer was delayed
+    assert add_key(emulator, token, user).status_code == 200  # count: 1, the next is normal
+
+
+def test_a_lost_answer_is_a_503_after_the_pat_was_created(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-lost")["id"]
+    emulator.set_faults(rules=[{"method": "AddPersonalAccessToken", "mode": "lost",
+                                "code": "unavailable", "count": 1}])
+    response = connect(emulator.issuer, "AddPersonalAccessToken",
+                       {"userId": user, "expirationDate": in_days(3).isoformat()}, token)
+    assert response.status_code == 503
+    assert "token" not in response.json()
+    assert len(_user_pats(emulator, user)) == 1
+
+
+def test_a_dropped_answer_resets_the_connection_after_the_removal(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-drop")["id"]
+    key_id = add_key(emulator, token, user).json()["keyId"]
+    emulator.set_faults(rules=[{"method": "RemoveKey", "mode": "drop", "count": 1}])
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{emulator.issuer}/zitadel.user.v2.UserService/RemoveKey",
+                   json={"userId": user, "keyId": key_id},
+                   headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert _user_keys(emulator, user)[0]["removed_at"] is not None
+
+
+def test_a_lost_v1_answer_is_unavailable_after_the_key_was_created(emulator: Emulator) -> None:
+    import grpc
+
+    from rotator.zitadel.v1.gen import zitadel_authn_v1_pb2 as authn_pb
+    from rotator.zitadel.v1.gen import zitadel_management_v1_pb2 as m
+    from rotator.zitadel.v1.gen import zitadel_management_v1_pb2_grpc as mgmt_grpc
+
+    token = admin_token(emulator)
+    user = emulator.add_user("svc-lost-v1")["id"]
+    emulator.set_faults(rules=[{"method": "AddMachineKey", "mode": "drop", "count": 1}])
+    with grpc.insecure_channel(emulator.grpc_target) as channel:
+        stub = mgmt_grpc.ManagementServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.AddMachineKey(m.AddMachineKeyRequest(user_id=user, type=authn_pb.KEY_TYPE_JSON),
+                               metadata=[("authorization", f"Bearer {token}")], timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert len(_user_keys(emulator, user)) == 1
+
+
+def test_a_seed_makes_the_fault_sequence_reproducible(emulator: Emulator) -> None:
+    token = admin_token(emulator)
+
+    def run() -> list[int]:
+        emulator.set_faults(rules=[{"method": "ListKeys", "code": "unavailable", "rate": 0.3},
+                                   {"method": "ListKeys", "mode": "lost", "rate": 0.3}], seed=42)
+        return [connect(emulator.issuer, "ListKeys", {}, token).status_code for _ in range(30)]
+
+    first = run()
+    assert first == run()
+    assert 503 in first
+    assert 200 in first
+
+
+def test_an_unknown_fault_mode_is_refused(emulator: Emulator) -> None:
+    with pytest.raises(EmulatorError, match="unsupported fault mode"):
+        emulator.set_faults(rules=[{"method": "AddKey", "mode": "sometimes"}])

@@ -205,6 +205,19 @@ class Emulator:
         self.stop()
         self.start()
 
+    def start_again(self, attempts: int = 5) -> None:
+        """``start()`` after a kill, retrying while another process briefly holds
+        one of the ports (an outgoing connection may have been given it)."""
+        for attempt in range(attempts):
+            try:
+                self.start()
+                return
+            except EmulatorError:
+                if attempt == attempts - 1 or \
+                        "already in use" not in self.log_path.read_text(errors="replace"):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+
     def _close_pipe(self) -> None:
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
@@ -278,11 +291,15 @@ class Emulator:
         return context
 
     def set_faults(self, *, latency_ms: int = 0, rules: Sequence[dict[str, Any]] = (),
-                   seed: int | None = None) -> dict[str, Any]:
+                   seed: int | None = None, list_lag_ms: int = 0) -> dict[str, Any]:
         """Replace the fault configuration.  A rule: ``{"method": "AddKey" | "token" | "*",
         "code": "unavailable" | "resource_exhausted" | "internal" | "deadline_exceeded",
-        "rate": 1.0, "count": N (only the next N calls), "latency_ms": 0}``."""
-        spec: dict[str, Any] = {"latency_ms": latency_ms, "rules": list(rules)}
+        "rate": 1.0, "count": N (only the next N calls), "latency_ms": 0,
+        "mode": "fail" | "slow" | "lost" | "drop"}`` (``slow``/``lost``/``drop``: ZITADEL
+        acts, then answers late / with ``code`` / not at all).  ``list_lag_ms``: new
+        keys and PATs are missing from list answers for that long."""
+        spec: dict[str, Any] = {"latency_ms": latency_ms, "rules": list(rules),
+                                "list_lag_ms": list_lag_ms}
         if seed is not None:
             spec["seed"] = seed
         return dict(self._admin("POST", "/_emulator/faults", spec))
