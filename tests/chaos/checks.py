@@ -21,7 +21,8 @@ from tests.emulator.support import JWT_BEARER, sign_assertion
 SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
 #: State-secret fields that are bookkeeping, not an operation in flight.
 _IDLE_FIELDS = {"schema", "target", "kind", "user_id", "current", "previous", "failures",
-                "stuck", "last_error", "next_attempt_at", "last_success_at"}
+                "permanent_failures", "stuck", "last_error", "last_error_class",
+                "next_attempt_at", "last_success_at", "target_digest"}
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,6 @@ def test_the_checks_see_an_orphan_a_dead_credential_and_a_leak(world: World) -> 
 
 #: CI: 24 steps fit in ~2 minutes; longer runs (CHAOS_LONG, CHAOS_STEPS) get ~20 s a step.
 @pytest.mark.timeout(max(300, 20 * _profile().steps + 120))
-@pytest.mark.xfail(reason="issue 10 items 1-4 (engine fixes under way): the soak finds "
-                          "orphans from lost answers and races, outage-made stuck", strict=False)
 def test_chaos_soak(world: World) -> None:
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(10**9))
     soak = Soak(world, seed=seed, profile=_profile(),
