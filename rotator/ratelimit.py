@@ -1,0 +1,137 @@
+"""One request budget for every call to ZITADEL, shared by all threads.
+
+ZITADEL Cloud allows 50 requests/s per client IP and bans the IP for a
+minute when that is exceeded for long (``shared/zitadel-api.md`` §13);
+self-hosted instances may have quotas.  :class:`RateLimiter` is a token
+bucket (``rate`` per second, ``burst`` at once) that also slows down by
+itself: a 429 / ``RESOURCE_EXHAUSTED`` halves the rate it allows, and every
+call answered since creeps it back up (additive increase, multiplicative
+decrease, as TCP does).  Without a configured rate it only does the latter,
+starting from ``unlimited``.
+
+:class:`LimitedTransport` puts every call of a ZITADEL transport through it
+and retries a throttled call after the bucket allows it again, so a 429 is
+never a target failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from rotator.errors import ZitadelUnavailable
+from rotator.model import Credential, IssuedPat, User
+from rotator.ports import ZitadelTransport
+
+T = TypeVar("T")
+
+#: With no configured rate, the limiter lets everything through until ZITADEL throttles.
+UNLIMITED = 1_000_000.0
+#: The lowest rate a run of throttled answers can push it to.
+_FLOOR = 0.5
+#: Throttled answers retried at most this often per call.
+_THROTTLE_RETRIES = 8
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        rate: float | None = None,
+        *,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = rate or UNLIMITED
+        self.burst = float(burst or max(1, round(rate)) if rate else 1_000)
+        self._rate = self.limit
+        self._tokens = self.burst
+        self._clock, self._sleep = clock, sleep
+        self._stamp = clock()
+        self._lock = threading.Lock()
+        #: How many calls were throttled by ZITADEL, and how long callers waited here.
+        self.throttled = 0
+        self.waited = 0.0
+
+    @property
+    def rate(self) -> float:
+        """The rate allowed now (below ``limit`` after throttled answers)."""
+        return self._rate
+
+    def acquire(self) -> None:
+        """Block until one request may go out."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1 - 1e-9:  # float dust must not make a caller spin
+                    self._tokens -= 1
+                    return
+                wait = max((1 - self._tokens) / self._rate, 1e-6)
+            self.waited += wait
+            self._sleep(wait)
+
+    def throttled_by_server(self) -> None:
+        """ZITADEL answered 429: halve the rate and drain the bucket."""
+        with self._lock:
+            self.throttled += 1
+            self._rate = max(_FLOOR, min(self._rate, self.limit) / 2)
+            self._tokens = min(self._tokens, 0.0)
+
+    def answered(self) -> None:
+        """A call went through: creep back towards the configured rate."""
+        if self._rate < self.limit:
+            with self._lock:
+                self._rate = min(self.limit, self._rate + max(0.05, self._rate / 50))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` within the budget; a throttled answer is retried, not raised."""
+        for attempt in range(_THROTTLE_RETRIES + 1):
+            self.acquire()
+            try:
+                result = fn()
+            except ZitadelUnavailable as exc:
+                if exc.code != "resource_exhausted" or attempt == _THROTTLE_RETRIES:
+                    raise
+                self.throttled_by_server()
+                continue
+            self.answered()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class LimitedTransport:
+    """A :class:`~rotator.ports.ZitadelTransport` whose every call goes through
+    one :class:`RateLimiter`."""
+
+    def __init__(self, inner: ZitadelTransport, limiter: RateLimiter) -> None:
+        self.inner, self.limiter = inner, limiter
+        self.api = inner.api
+
+    def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        return self.limiter.call(lambda: self.inner.resolve_user(user, org_id))
+
+    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
+        return self.limiter.call(lambda: self.inner.add_key(user, public_key_pem, expires_at))
+
+    def list_keys(self, user: User) -> list[Credential]:
+        return self.limiter.call(lambda: self.inner.list_keys(user))
+
+    def remove_key(self, user: User, key_id: str) -> None:
+        self.limiter.call(lambda: self.inner.remove_key(user, key_id))
+
+    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
+        return self.limiter.call(lambda: self.inner.add_pat(user, expires_at))
+
+    def list_pats(self, user: User) -> list[Credential]:
+        return self.limiter.call(lambda: self.inner.list_pats(user))
+
+    def remove_pat(self, user: User, pat_id: str) -> None:
+        self.limiter.call(lambda: self.inner.remove_pat(user, pat_id))
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,101 @@
+"""The shared request budget: a token bucket that backs off when ZITADEL throttles."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from rotator.errors import ZitadelNotFound, ZitadelUnavailable
+from rotator.ratelimit import RateLimiter
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def limiter(rate: float | None, burst: int | None = None) -> tuple[RateLimiter, FakeTime]:
+    t = FakeTime()
+    return RateLimiter(rate, burst=burst, clock=t.clock, sleep=t.sleep), t
+
+
+def test_the_bucket_lets_a_burst_through_then_paces_at_the_rate() -> None:
+    bucket, t = limiter(40, burst=10)
+    for _ in range(10):
+        bucket.acquire()
+    assert t.now == 0.0
+    for _ in range(400):
+        bucket.acquire()
+    assert t.now == pytest.approx(400 / 40, rel=0.01)  # 400 more at 40/s
+
+
+def test_a_throttled_answer_halves_the_rate_and_is_retried_not_raised() -> None:
+    bucket, _t = limiter(40)
+    answers = iter([ZitadelUnavailable("quota", code="resource_exhausted"), "ok"])
+
+    def call() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert bucket.call(call) == "ok"
+    assert bucket.throttled == 1
+    assert bucket.rate < 40
+    # answered calls bring it back up to the configured rate, not beyond
+    for _ in range(10_000):
+        bucket.call(lambda: None)
+    assert bucket.rate == 40
+
+
+def test_without_a_configured_rate_it_only_slows_down_when_throttled() -> None:
+    bucket, t = limiter(None)
+    for _ in range(1000):
+        bucket.acquire()
+    assert t.now == 0.0
+    bucket.throttled_by_server()
+    assert bucket.rate < 1_000_000
+
+
+def test_other_errors_pass_through_at_once() -> None:
+    bucket, _ = limiter(10)
+    calls = 0
+
+    def missing() -> None:
+        nonlocal calls
+        calls += 1
+        raise ZitadelNotFound("gone", code="not_found")
+
+    with pytest.raises(ZitadelNotFound):
+        bucket.call(missing)
+    down = ZitadelUnavailable("down", code="unavailable")
+    with pytest.raises(ZitadelUnavailable):
+        bucket.call(lambda: (_ for _ in ()).throw(down))
+    assert calls == 1
+
+
+def test_threads_share_one_budget() -> None:
+    bucket = RateLimiter(200, burst=1)
+    done: list[float] = []
+    import time
+
+    start = time.monotonic()
+
+    def worker() -> None:
+        for _ in range(25):
+            bucket.acquire()
+        done.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert max(done) >= 99 / 200 * 0.9  # 100 requests at 200/s: about half a second
