@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from multiprocessing.pool import ThreadPool
 from types import FrameType
 from typing import Any
 
@@ -57,6 +58,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from rotator.app import App, process_identity, tls_setting
 from rotator.audit import AuditLog
 from rotator.config import Config
+from rotator.dispatch import Dispatcher
 from rotator.errors import ConfigError, RotatorError
 from rotator.health import Check, HealthServer, Readiness, discovery_probe, run_check
 from rotator.metrics import Metrics
@@ -143,6 +145,7 @@ class Daemon:
         webhook: Webhook | None = None,
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
+        workers: int = 4,
     ) -> None:
         self.app = app
         self.config = config
@@ -162,6 +165,8 @@ class Daemon:
         self.lease_interval = (
             config.daemon.ha.lease_ttl.total_seconds() / 3 if lease is not None else 0.0
         )
+        # APScheduler keeps the periodic pass; each target's own time is one
+        # heap entry in the dispatcher, run on `concurrency` workers.
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(max_workers=1)},
@@ -171,6 +176,9 @@ class Daemon:
                 "misfire_grace_time": max(1, int(daemon.misfire_grace.total_seconds())),
             },
         )
+        self.workers = workers
+        self.dispatcher = Dispatcher(self._job, workers=self.workers)
+        self._statuses: dict[str, TargetStatus] = {}
         self._lease_thread: threading.Thread | None = None
         app.audit.subscribe(self.metrics.on_audit)
         if webhook is not None:
@@ -179,9 +187,10 @@ class Daemon:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        self.dispatcher.start()
         self.scheduler.start()
         self.scheduler.add_job(
-            self.reconcile_all,
+            self.reconcile_pass,
             "interval",
             seconds=self.config.daemon.reconcile_interval.total_seconds(),
             id="reconcile",
@@ -207,6 +216,7 @@ class Daemon:
         self.stop_event.set()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.dispatcher.stop(wait=True)
         self._lease_stop.set()
         if self._lease_thread is not None:
             self._lease_thread.join(timeout=self.lease_interval + 5)
@@ -257,9 +267,8 @@ class Daemon:
             log.warning("lost the lease: standing by")
             self.app.audit.emit("daemon.standby", identity=identity(self.config))
             self.metrics.set_leader(False)
-            for job in self.scheduler.get_jobs():
-                if job.id.startswith("target:"):
-                    job.remove()
+            for target in self.config.targets:
+                self.dispatcher.at(target.name, None)
 
     def _active(self) -> bool:
         """Leader, and (between lease ticks) our lease has not run out meanwhile."""
@@ -273,63 +282,61 @@ class Daemon:
 
     # ------------------------------------------------------------ jobs
 
+    def reconcile_pass(self) -> None:
+        """The periodic pass: every target once, behind whatever is due now;
+        the expiry notices once the pass is through."""
+        if self._active():
+            names = [t.name for t in self.config.targets]
+            self.dispatcher.add_pass(names, on_done=self._check_expiry)
+
     def reconcile_all(self) -> list[RotationResult]:
-        """Every target once (when active), then gauges and expiry notices."""
-        results: list[RotationResult] = []
-        statuses: list[TargetStatus] = []
-        for target in self.config.targets:
-            if self.stop_event.is_set():
-                break
-            if self._active():
-                result = self.run_target(target.name)
-                if result is not None:
-                    results.append(result)
-            status = self._status(target)
-            if status is not None:
-                statuses.append(status)
-        if self._active() and self.webhook is not None:
-            self.webhook.check_expiry(
-                statuses, self.clock.now(), self.config.notify.expiry_threshold
-            )
+        """``run --once``: every target once on the worker pool, then the expiry notices."""
+        with ThreadPool(self.workers) as pool:
+            results = [r for r in pool.map(self.run_target, self.config.targets) if r]
+        self._check_expiry()
         return results
 
-    def run_target(self, name: str) -> RotationResult | None:
-        """Reconcile one target now and plan its next run (windows are the engine's)."""
+    def _job(self, name: str) -> float | None:
+        """A dispatcher job: reconcile, then seconds until the target's next run."""
+        result = self.run_target(self.config.target(name))
+        if result is None or result.next_run_at is None:
+            return None
+        now = self.clock.now()
+        when = with_jitter(result.next_run_at, now, self.config.daemon.jitter, self._rng)
+        assert when is not None
+        return (when - now).total_seconds()
+
+    def run_target(self, target: Target) -> RotationResult | None:
+        """Reconcile one target now (windows are the engine's) and record its gauges."""
         if not self._active() or self.stop_event.is_set():
             return None
-        target = self.config.target(name)
         try:
             result = self.engine.reconcile(target, trigger=Trigger.SCHEDULE)
         except Exception as exc:  # a bug in one target's run must not stop the daemon
-            log.error("target %s: unexpected %s; retrying in %s", name, type(exc).__name__,
-                      _ERROR_RETRY)
+            log.error(
+                "target %s: unexpected %s; retrying in %s",
+                target.name,
+                type(exc).__name__,
+                _ERROR_RETRY,
+            )
             retry = self.clock.now() + _ERROR_RETRY
-            self._plan(name, retry)
             error = f"unexpected {type(exc).__name__}"
-            return RotationResult(target=name, outcome=Outcome.FAILED, next_run_at=retry,
-                                  error=error)
+            return RotationResult(
+                target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=error
+            )
         self.metrics.observe_result(result)
-        self.metrics.set_next_rotation(name, result.next_rotation_at)
-        jitter = self.config.daemon.jitter
-        self._plan(name, with_jitter(result.next_run_at, self.clock.now(), jitter, self._rng))
+        self.metrics.set_next_rotation(target.name, result.next_rotation_at)
+        status = self._status(target)
+        if status is not None:
+            self._statuses[target.name] = status
         return result
 
-    def _plan(self, name: str, when: datetime | None) -> None:
-        """(Re)schedule ``target:<name>`` at ``when`` on the engine's clock."""
-        job_id = f"target:{name}"
-        if not self.scheduler.running or self.role.stopping:
-            return
-        if when is None:
-            if self.scheduler.get_job(job_id) is not None:
-                self.scheduler.remove_job(job_id)
-            return
-        # The engine's clock may be offset (tests); APScheduler runs on real time.
-        delay = max(0.0, (when - self.clock.now()).total_seconds())
-        run_at = datetime.now(UTC) + timedelta(seconds=delay)
-        self.scheduler.add_job(
-            self.run_target, "date", run_date=run_at, args=[name], id=job_id,
-            replace_existing=True,
-        )
+    def _check_expiry(self) -> None:
+        if self._active() and self.webhook is not None:
+            statuses = [s for t in self.config.targets if (s := self._statuses.get(t.name))]
+            self.webhook.check_expiry(
+                statuses, self.clock.now(), self.config.notify.expiry_threshold
+            )
 
     def _status(self, target: Target) -> TargetStatus | None:
         try:
