@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rotator import vault_auth
-from rotator.audit import AuditLog
+from rotator.audit import AuditLog, open_private_append
 from rotator.clock import Clock, SystemClock
 from rotator.config import Config
 from rotator.errors import (
@@ -77,7 +77,7 @@ def check_audit_file(config: Config) -> None:
     path = Path(config.audit.file)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8"):
+        with open_private_append(path):  # created 0600, as the audit log would
             pass
     except OSError as exc:
         raise ConfigError(
