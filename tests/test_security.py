@@ -149,9 +149,8 @@ class Front:
 
 
 def _echo(handler: BaseHTTPRequestHandler, body: str) -> str:
-    return (
-        f"you sent body={body} headers={dict(handler.headers)} ({handler.command} {handler.path})"
-    )
+    auth, headers = handler.headers.get("Authorization"), dict(handler.headers)
+    return f"you sent {auth} body={body} headers={headers} ({handler.command} {handler.path})"
 
 
 @pytest.fixture
