@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from rotator import vault_auth
 from rotator.audit import AuditLog, open_private_append
+from rotator.cleartext import cleartext_urls
 from rotator.clock import Clock, SystemClock
 from rotator.config import Config
 from rotator.errors import (
@@ -300,6 +301,9 @@ def build(
     clock = clock or SystemClock()
     check_audit_file(config)
     audit = audit or AuditLog(file=config.audit.file)
+    for cleartext in cleartext_urls(config):
+        audit.emit("config.cleartext_url", field=cleartext.field, host=cleartext.host,
+                   warning=cleartext.warning)
     closers: list[Callable[[], None]] = []
     try:
         store = connect_store(config, clock)

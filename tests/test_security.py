@@ -29,6 +29,8 @@ import hvac
 import pytest
 
 from rotator.audit import AuditLog
+from rotator.cleartext import cleartext_urls
+from rotator.config import load_config
 from rotator.errors import (
     VaultError,
     VerificationError,
@@ -42,6 +44,8 @@ from rotator.vault import NO_RETRY, VaultStore
 from rotator.vault_auth import AppRoleMethod, Authenticator, SecretSource, TokenMethod
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from tests.harness.emulator import Emulator
+from tests.harness.openbao import OpenBao
+from tests.test_cli import offline_config, rotator, write_config
 
 ACCESS_TOKEN = "at-" + os.urandom(24).hex()
 PAT = "pat-" + os.urandom(24).hex()
@@ -406,3 +410,54 @@ def test_the_start_up_check_creates_the_audit_file_private(tmp_path: Path) -> No
     config = SimpleNamespace(audit=SimpleNamespace(file=str(path)), source="c.yaml")
     check_audit_file(cast(Any, config))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --------------------------------------------------------------------------- http:// at start
+
+
+def _config(tmp_path: Path, zitadel: str, vault: str, webhook: str | None = None) -> Path:
+    raw = offline_config(tmp_path, vault)
+    raw["zitadel"]["url"] = zitadel
+    if webhook:
+        raw["notify"] = {"webhook_url": webhook}
+    return write_config(tmp_path / "c.yaml", raw)
+
+
+def test_cleartext_urls_are_those_to_non_loopback_hosts(tmp_path: Path) -> None:
+    local = _config(tmp_path, "http://localhost:8080", "http://127.0.0.2:8200", "http://[::1]:9/x")
+    assert cleartext_urls(load_config(str(local))) == []
+
+    remote = _config(
+        tmp_path,
+        "http://zitadel.internal:8080",
+        "http://10.0.0.7:8200",
+        "http://hooks.example.com/services/T000/B000/XXXX",
+    )
+    found = cleartext_urls(load_config(str(remote)))
+    assert [(c.field, c.host) for c in found] == [
+        ("zitadel.url", "zitadel.internal"),
+        ("vault.url", "10.0.0.7"),
+        ("notify.webhook_url", "hooks.example.com"),
+    ]
+    assert all("/services/" not in c.warning for c in found)  # a webhook URL is a secret
+
+    secure = _config(tmp_path, "https://zitadel.internal", "https://vault.internal")
+    assert cleartext_urls(load_config(str(secure))) == []
+
+
+def test_start_warns_once_per_cleartext_url_and_carries_on(
+    tmp_path: Path, openbao: OpenBao, kv_mount: str
+) -> None:
+    raw = offline_config(tmp_path, openbao.url, mount=kv_mount)
+    raw["zitadel"]["url"] = "http://zitadel.invalid:8080"
+    raw["notify"] = {"webhook_url": "http://hooks.invalid/services/T000/B000/SECRETPATH"}
+    path = write_config(tmp_path / "c.yaml", raw)
+    token = openbao.create_rotator_token(kv_mount)
+
+    run = rotator("--config", str(path), "status", env=openbao.env(token))
+
+    assert run.code == 0, run.output  # a warning, not an error
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    warned = [(e["field"], e["host"]) for e in events if e["event"] == "config.cleartext_url"]
+    assert warned == [("zitadel.url", "zitadel.invalid"), ("notify.webhook_url", "hooks.invalid")]
+    assert "SECRETPATH" not in run.output
