@@ -461,3 +461,72 @@ def test_start_warns_once_per_cleartext_url_and_carries_on(
     warned = [(e["field"], e["host"]) for e in events if e["event"] == "config.cleartext_url"]
     assert warned == [("zitadel.url", "zitadel.invalid"), ("notify.webhook_url", "hooks.invalid")]
     assert "SECRETPATH" not in run.output
+
+
+# --------------------------------------------------------------------------- the CLI, end to end
+
+
+@pytest.fixture
+def webhook() -> Iterator[list[str]]:
+    """A webhook receiver; yields the bodies it received."""
+    bodies: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            bodies.append(self.rfile.read(length).decode(errors="replace"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bodies.append(f"http://127.0.0.1:{server.server_port}/hook")  # [0]: its URL
+    try:
+        yield bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_echoing_zitadel_leaks_nothing_into_stderr_audit_or_webhooks(
+    tmp_path: Path, front: Front, webhook: list[str], openbao: OpenBao, kv_mount: str
+) -> None:
+    admin = new_key_file()
+    (tmp_path / "admin.json").write_text(json.dumps(admin))
+    raw = {
+        "zitadel": {
+            "url": front.url,
+            "api": "v2",
+            "credentials": {"key_file": "admin.json"},
+            "timeout": "5s",
+        },
+        "vault": {"url": openbao.url, "mount": kv_mount},
+        "targets": [
+            {"name": "billing", "user": "svc-billing", "kind": "key"},
+            {"name": "reports", "user": "svc-reports", "kind": "pat"},
+        ],
+        "notify": {"webhook_url": webhook[0]},
+        "audit": {"file": "audit.jsonl"},
+    }
+    path = write_config(tmp_path / "c.yaml", raw)
+    vault_token = openbao.create_rotator_token(kv_mount)
+    env = openbao.env(vault_token)
+
+    # One daemon pass (audit on stdout and in the file, webhooks), then a start
+    # refused at the token endpoint (stderr).
+    runs = [rotator("--config", str(path), "run", "--once", env=env)]
+    front.refuse_tokens = True  # now the token endpoint echoes the assertion
+    runs.append(rotator("--config", str(path), "rotate", "--all", env=env))
+
+    audit_file = (tmp_path / "audit.jsonl").read_text()
+    assert [run.code for run in runs] == [1, 3], [run.output for run in runs]
+    assert "you sent Bearer [redacted]" in audit_file  # the echo arrived, scrubbed
+    assert "rotation.failed" in "".join(webhook[1:])
+    assert "cannot start" in runs[1].stderr
+    assert REDACTED in runs[1].stderr
+    said = "\n".join([*(run.output for run in runs), audit_file, *webhook[1:]])
+    assert front.assertions()
+    assert_clean(said, [ACCESS_TOKEN, vault_token, pem_body(admin["key"]), *front.assertions()])
