@@ -39,6 +39,7 @@ from rotator.errors import (
     ZitadelUnauthenticated,
 )
 from rotator.keys import build_key_file, generate_key_pair
+from rotator.notify import from_audit, generic_payload, slack_payload
 from rotator.redact import REDACTED, redact, server_text
 from rotator.vault import NO_RETRY, VaultStore
 from rotator.vault_auth import AppRoleMethod, Authenticator, SecretSource, TokenMethod
@@ -530,3 +531,17 @@ def test_an_echoing_zitadel_leaks_nothing_into_stderr_audit_or_webhooks(
     said = "\n".join([*(run.output for run in runs), audit_file, *webhook[1:]])
     assert front.assertions()
     assert_clean(said, [ACCESS_TOKEN, vault_token, pem_body(admin["key"]), *front.assertions()])
+
+
+def test_webhook_payloads_are_scrubbed_of_secret_shapes_once_more() -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"
+    event = {
+        "event": "rotation.failed",
+        "target": "billing",
+        "error": f"ZITADEL said: bad assertion {jwt}; header Bearer {ACCESS_TOKEN}",
+    }
+    notification = from_audit(event)
+    assert notification is not None
+    sent = json.dumps([generic_payload(notification), slack_payload(notification)])
+    assert_clean(sent, [jwt, ACCESS_TOKEN])
+    assert "bad assertion [redacted]" in sent
