@@ -42,7 +42,13 @@ from rotator.keys import build_key_file, generate_key_pair
 from rotator.notify import from_audit, generic_payload, slack_payload
 from rotator.redact import REDACTED, redact, server_text
 from rotator.vault import NO_RETRY, VaultStore
-from rotator.vault_auth import AppRoleMethod, Authenticator, SecretSource, TokenMethod
+from rotator.vault_auth import (
+    AppRoleMethod,
+    Authenticator,
+    KubernetesMethod,
+    SecretSource,
+    TokenMethod,
+)
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import OpenBao
@@ -350,8 +356,12 @@ def echo_vault(request: pytest.FixtureRequest) -> Iterator[str]:
         server.server_close()
 
 
-def test_an_echoing_vault_never_gets_its_token_or_our_data_into_errors(echo_vault: str) -> None:
+def test_an_echoing_vault_never_gets_its_token_or_our_data_into_errors(
+    echo_vault: str, tmp_path: Path
+) -> None:
     key_file = new_key_file()
+    sa_jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ." + os.urandom(32).hex()
+    (tmp_path / "sa-token").write_text(sa_jwt)
     messages: list[str] = []
     authed = VaultStore.connect(
         echo_vault,
@@ -370,13 +380,18 @@ def test_an_echoing_vault_never_gets_its_token_or_our_data_into_errors(echo_vaul
         lambda: AppRoleMethod(
             role_id=SecretSource(value="role-1"), secret_id=SecretSource(value=SECRET_ID)
         ).login(hvac.Client(url=echo_vault), datetime.now(UTC)),
+        lambda: KubernetesMethod(role="rotator", jwt_file=str(tmp_path / "sa-token")).login(
+            hvac.Client(url=echo_vault), datetime.now(UTC)
+        ),
     ]
     for attempt in attempts:
         with pytest.raises(VaultError) as caught:
             attempt()
         messages.append(str(caught.value))
     assert len(messages) == len(attempts)
-    assert_clean("\n".join(messages), [VAULT_TOKEN, PAT, SECRET_ID, pem_body(key_file["key"])])
+    assert_clean(
+        "\n".join(messages), [VAULT_TOKEN, PAT, SECRET_ID, sa_jwt, pem_body(key_file["key"])]
+    )
 
 
 # --------------------------------------------------------------------------- the audit file
