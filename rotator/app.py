@@ -302,8 +302,12 @@ def build(
     check_audit_file(config)
     audit = audit or AuditLog(file=config.audit.file)
     for cleartext in cleartext_urls(config):
-        audit.emit("config.cleartext_url", field=cleartext.field, host=cleartext.host,
-                   warning=cleartext.warning)
+        audit.emit(
+            "config.cleartext_url",
+            field=cleartext.field,
+            host=cleartext.host,
+            warning=cleartext.warning,
+        )
     closers: list[Callable[[], None]] = []
     try:
         store = connect_store(config, clock)
