@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rotator import vault_auth
-from rotator.audit import AuditLog
+from rotator.audit import AuditLog, open_private_append
+from rotator.cleartext import cleartext_urls
 from rotator.clock import Clock, system_clock
 from rotator.config import Config
 from rotator.engine import Engine
@@ -87,7 +88,7 @@ def check_audit_file(config: Config) -> None:
     path = Path(config.audit.file)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8"):
+        with open_private_append(path):  # created 0600, as the audit log would
             pass
     except OSError as exc:
         raise ConfigError(
@@ -310,6 +311,13 @@ def build(
     clock = clock or system_clock()  # ROTATOR_CLOCK_OFFSET_FILE: testing hook (clock.py)
     check_audit_file(config)
     audit = audit or AuditLog(file=config.audit.file)
+    for cleartext in cleartext_urls(config):
+        audit.emit(
+            "config.cleartext_url",
+            field=cleartext.field,
+            host=cleartext.host,
+            warning=cleartext.warning,
+        )
     closers: list[Callable[[], None]] = []
     try:
         store = connect_store(config, clock)

@@ -12,6 +12,7 @@ replaces any field whose name says it could hold secret material.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable, MutableMapping
@@ -40,6 +41,20 @@ def redact(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+#: The audit file names targets, users and credential ids: for the rotator's eyes only.
+AUDIT_FILE_MODE = 0o600
+
+
+def open_private_append(path: Path) -> IO[str]:
+    """``path`` opened for appending, created ``AUDIT_FILE_MODE`` if new.
+
+    An existing file keeps its mode: an operator who widened it on purpose
+    (e.g. for a log shipper's group) is not overruled, and it is never widened.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, AUDIT_FILE_MODE)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 class _Sink:
     """The structlog "logger" at the end of the chain: writes each rendered
     line to the stream and, if configured, appends it to the audit file."""
@@ -55,7 +70,7 @@ class _Sink:
             self._stream.flush()
             if self._file is not None:
                 self._file.parent.mkdir(parents=True, exist_ok=True)
-                with self._file.open("a", encoding="utf-8") as fh:
+                with open_private_append(self._file) as fh:
                     fh.write(line + "\n")
 
     info = msg

@@ -14,7 +14,9 @@ a few retries, and failures are logged (never the URL: a Slack webhook URL is
 itself a secret) and then dropped.
 
 Payloads carry ids, times and one-line error messages from
-:mod:`rotator.errors`, which never hold secret material.
+:mod:`rotator.errors`, which never hold secret material (server text in
+them is redacted of what was sent; :func:`rotator.redact.redact` runs over
+the error once more here).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from rotator.redact import redact
 from rotator.report import TargetStatus
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,12 @@ def from_audit(event: Mapping[str, Any]) -> Notification | None:
     name, target = event.get("event"), event.get("target")
     if not isinstance(target, str):
         return None
-    error = str(event.get("error") or "unknown error")
+    # Errors are redacted where they are built; the shapes (JWT, PEM, Bearer)
+    # are scrubbed once more on the way out, as a webhook leaves our hands.
+    error = redact(str(event.get("error") or "unknown error"))
     fields = {k: event.get(k) for k in _SAFE_FIELDS}
+    if fields.get("error") is not None:
+        fields["error"] = error
     if name == "rotation.failed":
         attempt = event.get("attempt")
         retry = event.get("next_attempt_at")

@@ -23,7 +23,7 @@ protocol never depends on a library.  The contract suites in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -101,6 +101,10 @@ class SecretStore(Protocol):
         won.  ``custom_metadata`` replaces the secret's custom metadata after the
         data write succeeded.
         """
+        ...
+
+    def destroy_versions(self, path: str, versions: Sequence[int]) -> None:
+        """Destroy those versions' data for good (KV v2 ``destroy``); metadata stays."""
         ...
 
     def delete_all(self, path: str) -> None:

@@ -206,6 +206,7 @@ class Rotation:
         run.emit("credential.created", new_credential_id=credential.id)
 
         pending.phase, pending.credential_id, pending.secret = Phase.CREATED, credential.id, secret
+        pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
         try:
             state, version = self.save(target, state, version)  # store
         except VaultError as exc:
@@ -270,6 +271,7 @@ class Rotation:
         failures.clear(state)
         state.last_success_at = now
         state, version = self.save(target, state, version)
+        self.forget_secret(target, pending, version)
         run.rotated = True
         run.emit(
             "rotation.completed",
@@ -361,6 +363,7 @@ class Rotation:
             )
         )
         state, version = self.save(run.target, state, version)
+        self.forget_secret(run.target, pending, version)
         run.emit(
             "rotation.rolled_back",
             new_credential_id=pending.credential_id,
@@ -430,6 +433,15 @@ class Rotation:
         return self.verify_and_promote(run, state, version)
 
     # ------------------------------------------------------------ state
+
+    def forget_secret(self, target: Target, pending: Pending, version: int) -> None:
+        """Destroy the state versions that held the pending secret (they are
+        history now: KV v2 keeps old versions readable)."""
+        if pending.secret_since is not None:
+            with suppress(VaultError):  # best effort: the credential is retired in time anyway
+                self.store.destroy_versions(
+                    self.state_path(target), range(pending.secret_since, version)
+                )
 
     def save(self, target: Target, state: TargetState, version: int) -> tuple[TargetState, int]:
         return state, self.store.write(self.state_path(target), state.to_dict(), cas=version)

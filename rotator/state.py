@@ -62,6 +62,10 @@ class Pending:
     #: The process that runs this rotation; no other one touches it before ``deadline``.
     owner: str = ""
     deadline: datetime | None = None
+    #: The first version of the state secret that holds ``secret``: once the
+    #: rotation ends, the versions from there on are destroyed, so the KV
+    #: history keeps no private key or token.
+    secret_since: int | None = None
 
 
 @dataclass

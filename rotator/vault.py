@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -77,6 +77,13 @@ _KNOWN_PHRASES = (
     "custom_metadata validation failed",
     "past the max TTL, cannot renew",
     "local node not active but active cluster node not found",
+)
+
+#: Vault answers 403 both for a token it does not know and for one whose
+#: policies do not grant lookup-self: the message must name both causes.
+LOOKUP_SELF_DENIED = (
+    "the token is invalid or expired, or its policies do not grant `read` on "
+    "auth/token/lookup-self (Vault's `default` policy and config/vault/rotator.hcl do)"
 )
 
 _STATUS_OF: dict[type[hvac.exceptions.VaultError], int] = {
@@ -326,11 +333,40 @@ class VaultStore:
             if exc.status != 404:
                 raise
 
+    def destroy_versions(self, path: str, versions: Sequence[int]) -> None:
+        """Destroy ``versions`` of ``path`` for good (KV v2 ``destroy``): their data
+        is gone, their metadata and every other version stay.
+
+        Used so the KV history does not keep secret material (a pending private
+        key) once it is no longer needed.  Versions that do not exist, or are
+        already destroyed, are no error (KV v2 ignores them); nothing to do
+        sends nothing.
+        """
+        path = _normalise(path)
+        chosen = sorted({int(v) for v in versions})
+        if any(v < 1 for v in chosen):
+            raise ValueError("KV v2 versions start at 1")
+        if not chosen:
+            return
+        self._call(
+            "destroy versions " + ",".join(map(str, chosen)),
+            path,
+            lambda: self._client.secrets.kv.v2.destroy_secret_versions(
+                path=path, versions=chosen, mount_point=self.mount
+            ),
+        )
+
     def check(self) -> None:
         """Reachable, unsealed, our token valid, and the mount a KV v2 engine we can use."""
 
+        self._call(
+            "token lookup-self",
+            None,
+            self._lookup_self,
+            full_path="auth/token/lookup-self",
+        )
+
         def probe() -> None:
-            self._client.auth.token.lookup_self()
             mount = self._client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")
             info = mount.get("data") or {}
             if (
@@ -342,6 +378,16 @@ class VaultStore:
         self._call("check", None, probe, full_path=f"{self.mount}/")
 
     # -- internals -------------------------------------------------------------
+
+    def _lookup_self(self) -> None:
+        try:
+            self._client.auth.token.lookup_self()
+        except hvac.exceptions.Forbidden:
+            raise VaultPermissionDenied(
+                f"token lookup-self refused (403): {LOOKUP_SELF_DENIED}",
+                path="auth/token/lookup-self",
+                status=403,
+            ) from None
 
     def _cas_write(self, path: str, payload: dict[str, Any], cas: int) -> int:
         """One logical CAS write, retried on unavailability (see the module docstring)."""

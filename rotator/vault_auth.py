@@ -18,8 +18,10 @@ method logs in afresh.  The store also calls :meth:`Authenticator.relogin`
 when Vault answers 403, then retries once: a token that expired or was
 revoked early is replaced without failing the operation in flight.
 
-Tokens live in memory only (``repr=False``); no message names them.  The
-token method needs the token's ``default`` policy (lookup-self, renew-self).
+Tokens live in memory only (``repr=False``); no message names them.  A
+token needs ``read`` on ``auth/token/lookup-self`` and ``update`` on
+``auth/token/renew-self``: Vault's ``default`` policy grants both, and so does
+the shipped ``config/vault/rotator.hcl``, which is enough on its own.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from hvac.api.auth_methods.token import Token
 from rotator.clock import SystemClock
 from rotator.errors import ConfigError, VaultError, VaultPermissionDenied, VaultUnavailable
 from rotator.ports import Clock, VaultAuthMethod
-from rotator.vault import RetryPolicy, VaultStore, call_vault
+from rotator.vault import LOOKUP_SELF_DENIED, RetryPolicy, VaultStore, call_vault
 
 if TYPE_CHECKING:
     from rotator.config import VaultAuthConfig, VaultConfig
@@ -127,10 +129,18 @@ def _from_auth(auth: Mapping[str, Any], now: datetime) -> VaultToken:
     )
 
 
+
 def _refused(exc: VaultError, method: str, source: str) -> VaultError:
     """A login refusal names the method and where the credential came from."""
     if isinstance(exc, VaultUnavailable):
         return exc
+    if method == "token" and exc.status == 403:
+        # "Login" with a token is a lookup-self: a refusal may be the policy's, not the token's.
+        return VaultPermissionDenied(
+            f"token lookup-self refused (403): {LOOKUP_SELF_DENIED}; the token comes from {source}",
+            path=exc.path,
+            status=exc.status,
+        )
     return VaultPermissionDenied(
         f"{method} login refused ({exc.status or 'no status'}); check the credential in {source}",
         path=exc.path,

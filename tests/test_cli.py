@@ -208,18 +208,20 @@ def test_missing_vault_token_is_a_config_error(tmp_path: Path, openbao: OpenBao)
 
 def test_unreachable_zitadel_exits_3(tmp_path: Path, openbao: OpenBao) -> None:
     path = write_config(tmp_path / "c.yaml", offline_config(tmp_path, openbao.url))
-    run = rotator("--config", str(path), "rotate", "--all", env=openbao.env())
+    token = openbao.create_rotator_token("secret")
+    run = rotator("--config", str(path), "rotate", "--all", env=openbao.env(token))
     assert run.code == 3
     line = assert_one_clean_line(run)
     assert "cannot start: ZITADEL" in line
-    assert openbao.root_token not in run.output
+    assert token not in run.output
 
 
 def test_status_works_while_zitadel_is_down(
     tmp_path: Path, openbao: OpenBao, kv_mount: str
 ) -> None:
     path = write_config(tmp_path / "c.yaml", offline_config(tmp_path, openbao.url, mount=kv_mount))
-    run = rotator("--config", str(path), "status", "--json", env=openbao.env())
+    token = openbao.create_rotator_token(kv_mount)
+    run = rotator("--config", str(path), "status", "--json", env=openbao.env(token))
     assert run.code == 0, run.output
     rows = json.loads(run.stdout)
     assert [(r["target"], r["state"], r["vault_version"]) for r in rows] == [
@@ -292,7 +294,7 @@ def setup(
     """``zitadel.api`` is v1 unless parametrized: the v2 SDK alone takes ~2 s to
     import, in every CLI process; the tests marked ``auto`` cover v2."""
     api = getattr(request, "param", "v1")
-    token = openbao.create_kv_token(kv_mount)
+    token = openbao.create_rotator_token(kv_mount)  # the shipped policy alone, no `default`
     org = emulator.org_ids["acme"]
     raw = {
         "zitadel": {

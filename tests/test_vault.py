@@ -9,13 +9,16 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from datetime import UTC, datetime
 
 import pytest
+import requests
 
 from rotator.errors import CasConflict, VaultError, VaultPermissionDenied, VaultUnavailable
 from rotator.store import SecretStore
 from rotator.vault import NO_RETRY, RetryPolicy, VaultStore
-from tests.harness.openbao import OpenBao, free_port
+from rotator.vault_auth import Authenticator, SecretSource, TokenMethod
+from tests.harness.openbao import ROTATOR_POLICY_FILE, OpenBao, free_port
 
 FAST = RetryPolicy(attempts=3, initial_delay=0.01, max_delay=0.02)
 PRIVATE_KEY = (
@@ -216,8 +219,120 @@ def test_check_fails_for_a_mount_that_is_not_kv2(openbao: OpenBao, kv_mount: str
 
 
 def test_check_fails_for_an_invalid_token(openbao: OpenBao, kv_mount: str) -> None:
-    with pytest.raises(VaultPermissionDenied, match=r"permission denied \(403\)"):
+    with pytest.raises(VaultPermissionDenied, match=r"lookup-self refused \(403\): the token is"):
         store_for(openbao, kv_mount, token="hvs.not-a-real-token").check()
+
+
+def test_a_token_that_may_not_look_itself_up_is_told_so(openbao: OpenBao, kv_mount: str) -> None:
+    """Without `default` and without the shipped policy's lookup-self grant, Vault
+    answers 403 exactly as for a bad token: the message gives both causes."""
+    token = openbao.create_kv_token(kv_mount, default_policy=False)
+    with pytest.raises(VaultPermissionDenied) as caught:
+        store_for(openbao, kv_mount, token).check()
+    assert str(caught.value) == (
+        "Vault at auth/token/lookup-self: token lookup-self refused (403): the token is invalid "
+        "or expired, or its policies do not grant `read` on auth/token/lookup-self (Vault's "
+        "`default` policy and config/vault/rotator.hcl do)"
+    )
+    with pytest.raises(VaultPermissionDenied, match="its policies do not grant `read` on"):
+        TokenMethod(SecretSource(value=token)).login(openbao.client(None), datetime.now(UTC))
+
+
+# -- the shipped policy (config/vault/rotator.hcl) ----------------------------------------------
+
+
+def test_the_shipped_rotator_policy_alone_is_enough(openbao: OpenBao, kv_mount: str) -> None:
+    token = openbao.create_rotator_token(kv_mount)
+    assert "default" not in openbao.client(token).auth.token.lookup_self()["data"]["policies"]
+    auth = Authenticator(TokenMethod(SecretSource(value=token)), renew_fraction=0.999999)
+    store = store_for(openbao, kv_mount, token, auth=auth)
+
+    store.check()
+    for path in ("zitadel-rotator/billing", "zitadel-rotator/leader", "zitadel/billing"):
+        version = store.write(path, {"n": 1}, cas=0, custom_metadata={"rotation_id": "r1"})
+        store.write(path, {"n": 2}, cas=version)
+        assert store.read(path).data == {"n": 2}  # type: ignore[union-attr]
+        store.destroy_versions(path, [1])
+    assert auth.renewals >= 1  # every call was past the (tiny) renew point: renew-self granted
+
+    for outside in ("elsewhere/x", "zitadel-rotator-other/x"):
+        with pytest.raises(VaultPermissionDenied):
+            store.write(outside, {"n": 1}, cas=0)
+
+
+def test_the_shipped_consumer_policy_reads_one_path_only(openbao: OpenBao, kv_mount: str) -> None:
+    hcl = (ROTATOR_POLICY_FILE.parent / "consumer.hcl").read_text()
+    openbao.create_policy(f"consumer-{kv_mount}", hcl.replace('"secret/', f'"{kv_mount}/'))
+    consumer = store_for(openbao, kv_mount, openbao.create_token([f"consumer-{kv_mount}"]))
+    root = store_for(openbao, kv_mount)
+    root.write("zitadel/billing", {"n": 1}, cas=0)
+    root.write("zitadel/reports", {"n": 1}, cas=0)
+
+    assert consumer.read("zitadel/billing").data == {"n": 1}  # type: ignore[union-attr]
+    for denied in (
+        lambda: consumer.read("zitadel/reports"),
+        lambda: consumer.write("zitadel/billing", {"n": 2}, cas=1),
+    ):
+        with pytest.raises(VaultPermissionDenied):
+            denied()
+
+
+# -- destroy_versions() -----------------------------------------------------------------------
+
+
+def test_destroy_versions_removes_their_data_for_good_and_keeps_the_metadata(
+    openbao: OpenBao, store: VaultStore, kv_mount: str
+) -> None:
+    store.write("s", {"pending_key": PRIVATE_KEY}, cas=0, custom_metadata={"rotation_id": "r1"})
+    store.write("s", {"pending_key": PRIVATE_KEY, "phase": "verified"}, cas=1)
+    store.write("s", {"phase": "promoted"}, cas=2)
+
+    store.destroy_versions("s", [1, 2])
+
+    kv = openbao.client().secrets.kv.v2
+    meta = kv.read_secret_metadata(path="s", mount_point=kv_mount)["data"]
+    assert {v: meta["versions"][v]["destroyed"] for v in ("1", "2", "3")} == {
+        "1": True,
+        "2": True,
+        "3": False,
+    }
+    assert meta["custom_metadata"] == {"rotation_id": "r1"}
+    for version in (1, 2):
+        old = requests.get(
+            f"{openbao.url}/v1/{kv_mount}/data/s?version={version}",
+            headers={"X-Vault-Token": openbao.root_token},
+            timeout=5,
+        )
+        assert old.status_code == 404  # KV v2's answer for a destroyed version
+        assert old.json()["data"]["data"] is None
+        assert old.json()["data"]["metadata"]["destroyed"] is True
+    assert store.read("s").data == {"phase": "promoted"}  # type: ignore[union-attr]
+    assert store.write("s", {"phase": "next"}, cas=3) == 4  # check-and-set goes on
+
+
+def test_destroy_versions_is_idempotent_and_sends_nothing_for_nothing(
+    openbao: OpenBao, kv_mount: str
+) -> None:
+    store = store_for(openbao, kv_mount)
+    store.write("s", {"n": 1}, cas=0)
+    store.destroy_versions("s", [1])
+    store.destroy_versions("s", [1, 7])  # already destroyed, never existed: fine
+    store.destroy_versions("never-written", [1])
+    store_for(openbao, kv_mount, "hvs.not-a-real-token").destroy_versions("s", [])
+    with pytest.raises(ValueError, match="start at 1"):
+        store.destroy_versions("s", [0])
+
+
+def test_destroy_versions_is_translated_like_every_call(openbao: OpenBao, kv_mount: str) -> None:
+    store_for(openbao, kv_mount).write("s", {"key": PRIVATE_KEY}, cas=0)
+    reader = store_for(openbao, kv_mount, openbao.create_kv_token(kv_mount, capabilities=["read"]))
+    with pytest.raises(VaultPermissionDenied) as caught:
+        reader.destroy_versions("s", [1, 1])
+    assert str(caught.value) == (
+        f"Vault at {kv_mount}/s: destroy versions 1: permission denied (403)"
+    )
+    with openbao.sealed(), pytest.raises(VaultUnavailable, match="sealed"):
+        store_for(openbao, kv_mount, retry=NO_RETRY).destroy_versions("s", [1])
 
 
 # -- sealed, unreachable, slow --------------------------------------------------------------

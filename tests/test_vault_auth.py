@@ -126,7 +126,7 @@ def test_a_refused_token_is_reported_naming_its_source_not_its_value(
     with pytest.raises(VaultPermissionDenied) as caught:
         store.read("p")
 
-    assert "token login refused (403)" in str(caught.value)
+    assert "token lookup-self refused (403): the token is invalid or expired" in str(caught.value)
     assert "environment variable MY_TOKEN" in str(caught.value)
     assert "s.revoked-token" not in str(caught.value)
 

@@ -12,14 +12,20 @@ cannot be told apart from the status alone; the mapping below treats a JSON
 ``server_error`` from the token endpoint as a refusal and any other 5xx as an
 outage.
 
-No message built here contains an assertion, a token or key material.
+No message built here contains an assertion, a token or key material: server
+text is put through :func:`rotator.redact.server_text` with what was sent.
+
+The discovery document's ``issuer`` must equal ``zitadel.url`` (OpenID
+Connect Discovery §4.3; only a trailing slash may differ): the assertion's
+``aud`` is that issuer, and a document that names another one did not come
+from the instance we were configured for.
 """
 
 from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +36,7 @@ import httpx
 from rotator.clock import Clock, SystemClock
 from rotator.errors import ConfigError, VerificationError, ZitadelError, ZitadelUnauthenticated
 from rotator.keys import sign_assertion
+from rotator.redact import server_text
 from rotator.zitadel.codes import error_for
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -42,6 +49,7 @@ DEFAULT_TIMEOUT = 10.0
 #: OAuth error names (RFC 6749 §5.2) meaning "this credential was refused".
 _REFUSALS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"})
 _MAX_SERVER_TEXT = 200
+_MAX_ERROR_NAME = 60
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,9 @@ class Endpoints:
     userinfo_endpoint: str
 
 
-def _oauth_error(response: httpx.Response) -> tuple[str, str]:
-    """``(error, error_description)`` of an OAuth error body, or ``("", "")``."""
+def _oauth_error(response: httpx.Response, sent: Sequence[str]) -> tuple[str, str]:
+    """``(error, error_description)`` of an OAuth error body, or ``("", "")``,
+    redacted of ``sent`` (what our request carried)."""
     try:
         body = response.json()
     except ValueError:
@@ -68,8 +77,10 @@ def _oauth_error(response: httpx.Response) -> tuple[str, str]:
     error = body.get("error")
     description = body.get("error_description")
     return (
-        error if isinstance(error, str) else "",
-        description[:_MAX_SERVER_TEXT] if isinstance(description, str) else "",
+        server_text(error, sent, limit=_MAX_ERROR_NAME) if isinstance(error, str) else "",
+        server_text(description, sent, limit=_MAX_SERVER_TEXT)
+        if isinstance(description, str)
+        else "",
     )
 
 
@@ -90,10 +101,18 @@ def http_status_code_name(status: int) -> str:
 
 
 def http_error(
-    response: httpx.Response, what: str, *, token_endpoint: bool = False
+    response: httpx.Response,
+    what: str,
+    *,
+    token_endpoint: bool = False,
+    sent: Sequence[str] = (),
 ) -> ZitadelError:
-    """The error for a failed OAuth/OIDC call (token endpoint, userinfo, discovery)."""
-    error, description = _oauth_error(response)
+    """The error for a failed OAuth/OIDC call (token endpoint, userinfo, discovery).
+
+    ``sent``: the secrets the request carried (assertion, bearer token, client
+    secret), scrubbed from the server's text should it echo them.
+    """
+    error, description = _oauth_error(response, sent)
     status = response.status_code
     if token_endpoint and error == "server_error" and status == 500:
         # ZITADEL's answer to any refused assertion (§7.2), not an outage.
@@ -167,9 +186,20 @@ def tls_verify(verify_tls: bool | str) -> bool | ssl.SSLContext:
         ) from None
 
 
+def same_issuer(announced: str, configured: str) -> bool:
+    """Discovery's ``issuer`` is the configured URL (a trailing slash aside)."""
+    return announced.rstrip("/") == configured.rstrip("/")
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _key_secrets(key_file: Mapping[str, Any], assertion: str) -> tuple[str, ...]:
+    """What a jwt-bearer request could leak: the assertion, and the key itself."""
+    key = key_file.get("key")
+    return (assertion, key) if isinstance(key, str) else (assertion,)
 
 
 class OidcClient:
@@ -230,12 +260,24 @@ class OidcClient:
             raise error_for("failed_precondition", "discovery document is not JSON", method=what)
         missing = [
             name
-            for name in ("token_endpoint", "userinfo_endpoint")
-            if not isinstance(document.get(name), str)
+            for name in ("issuer", "token_endpoint", "userinfo_endpoint")
+            if not isinstance(document.get(name), str) or not document[name]
         ]
         if missing:
             raise error_for(
                 "failed_precondition", f"discovery document lacks {', '.join(missing)}", method=what
+            )
+        issuer = document["issuer"]
+        if not same_issuer(issuer, self.issuer):
+            # Nothing is signed for an issuer we were not configured for: the
+            # assertion's audience would be whatever the document says.
+            raise error_for(
+                "failed_precondition",
+                f"discovery document names issuer {issuer[:_MAX_SERVER_TEXT]!r}, but zitadel.url "
+                f"is {self.issuer!r}; they must be equal (OpenID Connect Discovery 4.3): set "
+                "zitadel.url to ZITADEL's issuer (its ExternalDomain, ExternalPort and "
+                "ExternalSecure)",
+                method=what,
             )
         foreign = [
             name
@@ -250,10 +292,9 @@ class OidcClient:
                 f"discovery document points {', '.join(foreign)} away from {self.issuer}",
                 method=what,
             )
-        issuer = document.get("issuer")
         return Endpoints(
             # ZITADEL checks that ``aud`` contains its issuer string exactly (§7.2).
-            issuer=issuer if isinstance(issuer, str) and issuer else self.issuer,
+            issuer=issuer,
             token_endpoint=document["token_endpoint"],
             userinfo_endpoint=document["userinfo_endpoint"],
         )
@@ -285,13 +326,16 @@ class OidcClient:
             data={"grant_type": JWT_BEARER_GRANT, "assertion": assertion, "scope": scope},
         )
         if response.status_code != 200:
-            raise http_error(response, what, token_endpoint=True)
+            raise http_error(
+                response, what, token_endpoint=True, sent=_key_secrets(key_file, assertion)
+            )
         try:
             body = response.json()
         except ValueError:
             body = None
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
+            # (The body itself is not quoted: it may hold a token under another name.)
             raise error_for("unknown", "token response without access_token", method=what)
         expires_in = body.get("expires_in") if isinstance(body, dict) else None
         lifetime = expires_in if isinstance(expires_in, int | float) and expires_in > 0 else 3600
@@ -304,7 +348,7 @@ class OidcClient:
             what, "GET", endpoints.userinfo_endpoint, headers={"Authorization": f"Bearer {token}"}
         )
         if response.status_code != 200:
-            raise http_error(response, what)
+            raise http_error(response, what, sent=(token,))
         try:
             claims = response.json()
         except ValueError:

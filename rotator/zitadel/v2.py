@@ -61,6 +61,7 @@ from rotator.errors import (
     ZitadelUnauthenticated,
 )
 from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.redact import server_text
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.oidc import http_status_code_name, untrusted_certificate, untrusted_detail
 
@@ -89,9 +90,10 @@ def api_error(exc: ApiError, method: str, context: str, token: str | None = None
         code = http_status_code_name(status or 500)
     text = f"HTTP {status}"
     if isinstance(message, str) and message:
-        text = message[:_MAX_SERVER_TEXT]
-        if token and token in text:  # never expected; a last line of defence
-            text = text.replace(token, "[redacted]")
+        # A front that echoes the request could quote our bearer token.
+        text = server_text(message, (token,), limit=_MAX_SERVER_TEXT)
+    if isinstance(code, str):
+        code = server_text(code, (token,), limit=40)
     return error_for(code, f"{context}: {text}", status=status, method=method)
 
 

@@ -46,6 +46,8 @@ import pytest
 from tests.harness.processes import die_with_parent, free_port
 
 BAO_BINARY = Path(sys.executable).parent / "bao"
+#: The Vault policy the project ships for the rotator; the end-to-end tests run with it.
+ROTATOR_POLICY_FILE = Path(__file__).resolve().parents[2] / "config" / "vault" / "rotator.hcl"
 STARTUP_TIMEOUT = 20.0
 
 _running: set[OpenBao] = set()
@@ -261,6 +263,13 @@ class OpenBao:
         self.create_policy(name, kv_policy(mount, capabilities))
         return self.create_token([name], ttl=ttl, default_policy=default_policy)
 
+    def create_rotator_token(self, mount: str, *, ttl: str = "1h") -> str:
+        """A token holding exactly the shipped rotator policy (config/vault/rotator.hcl,
+        its ``secret/`` mount renamed to ``mount``) and not ``default``."""
+        name = f"zitadel-rotator-{mount}"
+        self.create_policy(name, rotator_policy(mount))
+        return self.create_token([name], ttl=ttl, default_policy=False)
+
     def enable_approle(self, mount: str = "approle") -> str:
         """Enable the AppRole auth method at ``mount`` (idempotent)."""
         return self._enable_auth("approle", mount)
@@ -321,6 +330,20 @@ class OpenBao:
     def disable_kv(self, mount: str) -> None:
         with contextlib.suppress(hvac.exceptions.VaultError):
             self.client().sys.disable_secrets_engine(path=mount)
+
+
+def rotator_policy(mount: str) -> str:
+    """The shipped rotator policy with its mount (``secret``) renamed to ``mount``.
+
+    Only the mount changes: the state prefix (``zitadel-rotator``) and the
+    consumer prefix (``zitadel``) are the configuration defaults the tests use.
+    """
+    hcl = ROTATOR_POLICY_FILE.read_text(encoding="utf-8")
+    paths = re.findall(r'^path "([^"]+)"', hcl, flags=re.MULTILINE)
+    unexpected = [p for p in paths if not p.startswith(("secret/", "auth/token/"))]
+    if not paths or unexpected:
+        raise AssertionError(f"{ROTATOR_POLICY_FILE}: cannot rename the mount of {unexpected}")
+    return hcl.replace('path "secret/', f'path "{mount}/')
 
 
 def kv_policy(mount: str, capabilities: Sequence[str]) -> str:

@@ -37,6 +37,7 @@ from rotator.errors import (
 )
 from rotator.model import Credential, CredentialKind, IssuedPat, User
 from rotator.ports import ZitadelTransport
+from rotator.redact import server_text
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.v1.gen import (
     zitadel_authn_v1_pb2 as authn_pb,
@@ -57,6 +58,8 @@ from rotator.zitadel.v1.gen import (
 ORG_HEADER = "x-zitadel-orgid"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_PAGE_SIZE = 100
+#: How much of a server message goes into an error (after redaction).
+_MAX_SERVER_TEXT = 300
 #: Go gRPC servers (ZITADEL) answer pings more often than every 5 minutes
 #: with GOAWAY "too_many_pings"; pinging at exactly that rate is the most
 #: we may do to notice a dead connection.
@@ -262,9 +265,10 @@ class ManagementTransport:
     @staticmethod
     def _translate(exc: grpc.RpcError, method: str, token: str) -> ZitadelError:
         code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-        message = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name.lower()
-        if token and token in message:  # never expected; a last line of defence
-            message = message.replace(token, "[redacted]")
+        details = exc.details() if isinstance(exc, grpc.Call) else None
+        # A front that echoes the request could quote our bearer token.
+        message = server_text(details, (token,), limit=_MAX_SERVER_TEXT) if details else ""
+        message = message or code.name.lower()
         return error_for(code.name, message, method=method)
 
     def _pages(
