@@ -560,3 +560,48 @@ def test_webhook_payloads_are_scrubbed_of_secret_shapes_once_more() -> None:
     sent = json.dumps([generic_payload(notification), slack_payload(notification)])
     assert_clean(sent, [jwt, ACCESS_TOKEN])
     assert "bad assertion [redacted]" in sent
+
+
+# --------------------------------------------------------------------------- KV history
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_the_state_history_keeps_no_pending_secret_after_promotion(
+    emulator: Emulator, openbao: OpenBao, kv_mount: str, kind: str
+) -> None:
+    """KV v2 keeps every version readable: the versions of the state secret that
+    held the new credential between creation and promotion are destroyed."""
+    from rotator.model import Trigger
+    from tests.enginekit import KitSpec, build_kit
+
+    spec = KitSpec(
+        issuer=emulator.issuer,
+        grpc_target=emulator.grpc_target,
+        admin_key_file=str(emulator.admin_key_file),
+        vault_url=openbao.url,
+        vault_token=openbao.root_token,
+        mount=kv_mount,
+        key_user=emulator.add_user(f"svc-hist-key-{kind}")["login_name"],
+        pat_user=emulator.add_user(f"svc-hist-pat-{kind}")["login_name"],
+    )
+    with build_kit(spec) as kit:
+        target = spec.key_target() if kind == "key" else spec.pat_target()
+        kit.engine.reconcile(target, trigger=Trigger.CLI)
+        kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+        current = kit.store.read(target.vault_path)
+        assert current is not None
+        secrets = [str(v) for k, v in current.data.items() if k in ("key", "token")]
+        client = hvac.Client(url=openbao.url, token=openbao.root_token)
+        path = kit.engine.state_path(target)
+        meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=kv_mount)
+        versions = meta["data"]["versions"]
+        destroyed = [int(v) for v, m in versions.items() if m["destroyed"]]
+        assert len(destroyed) >= 2  # one per rotation at least
+        for version in map(int, versions):
+            if version in destroyed:
+                continue
+            data = client.secrets.kv.v2.read_secret_version(
+                path=path, version=version, mount_point=kv_mount, raise_on_deleted_version=False
+            )["data"]["data"]
+            assert data.get("pending") is None or data["pending"].get("secret") is None
+            assert_clean(json.dumps(data), secrets)
