@@ -421,7 +421,8 @@ def test_hostile_yaml_is_one_config_error(tmp_path: Path, text: str, fragment: s
     message = str(caught.value)
     assert message.startswith(f"{path}: "), message
     assert fragment in message
-    assert "\n" not in message and len(message) < 400
+    assert "\n" not in message
+    assert len(message) < 400
 
 
 def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
