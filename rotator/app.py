@@ -27,12 +27,13 @@ from rotator.clock import Clock, SystemClock
 from rotator.config import Config
 from rotator.errors import (
     ConfigError,
+    InvalidKeyFile,
     RotatorError,
     VaultError,
     ZitadelError,
     ZitadelUnavailable,
 )
-from rotator.keys import InvalidKeyFile, check_key_file
+from rotator.keys import check_key_file
 from rotator.rotation import Engine
 from rotator.vault import VaultStore
 from rotator.zitadel.base import Credential, IssuedPat, User, ZitadelTransport

@@ -35,6 +35,7 @@ from rotator.errors import (
     RotatorError,
     VaultError,
     VerificationError,
+    VerificationReason,
     ZitadelError,
 )
 from rotator.model import Target, Trigger
@@ -464,9 +465,14 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
         else:
             token = data.get("token")
             if not isinstance(token, str):
-                raise VerificationError(f"the secret at {target.vault_path} has no token field")
-            user_id = data.get("user_id")
-            app.oidc.verify_pat(token, str(user_id) if user_id else None)
+                raise VerificationError(
+                    f"the secret at {target.vault_path} has no token field",
+                    reason=VerificationReason.MALFORMED,
+                )
+            user_id, pat_id = data.get("user_id"), data.get("token_id")
+            app.oidc.verify_pat(
+                token, str(user_id) if user_id else None, pat_id=str(pat_id) if pat_id else None
+            )
             what = f"PAT {data.get('token_id')} works (userinfo)"
     except (VerificationError, ZitadelError) as exc:
         sys.stderr.write(f"rotator: {target.name}: verification failed: {exc}\n")

@@ -61,8 +61,8 @@ from rotator.errors import (
     ZitadelUnauthenticated,
 )
 from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
-from rotator.zitadel.codes import error_for
-from rotator.zitadel.oidc import http_status_code_name, untrusted_certificate, untrusted_detail
+from rotator.zitadel.codes import error_for, http_status_code_name
+from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
 DEFAULT_TIMEOUT = 10.0
 #: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
