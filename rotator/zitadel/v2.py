@@ -156,10 +156,8 @@ class UserServiceTransport:
     ) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be positive", field="zitadel.timeout")
-        if not 0 < page_size <= MAX_PAGE_SIZE:
-            raise ConfigError(
-                f"page size must be between 1 and {MAX_PAGE_SIZE}", field="zitadel.page_size"
-            )
+        if not 0 < page_size <= MAX_PAGE_SIZE:  # a programming error: no setting sets it
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         self.issuer = issuer.rstrip("/")
         self._page_size = page_size
         self._token = token
