@@ -26,7 +26,7 @@ from rotator.config import load_config
 from rotator.errors import ConfigError
 
 ROOT = Path(__file__).parent.parent
-CASES = int(os.environ.get("CONFIG_FUZZ_CASES", "1200"))
+CASES = int(os.environ.get("CONFIG_FUZZ_CASES", "1000"))
 SECRET = "hvs.FUZZ-secret-token-value"
 ENV = {
     "VAULT_ADDR": "http://127.0.0.1:8200",
@@ -231,22 +231,19 @@ TREE_MUTATIONS: list[TreeMutation] = [
 def _damage(rng: random.Random, data: bytes) -> bytes:
     """Byte-level damage: truncation, invalid UTF-8, control bytes, BOMs, tabs, duplicates."""
     at = rng.randrange(len(data) + 1)
-    choice = rng.randrange(7)
-    if choice == 0:
-        return data[:at]
-    if choice == 1:
-        return data[:at] + rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe9"]) + data[at:]
-    if choice == 2:
-        return data[:at] + bytes([rng.randrange(32)]) + data[at:]
-    if choice == 3:
-        return rng.choice([b"\xef\xbb\xbf", b"\xff\xfe", b"---\n", b"%YAML 9.9\n"]) + data
-    if choice == 4:
-        return data[:at] + b"\t" + data[at:]
-    if choice == 5:
-        lines = data.splitlines(keepends=True)
-        index = rng.randrange(len(lines))
-        return b"".join([*lines[: index + 1], lines[index], *lines[index + 1 :]])
-    return data[:at] + b"\n---\n" + data[at:]
+    head, tail = data[:at], data[at:]
+    lines = data.splitlines(keepends=True)
+    line = rng.randrange(len(lines))
+    damages: list[Callable[[], bytes]] = [
+        lambda: head,
+        lambda: head + rng.choice([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe9"]) + tail,
+        lambda: head + bytes([rng.randrange(32)]) + tail,
+        lambda: rng.choice([b"\xef\xbb\xbf", b"\xff\xfe", b"---\n", b"%YAML 9.9\n"]) + data,
+        lambda: head + b"\t" + tail,
+        lambda: b"".join([*lines[: line + 1], lines[line], *lines[line + 1 :]]),
+        lambda: head + b"\n---\n" + tail,
+    ]
+    return rng.choice(damages)()
 
 
 def _case(seed: int) -> bytes:

@@ -602,9 +602,6 @@ def test_the_rotator_rotates_its_own_key_and_keeps_working(setup: Setup) -> None
     target = app.config.targets[0]
     before = app.engine.status(target)
     assert before.state == "due"
-    app.audit = AuditLog(stream=io.StringIO())
-    app.engine.audit = app.audit
-
     def clocks(delta: timedelta) -> None:
         assert isinstance(app.clock, OffsetClock)
         app.clock.advance(delta)
