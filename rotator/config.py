@@ -465,7 +465,15 @@ class _Section:
 
     def file(self, name: str, default: Any = None) -> Any:
         value = self.text(name, default)
-        return self.ctx.resolve_path(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        if "\0" in value:  # no file system takes one (and os.path raises ValueError)
+            self.fail(name, f"must not contain a NUL character {self.got(name)}")
+        return self.ctx.resolve_path(value)
+
+    def shown(self, name: str, value: Any) -> str:
+        """``value`` as a message quotes it: as written, if it was written here."""
+        return _shown(self.raw[name]) if self.raw.get(name) is not None else _shown(value)
 
     def env_name(self, name: str, default: Any = None) -> Any:
         value = self.text(name, default)
@@ -870,20 +878,23 @@ def _targets(  # noqa: PLR0917 - private helper, called once
                 f"{section.got('name')}",
             )
         if name in names:
-            section.fail("name", f"duplicate target name {name!r} (also {names[name]})")
+            section.fail(
+                "name", f"duplicate target name {section.shown('name', name)} (also {names[name]})"
+            )
         names[name] = path
         kind = section.text("kind", choices=tuple(k.value for k in CredentialKind))
         vault_path = _vault_path(section, "vault_path", f"zitadel/{name}")
         if vault_path in paths:
             section.fail(
                 "vault_path",
-                f"duplicate vault_path {_shown(vault_path)} (also {paths[vault_path]})",
+                f"duplicate vault_path {section.shown('vault_path', vault_path)} "
+                f"(also {paths[vault_path]})",
             )
         if vault_path == vault.state_prefix or vault_path.startswith(vault.state_prefix + "/"):
             section.fail(
                 "vault_path",
-                f"must not be under vault.state_prefix {_shown(vault.state_prefix)}: the rotator "
-                "keeps its own state there",
+                "must not be under vault.state_prefix: the rotator keeps its own state there "
+                f"{section.shown('vault_path', vault_path)}",
             )
         if vault_path == zitadel.credentials.vault_path and kind != CredentialKind.KEY:
             section.fail(

@@ -318,6 +318,8 @@ BAD: list[tuple[str, Any, str, str]] = [
         "ISO date",
     ),
     ("vault", {"url": "http://v", 1: "x"}, "vault", "keys must be strings (got 1)"),
+    ("audit.file", "~a\0b", "audit.file", "must not contain a NUL character"),
+    ("zitadel.tls.ca_file", "ca\0.pem", "zitadel.tls.ca_file", "NUL character"),
 ]
 
 
@@ -349,20 +351,24 @@ def test_a_webhook_url_may_carry_its_credentials_in_the_query() -> None:
 
 def test_errors_name_environment_variables_never_their_values() -> None:
     token = "hvs.CAESIsecret-token-value"
-    env = {"VAULT_TOKEN": token, "HOOK": "https://hooks.example/T0/secret"}
+    env = {"VAULT_TOKEN": token, "LOWER": "billing"}
     cases = [
         with_("vault.auth", {"method": "token", "token_env": "${VAULT_TOKEN}"}),
         with_("zitadel.api", "${VAULT_TOKEN}"),
         with_("policy.grace", "${VAULT_TOKEN}"),
         with_("targets.1.vault_path", "/${VAULT_TOKEN}"),
         with_("daemon.listen", "${VAULT_TOKEN}"),
+        with_("targets.1.name", "${LOWER}"),
+        with_("targets.1.vault_path", "zitadel/${LOWER}"),
         with_("zitadel.url", "${VAULT_TOKEN}"),
     ]
     for raw in cases:
         with pytest.raises(ConfigError) as caught:
             parse(raw, env=env)
-        assert token not in str(caught.value)
-        assert "${VAULT_TOKEN}" in str(caught.value), str(caught.value)
+        message = str(caught.value)
+        assert token not in message
+        assert "'billing'" not in message
+        assert "${VAULT_TOKEN}" in message or "${LOWER}" in message, message
 
 
 def test_top_level_must_be_a_mapping() -> None:

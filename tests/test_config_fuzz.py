@@ -90,6 +90,8 @@ HOSTILE = [
     "/etc/localtime",
     "'Mars/Olympus'",
     "'\\0'",
+    '"~a\\0b"',
+    "'~nobody-here/x'",
     "'${NOPE}'",
     "'${VAULT_TOKEN}'",
     "'$${VAULT_TOKEN}'",
