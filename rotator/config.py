@@ -10,6 +10,14 @@ Two layers, so the rules can be tested without files:
 * :func:`load_config` reads the file (rejecting duplicate YAML keys) and
   calls it.
 
+Every way a file can be wrong, down to bytes that are not UTF-8, YAML nested
+too deeply or a date that does not exist, is one ConfigError: the CLI turns
+it into one line and exit code 2, never a traceback.  Every duration has an
+upper bound (at most :data:`MAX_DURATION`), so no date computed from the
+configuration can overflow later.  Messages quote values as written in the
+file, so an expanded ``${VAR}`` never appears in one.  Each default is
+declared once, on its dataclass field; the loader reads it from there.
+
 Secrets never live in the configuration: there is no key for a token, a
 private key or a secret id; only the *names* of environment variables and
 paths of files that hold them.  ``${VAR}`` (or ``${VAR:-default}``) may be
@@ -205,7 +213,7 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-#: libyaml's parser when PyYAML was built with it (10x faster on large files).
+#: libyaml's parser when PyYAML was built with it (a large file loads ~3x faster).
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
