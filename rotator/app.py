@@ -19,7 +19,6 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,14 +30,14 @@ from rotator.config import Config
 from rotator.engine import Engine
 from rotator.errors import (
     ConfigError,
+    InvalidKeyFile,
     RotatorError,
     VaultError,
     ZitadelError,
     ZitadelUnavailable,
 )
 from rotator.failures import Backoff
-from rotator.keys import InvalidKeyFile, check_key_file
-from rotator.model import Credential, IssuedPat, User
+from rotator.keys import check_key_file
 from rotator.ports import ZitadelTransport
 from rotator.vault import VaultStore
 from rotator.zitadel.detect import choose_api
@@ -210,82 +209,48 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
     return transport
 
 
-class LazyTransport:
-    """Builds the real transport on first use: the v2 SDK takes seconds to
-    import, and ``status`` or ``verify`` never call the management API."""
+_TRANSPORT_METHODS = frozenset(
+    name for name in vars(ZitadelTransport) if not name.startswith("_") and name != "close"
+)
+
+
+class DeferredTransport:
+    """A :class:`ZitadelTransport` made on first use by ``factory``.
+
+    The v2 SDK takes seconds to import, and ``status`` or ``verify`` never
+    call the management API, so the real transport is built only when a
+    method is called; every method is forwarded (``__getattr__``), so this
+    class does not repeat the protocol.  Use :func:`offline_transport` for a
+    ZITADEL that could not be reached at start.
+    """
 
     def __init__(self, api: str, factory: Callable[[], ZitadelTransport]) -> None:
+        #: "v1", "v2", "auto" (not probed yet) or "offline".
         self.api = api
         self._factory = factory
         self._transport: ZitadelTransport | None = None
 
-    @property
-    def real(self) -> ZitadelTransport:
+    def __getattr__(self, name: str) -> Any:
+        # Only called for what this class lacks; only the protocol's methods are forwarded.
+        if name not in _TRANSPORT_METHODS:
+            raise AttributeError(name)
         if self._transport is None:
             self._transport = self._factory()
-        return self._transport
-
-    def resolve_user(self, user: str, org_id: str | None = None) -> User:
-        return self.real.resolve_user(user, org_id)
-
-    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
-        return self.real.add_key(user, public_key_pem, expires_at)
-
-    def list_keys(self, user: User) -> list[Credential]:
-        return self.real.list_keys(user)
-
-    def remove_key(self, user: User, key_id: str) -> None:
-        self.real.remove_key(user, key_id)
-
-    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
-        return self.real.add_pat(user, expires_at)
-
-    def list_pats(self, user: User) -> list[Credential]:
-        return self.real.list_pats(user)
-
-    def remove_pat(self, user: User, pat_id: str) -> None:
-        self.real.remove_pat(user, pat_id)
+        return getattr(self._transport, name)
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
 
-class OfflineTransport:
+def offline_transport(error: ZitadelError) -> DeferredTransport:
     """Stands in for ZITADEL when it could not be reached at start and the
-    command only reads Vault: every call raises the error from the start."""
+    command only reads Vault: every call raises, naming the error from the start."""
 
-    api = "offline"
+    def unavailable() -> NoReturn:
+        raise ZitadelUnavailable(f"not connected ({error})")
 
-    def __init__(self, error: ZitadelError) -> None:
-        self.error = error
-
-    def _fail(self) -> NoReturn:
-        raise ZitadelUnavailable(f"not connected ({self.error})")
-
-    def resolve_user(self, user: str, org_id: str | None = None) -> User:
-        self._fail()
-
-    def add_key(self, user: User, public_key_pem: bytes, expires_at: datetime) -> Credential:
-        self._fail()
-
-    def list_keys(self, user: User) -> list[Credential]:
-        self._fail()
-
-    def remove_key(self, user: User, key_id: str) -> None:
-        self._fail()
-
-    def add_pat(self, user: User, expires_at: datetime) -> IssuedPat:
-        self._fail()
-
-    def list_pats(self, user: User) -> list[Credential]:
-        self._fail()
-
-    def remove_pat(self, user: User, pat_id: str) -> None:
-        self._fail()
-
-    def close(self) -> None:
-        pass
+    return DeferredTransport("offline", unavailable)
 
 
 # --------------------------------------------------------------------------- build
@@ -347,20 +312,22 @@ def build(
                     verify=tls_setting(config),
                 )
                 _check_transport_settings(config, chosen)
-                return LazyTransport(chosen, lambda: make_transport(config, chosen, token_source))
+                return DeferredTransport(
+                    chosen, lambda: make_transport(config, chosen, token_source)
+                )
 
             if require_zitadel and probe_api:
                 transport = connect()
                 api = transport.api
             else:
                 # Probe the API only if something calls the management API.
-                transport = LazyTransport(config.zitadel.api, connect)
+                transport = DeferredTransport(config.zitadel.api, connect)
                 api = config.zitadel.api
         except ZitadelError as exc:
             if require_zitadel:
                 raise
             zitadel_error, api = exc, "offline"
-            transport = OfflineTransport(exc)
+            transport = offline_transport(exc)
         closers.append(transport.close)
     except RotatorError:
         for close in reversed(closers):
@@ -400,12 +367,12 @@ def build(
 
 __all__ = [
     "App",
+    "DeferredTransport",
     "KeyFileProvider",
-    "LazyTransport",
-    "OfflineTransport",
     "build",
     "check_audit_file",
     "connect_store",
     "key_file_provider",
     "make_transport",
+    "offline_transport",
 ]

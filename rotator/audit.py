@@ -3,8 +3,11 @@
 The audit trail is the record a person reads after the fact, so every event
 carries the same identifying fields (target, rotation id, credential ids,
 vault path and version, trigger, outcome).  Events go through a structlog
-processor chain that ends in a JSON line on a stream (stdout for the daemon)
-and, optionally, in an append-only file.
+processor chain that ends in a JSON line on a stream (stdout for the daemon;
+structlog's console rendering instead with ``console=True``) and, optionally,
+a JSON line in an append-only file.
+
+Tests read events with :meth:`AuditLog.capture`, not by parsing lines.
 
 Nothing secret is ever passed in; as a second line of defence, :func:`redact`
 replaces any field whose name says it could hold secret material.
@@ -15,7 +18,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,18 +59,32 @@ def open_private_append(path: Path) -> IO[str]:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-class _Sink:
-    """The structlog "logger" at the end of the chain: writes each rendered
-    line to the stream and, if configured, appends it to the audit file."""
+_JSON = structlog.processors.JSONRenderer(default=str)
+_CONSOLE = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
 
-    def __init__(self, stream: IO[str], file: Path | None) -> None:
+
+def _console_line(event: EventDict) -> str:
+    """``HH:MM:SS event key=value ...`` for people (``--log-format console``)."""
+    shown = {k: v for k, v in event.items() if k not in ("audit", "level")}
+    shown["timestamp"] = str(shown.get("timestamp", ""))[11:19]
+    return str(_CONSOLE(None, "info", shown))
+
+
+class _Sink:
+    """The structlog "logger" at the end of the chain: writes each event as
+    a JSON line (or a console line) to the stream and, if configured, appends
+    its JSON line to the audit file."""
+
+    def __init__(self, stream: IO[str], file: Path | None, *, console: bool = False) -> None:
         self._stream = stream
         self._file = file
+        self._console = console
         self._lock = threading.Lock()
 
-    def msg(self, line: str) -> None:
+    def msg(self, event: EventDict) -> None:
+        line = str(_JSON(None, "info", dict(event)))
         with self._lock:
-            self._stream.write(line + "\n")
+            self._stream.write((_console_line(event) if self._console else line) + "\n")
             self._stream.flush()
             if self._file is not None:
                 self._file.parent.mkdir(parents=True, exist_ok=True)
@@ -77,19 +95,29 @@ class _Sink:
 
 
 class AuditLog:
-    """Emits audit events as JSON lines to a stream and, optionally, a file."""
+    """Emits audit events as JSON lines to a stream and, optionally, a file.
 
-    def __init__(self, stream: IO[str] | None = None, file: str | Path | None = None) -> None:
+    ``console=True`` renders the stream's lines for people (structlog's
+    console renderer); the file always gets JSON lines.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        file: str | Path | None = None,
+        *,
+        console: bool = False,
+    ) -> None:
         path = Path(file) if file else None
         self._listeners: list[Listener] = []
         self._logger = structlog.wrap_logger(
-            _Sink(stream if stream is not None else sys.stdout, path),
+            _Sink(stream if stream is not None else sys.stdout, path, console=console),
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
                 structlog.processors.add_log_level,
                 redact,
                 self._remember,
-                structlog.processors.JSONRenderer(default=str),
+                _to_sink,
             ],
             cache_logger_on_first_use=False,
         )
@@ -98,6 +126,21 @@ class AuditLog:
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener`` with every event (metrics and notifications hook in here)."""
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    @contextmanager
+    def capture(self) -> Iterator[list[dict[str, Any]]]:
+        """The events emitted inside the ``with`` block, as written (redacted,
+        with ``timestamp`` and ``level``), like ``structlog.testing.capture_logs``.
+        They are still written to the stream and the file."""
+        events: list[dict[str, Any]] = []
+        self.subscribe(events.append)
+        try:
+            yield events
+        finally:
+            self.unsubscribe(events.append)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """Record ``event``; ``None`` fields are left out.  Returns the event as written."""
@@ -111,3 +154,10 @@ class AuditLog:
     def _remember(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
         self._local.last = dict(event_dict)
         return event_dict
+
+
+def _to_sink(
+    _logger: object, _method: str, event_dict: EventDict
+) -> tuple[tuple[EventDict], dict[str, Any]]:
+    """Last processor: hand the event itself to :class:`_Sink` (which renders it)."""
+    return (event_dict,), {}

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import IO, Any, TextIO, cast
+from typing import IO, Any, TextIO
+
+import structlog
 
 from rotator.app import App, build
 from rotator.audit import AuditLog
@@ -209,37 +211,36 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         out.write("\n")
 
 
-class ConsoleStream:
-    """Renders the audit log's JSON lines as ``time event key=value ...`` for people."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                self._stream.write(line + "\n")
-                continue
-            stamp = str(record.pop("timestamp", ""))[11:19]
-            event = record.pop("event", "")
-            record.pop("audit", None)
-            record.pop("level", None)
-            fields = " ".join(f"{k}={v}" for k, v in record.items())
-            self._stream.write(f"{stamp} {event:<22} {fields}\n")
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-
 def _setup_logging(fmt: str, debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Route stdlib logging (ours and the libraries') through structlog's
+    renderers: one JSON object per record (``timestamp``, ``level``, ``logger``,
+    ``event`` and the record's ``extra`` fields) or a console line."""
+    renderer: structlog.types.Processor
+    drop: tuple[str, ...]
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        # No traceback in JSON: a library's exception text may quote a URL
+        # (a webhook URL is a secret) and the lines are for machines.
+        renderer = structlog.processors.JSONRenderer(default=str)
+        drop = ("exc_info", "stack_info")
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        drop = ()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _drop_keys(drop),
+                renderer,
+            ],
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -249,23 +250,16 @@ def _setup_logging(fmt: str, debug: bool) -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def _drop_keys(keys: Sequence[str]) -> structlog.types.Processor:
+    def drop(_logger: object, _method: str, event: structlog.types.EventDict) -> Any:
+        for key in keys:
+            event.pop(key, None)
+        return event
+
+    return drop
+
+
 _WIRE_LOGGERS = ("httpx", "httpcore", "urllib3", "requests", "hvac", "grpc", "authlib")
-
-
-class _JsonFormatter(logging.Formatter):
-    _STANDARD = frozenset(vars(logging.makeLogRecord({})))
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        data.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
-        return json.dumps(data, default=str)
 
 
 # --------------------------------------------------------------------------- commands
@@ -566,9 +560,7 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         # One-shot commands: their errors are reported once, at the end.
         logging.getLogger().setLevel(logging.ERROR)
     stream: IO[str] = sys.stdout if args.command == "run" else sys.stderr
-    if args.log_format == "console":
-        stream = cast(IO[str], ConsoleStream(stream))
-    audit = AuditLog(stream=stream, file=config.audit.file)
+    audit = AuditLog(stream=stream, file=config.audit.file, console=args.log_format == "console")
     connect = functools.partial(
         build,
         config,

@@ -10,6 +10,14 @@ Two layers, so the rules can be tested without files:
 * :func:`load_config` reads the file (rejecting duplicate YAML keys) and
   calls it.
 
+Every way a file can be wrong, down to bytes that are not UTF-8, YAML nested
+too deeply or a date that does not exist, is one ConfigError: the CLI turns
+it into one line and exit code 2, never a traceback.  Every duration has an
+upper bound (at most :data:`MAX_DURATION`), so no date computed from the
+configuration can overflow later.  Messages quote values as written in the
+file, so an expanded ``${VAR}`` never appears in one.  Each default is
+declared once, on its dataclass field; the loader reads it from there.
+
 Secrets never live in the configuration: there is no key for a token, a
 private key or a secret id; only the *names* of environment variables and
 paths of files that hold them.  ``${VAR}`` (or ``${VAR:-default}``) may be
@@ -18,6 +26,7 @@ used in any string value for non-secret settings; ``$${`` escapes a literal.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import zoneinfo
@@ -25,7 +34,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -36,6 +45,16 @@ from rotator.windows import FreezeWindow, RotationWindow
 
 DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
 DEFAULT_K8S_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+#: The closed sets of the configuration (the loader takes its choices from these).
+ZitadelApi = Literal["v1", "v2", "auto"]
+VaultAuthMethod = Literal["token", "approle", "kubernetes"]
+HaBackend = Literal["vault", "kubernetes"]
+NotifyFormat = Literal["generic", "slack"]
+
+#: No duration in the file may exceed this (ten years): it keeps every date
+#: computed from one (expiry, retry, deadline) far inside ``datetime``'s range.
+MAX_DURATION = timedelta(days=3650)
 
 # --------------------------------------------------------------------------- model
 
@@ -59,7 +78,7 @@ class ZitadelCredentials:
 @dataclass(frozen=True)
 class ZitadelConfig:
     url: str
-    api: str = "auto"  # "v1" | "v2" | "auto"
+    api: ZitadelApi = "auto"
     grpc_target: str = ""  # host:port of the v1 gRPC API
     tls: TlsConfig = field(default_factory=TlsConfig)
     credentials: ZitadelCredentials = field(default_factory=ZitadelCredentials)
@@ -72,12 +91,13 @@ class ZitadelConfig:
 
 @dataclass(frozen=True)
 class VaultAuthConfig:
-    method: str = "token"  # "token" | "approle" | "kubernetes"
+    method: VaultAuthMethod = "token"
     #: token: the environment variable holding the token (read at start, never stored).
     token_env: str = "VAULT_TOKEN"  # noqa: S105 - a variable name, not a token
     #: token: a file holding the token (takes precedence over ``token_env``).
     token_file: str | None = None
-    #: approle / kubernetes: where the auth method is mounted.
+    #: approle / kubernetes: where the auth method is mounted (the loader's
+    #: default is the method's name, Vault's own convention).
     mount_path: str | None = None
     #: approle: the role id (not secret) or a file holding it.
     role_id: str | None = None
@@ -104,7 +124,7 @@ class VaultConfig:
 @dataclass(frozen=True)
 class HaConfig:
     enabled: bool = False
-    backend: str = "vault"  # "vault" | "kubernetes"
+    backend: HaBackend = "vault"
     lease_ttl: timedelta = timedelta(seconds=30)
     #: vault: KV path of the lease (default ``<state_prefix>/leader``).
     lease_path: str | None = None
@@ -144,7 +164,7 @@ class AuditConfig:
 class NotifyConfig:
     #: May carry a secret (Slack): write it as ``${SLACK_WEBHOOK_URL}``.
     webhook_url: str | None = field(default=None, repr=False)
-    format: str = "generic"  # "generic" | "slack"
+    format: NotifyFormat = "generic"
     expiry_threshold: timedelta = timedelta(days=7)
     timeout: timedelta = timedelta(seconds=5)
 
@@ -184,45 +204,85 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping."""
+#: libyaml's parser when PyYAML was built with it (a large file loads ~3x faster).
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+class _StrictLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """SafeLoader that refuses a key given twice in one mapping, an unhashable
+    key, and a scalar Python cannot represent (an impossible date, a huge int)
+    with a YAML error that points at the node instead of a bare ValueError."""
+
+
+def _problem(node: yaml.Node, message: str) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, message, node.start_mark)
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise _problem(key_node, "a key must be a plain value, not a list or mapping") from None
+        if duplicate:
+            raise _problem(key_node, f"duplicate key {_shown(key)}")
         seen.add(key)
     return loader.construct_mapping(node)
 
 
+def _checked_scalar(construct: Any, what: str) -> Any:
+    def constructor(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError):
+            raise _problem(node, f"invalid {what} {_shown(node.value)}") from None
+
+    return constructor
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
+    "tag:yaml.org,2002:timestamp",
+    _checked_scalar(yaml.SafeLoader.construct_yaml_timestamp, "date"),
 )
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:int", _checked_scalar(yaml.SafeLoader.construct_yaml_int, "integer")
+)
+_StrictLoader.add_constructor(
+    "tag:yaml.org,2002:float", _checked_scalar(yaml.SafeLoader.construct_yaml_float, "number")
+)
+
+
+def _read_yaml(source: str) -> Any:
+    """The file's YAML tree; every way it can fail is a ConfigError naming the file."""
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=source) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read ({exc.strerror or type(exc).__name__})", file=source
+        ) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"invalid YAML: {where}{_one_line(problem)}", file=source) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", file=source) from None
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate ``path``; raises ConfigError naming the file and the field."""
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=source) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read ({exc.strerror})", file=source) from None
-    try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"invalid YAML: {where}{problem}", file=source) from None
+    raw = _read_yaml(source)
     return parse_config(
         raw,
         source=source,
@@ -233,7 +293,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 # --------------------------------------------------------------------------- validation
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$", re.ASCII)
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,62})$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -250,13 +310,26 @@ _SECRET_KEY_HINTS = {
 }
 
 
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``45s``, ``1d12h``, ``0s``; raises ValueError."""
+_DURATION_SHAPE = "must be a duration like 30d, 12h, 90m, 45s or 1d12h"
+#: More digits than any duration up to MAX_DURATION needs (in seconds: 9).
+_MAX_DURATION_DIGITS = 10
+
+
+def parse_duration(text: str, *, maximum: timedelta = MAX_DURATION) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``1d12h``, ``0s``, at most ``maximum``;
+    raises ValueError (whose message does not repeat ``text``)."""
     match = _DURATION.match(text.strip()) if text.strip() else None
     if not match:
-        raise ValueError(f"must be a duration like 30d, 12h, 90m, 45s or 1d12h (got {text!r})")
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        raise ValueError(_DURATION_SHAPE)
+    groups = [g or "0" for g in match.groups()]
+    if any(len(g.lstrip("0")) > _MAX_DURATION_DIGITS for g in groups):
+        raise ValueError(f"must be at most {format_duration(maximum)}")
+    days, hours, minutes, seconds = (int(g) for g in groups)
+    # Compare in integers: timedelta() itself overflows beyond 999999999 days.
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total > maximum.total_seconds():
+        raise ValueError(f"must be at most {format_duration(maximum)}")
+    return timedelta(seconds=total)
 
 
 def format_duration(value: timedelta) -> str:
@@ -270,6 +343,26 @@ def format_duration(value: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts)
+
+
+_MAX_SHOWN = 60
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_SHOWN else line[: _MAX_SHOWN - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: as written in the file (``${VAR}``
+    references unexpanded, so an error never shows an environment value),
+    on one line and cut short."""
+    if isinstance(value, str):
+        return repr(_one_line(value))
+    if isinstance(value, bool | int | float):
+        text = str(value) if not isinstance(value, int) or abs(value) < 10**_MAX_SHOWN else "..."
+        return _one_line(text)
+    return _type_name(value)
 
 
 @dataclass
@@ -330,6 +423,14 @@ class _Section:
     def sub(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
+    def got(self, name: str) -> str:
+        """``(got ...)`` with the value as written in the file (see :func:`_shown`)."""
+        return f"(got {_shown(self.raw.get(name))})"
+
+    def fail(self, name: str, message: str) -> NoReturn:
+        """Fail on field ``name`` of this section."""
+        self.ctx.fail(self.sub(name), message)
+
     def has(self, name: str) -> bool:
         return self.raw.get(name) is not None
 
@@ -338,7 +439,7 @@ class _Section:
         value = self.raw.get(name)
         if value is None:
             if default is _REQUIRED:
-                self.ctx.fail(self.sub(name), "is required")
+                self.fail(name, "is required")
             return default
         return value
 
@@ -349,55 +450,69 @@ class _Section:
         if not isinstance(value, str):
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             hint = " (quote it)" if numeric else ""
-            self.ctx.fail(self.sub(name), f"must be a string (got {_type_name(value)}){hint}")
+            self.fail(name, f"must be a string (got {_type_name(value)}){hint}")
         value = self.ctx.expand(value, self.sub(name)).strip()
         if not value and default is _REQUIRED:
-            self.ctx.fail(self.sub(name), "must not be empty")
+            self.fail(name, "must not be empty")
         if choices and value not in choices:
-            self.ctx.fail(self.sub(name), f"must be one of {', '.join(choices)} (got {value!r})")
+            self.fail(name, f"must be one of {', '.join(choices)} {self.got(name)}")
         return value or default
+
+    def choice(self, name: str, default: Any = _REQUIRED, *, of: Any) -> Any:
+        """A value of the ``Literal`` type ``of``."""
+        return self.text(name, default, choices=get_args(of))
 
     def file(self, name: str, default: Any = None) -> Any:
         value = self.text(name, default)
-        return self.ctx.resolve_path(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        if "\0" in value:  # no file system takes one (and os.path raises ValueError)
+            self.fail(name, f"must not contain a NUL character {self.got(name)}")
+        return self.ctx.resolve_path(value)
+
+    def shown(self, name: str, value: Any) -> str:
+        """``value`` as a message quotes it: as written, if it was written here."""
+        return _shown(self.raw[name]) if self.raw.get(name) is not None else _shown(value)
 
     def env_name(self, name: str, default: Any = None) -> Any:
         value = self.text(name, default)
         if isinstance(value, str) and not _ENV_NAME.match(value):
-            self.ctx.fail(self.sub(name), f"must be an environment variable name (got {value!r})")
+            self.fail(name, f"must be an environment variable name {self.got(name)}")
         return value
 
     def flag(self, name: str, default: bool) -> bool:
         value = self._get(name, default)
         if not isinstance(value, bool):
-            self.ctx.fail(self.sub(name), f"must be true or false (got {_type_name(value)})")
+            self.fail(name, f"must be true or false (got {_type_name(value)})")
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         value = self._get(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.ctx.fail(self.sub(name), f"must be an integer (got {_type_name(value)})")
-        if value < minimum:
-            self.ctx.fail(self.sub(name), f"must be at least {minimum} (got {value})")
+            self.fail(name, f"must be an integer (got {_type_name(value)})")
+        if not minimum <= value <= maximum:
+            self.fail(name, f"must be from {minimum} to {maximum} {self.got(name)}")
         return value
 
-    def duration(self, name: str, default: Any, *, minimum: timedelta | None = None) -> Any:
+    def duration(
+        self,
+        name: str,
+        default: Any,
+        *,
+        minimum: timedelta = timedelta(0),
+        maximum: timedelta = MAX_DURATION,
+    ) -> Any:
         value = self._get(name, default)
         if isinstance(value, timedelta):
             return value
         if not isinstance(value, str):
-            self.ctx.fail(
-                self.sub(name),
-                f"must be a duration like 30d, 12h, 90m, 45s or 1d12h (got {_type_name(value)})",
-            )
+            self.fail(name, f"{_DURATION_SHAPE} (got {_type_name(value)})")
         try:
-            parsed = parse_duration(self.ctx.expand(value, self.sub(name)))
+            parsed = parse_duration(self.ctx.expand(value, self.sub(name)), maximum=maximum)
         except ValueError as exc:
-            self.ctx.fail(self.sub(name), str(exc))
-        if minimum is not None and parsed < minimum:
-            self.ctx.fail(
-                self.sub(name), f"must be at least {format_duration(minimum)} (got {value})"
-            )
+            self.fail(name, f"{exc} {self.got(name)}")
+        if parsed < minimum:
+            self.fail(name, f"must be at least {format_duration(minimum)} {self.got(name)}")
         return parsed
 
     def section(self, name: str) -> _Section:
@@ -418,8 +533,10 @@ class _Section:
         for key in self.raw:
             if key in self.used:
                 continue
-            key_path = self.sub(str(key))
-            hint = _SECRET_KEY_HINTS.get(str(key))
+            if not isinstance(key, str):
+                self.ctx.fail(self.path, f"keys must be strings (got {_shown(key)})")
+            key_path = self.sub(_one_line(key))
+            hint = _SECRET_KEY_HINTS.get(key)
             if hint:
                 self.ctx.fail(key_path, f"unknown key; {hint}")
             known = ", ".join(sorted(self.used))
@@ -463,38 +580,57 @@ def parse_config(
     )
 
 
+def _default(cls: type[Any], name: str) -> Any:
+    """The dataclass field's default: each default is declared once, on the model."""
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    raise AssertionError(f"{cls.__name__}.{name} has no default")
+
+
+_SECOND = timedelta(seconds=1)
+#: Deadline of one call (ZITADEL, Vault, a webhook).
+_CALL_TIMEOUT = {"minimum": _SECOND, "maximum": timedelta(minutes=10)}
+
+
 def _url(section: _Section, name: str, default: Any = _REQUIRED, *, secret: bool = False) -> Any:
     value = section.text(name, default)
     if value is None:
         return None
-    parts = urlsplit(value)
-    shown = "" if secret else f" (got {value!r})"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        section.ctx.fail(section.sub(name), f"must be an http:// or https:// URL{shown}")
+    shown = "" if secret else f" {section.got(name)}"
+    try:
+        parts = urlsplit(value)
+        hostname, _ = parts.hostname, parts.port  # both raise ValueError when malformed
+    except ValueError:
+        section.fail(name, f"has an invalid host or port{shown}")
+    if parts.scheme not in ("http", "https") or not hostname:
+        section.fail(name, f"must be an http:// or https:// URL{shown}")
     # Webhook URLs carry their credentials in the query (Teams, Google Chat);
     # server URLs (issuer, Vault) have no business with one.
     if parts.fragment or (parts.query and not secret):
-        section.ctx.fail(section.sub(name), "must not have a query or fragment")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        section.ctx.fail(section.sub(name), f"has an invalid port{shown}")
+        section.fail(name, "must not have a query or fragment")
     return str(value).rstrip("/")
 
 
 def _zitadel(section: _Section) -> ZitadelConfig:
     url = _url(section, "url")
-    api = section.text("api", "auto", choices=("v1", "v2", "auto"))
+    api = section.choice("api", _default(ZitadelConfig, "api"), of=ZitadelApi)
     grpc_target = section.text("grpc_target", None)
     if grpc_target is None:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         grpc_target = f"{parts.hostname}:{port}"
-    elif not re.match(r"^[^\s:/]+:\d{1,5}$", grpc_target):
-        section.ctx.fail(section.sub("grpc_target"), f"must be host:port (got {grpc_target!r})")
+    else:
+        match = re.match(r"^[^\s:/]+:(\d{1,5})$", grpc_target)
+        if not match or int(match.group(1)) > 65535:
+            section.fail("grpc_target", f"must be host:port {section.got('grpc_target')}")
     tls_section = section.section("tls")
     tls = TlsConfig(
-        ca_file=tls_section.file("ca_file"), insecure=tls_section.flag("insecure", False)
+        ca_file=tls_section.file("ca_file"),
+        insecure=tls_section.flag("insecure", _default(TlsConfig, "insecure")),
     )
     tls_section.done()
     cred_section = section.section("credentials")
@@ -503,9 +639,9 @@ def _zitadel(section: _Section) -> ZitadelConfig:
         vault_path=_vault_path(cred_section, "vault_path", None),
     )
     if (credentials.key_file is None) == (credentials.vault_path is None):
-        section.ctx.fail(section.sub("credentials"), "needs exactly one of key_file or vault_path")
+        section.fail("credentials", "needs exactly one of key_file or vault_path")
     cred_section.done()
-    timeout = section.duration("timeout", timedelta(seconds=10), minimum=timedelta(seconds=1))
+    timeout = section.duration("timeout", _default(ZitadelConfig, "timeout"), **_CALL_TIMEOUT)
     section.done()
     return ZitadelConfig(
         url=url,
@@ -523,10 +659,10 @@ def _vault_path(section: _Section, name: str, default: Any = _REQUIRED) -> Any:
         return None
     segments = value.split("/")
     if value.startswith("/") or value.endswith("/") or any(s in ("", ".", "..") for s in segments):
-        section.ctx.fail(
-            section.sub(name),
+        section.fail(
+            name,
             "must be a relative KV path like team/app, without empty, . or .. parts "
-            f"(got {value!r})",
+            f"{section.got(name)}",
         )
     return value
 
@@ -534,14 +670,14 @@ def _vault_path(section: _Section, name: str, default: Any = _REQUIRED) -> Any:
 def _vault(section: _Section, ctx: _Ctx) -> VaultConfig:
     url = _url(section, "url", ctx.env.get("VAULT_ADDR") or None)
     if url is None:
-        ctx.fail(section.sub("url"), "is required (or set VAULT_ADDR)")
-    mount = section.text("mount", "secret").strip("/")
+        section.fail("url", "is required (or set VAULT_ADDR)")
+    mount = section.text("mount", _default(VaultConfig, "mount")).strip("/")
     if not mount:
-        ctx.fail(section.sub("mount"), "must name a KV v2 mount, e.g. secret")
-    state_prefix = _vault_path(section, "state_prefix", "zitadel-rotator")
+        section.fail("mount", "must name a KV v2 mount, e.g. secret")
+    state_prefix = _vault_path(section, "state_prefix", _default(VaultConfig, "state_prefix"))
     namespace = section.text("namespace", None)
     ca_file = section.file("ca_file")
-    timeout = section.duration("timeout", timedelta(seconds=10), minimum=timedelta(seconds=1))
+    timeout = section.duration("timeout", _default(VaultConfig, "timeout"), **_CALL_TIMEOUT)
     auth = _vault_auth(section.section("auth"))
     section.done()
     return VaultConfig(
@@ -556,17 +692,17 @@ def _vault(section: _Section, ctx: _Ctx) -> VaultConfig:
 
 
 def _vault_auth(section: _Section) -> VaultAuthConfig:
-    method = section.text("method", "token", choices=("token", "approle", "kubernetes"))
+    method = section.choice("method", _default(VaultAuthConfig, "method"), of=VaultAuthMethod)
     if method == "token":
         auth = VaultAuthConfig(
             method=method,
-            token_env=section.env_name("token_env", "VAULT_TOKEN"),
+            token_env=section.env_name("token_env", _default(VaultAuthConfig, "token_env")),
             token_file=section.file("token_file"),
         )
     elif method == "approle":
         auth = VaultAuthConfig(
             method=method,
-            mount_path=section.text("mount_path", "approle").strip("/"),
+            mount_path=section.text("mount_path", method).strip("/"),
             role_id=section.text("role_id", None),
             role_id_file=section.file("role_id_file"),
             secret_id_file=section.file("secret_id_file"),
@@ -581,41 +717,52 @@ def _vault_auth(section: _Section) -> VaultAuthConfig:
     else:
         auth = VaultAuthConfig(
             method=method,
-            mount_path=section.text("mount_path", "kubernetes").strip("/"),
+            mount_path=section.text("mount_path", method).strip("/"),
             role=section.text("role"),
-            jwt_file=section.file("jwt_file", DEFAULT_K8S_JWT_FILE),
+            jwt_file=section.file("jwt_file", _default(VaultAuthConfig, "jwt_file")),
         )
     section.done()
     return auth
 
 
-_POLICY_FIELDS = ("lifetime", "renew_before", "grace", "retire_margin", "verify_timeout")
+#: Bounds of each policy duration, before the relations between them.
+_POLICY_BOUNDS: dict[str, dict[str, timedelta]] = {
+    "lifetime": {"minimum": timedelta(days=1), "maximum": MAX_DURATION},
+    "renew_before": {"minimum": _SECOND},
+    "grace": {},
+    "retire_margin": {},
+    "verify_timeout": {"minimum": _SECOND, "maximum": timedelta(hours=1)},
+}
 
 
 def _policy(section: _Section, base: Policy, warnings: list[str]) -> Policy:
     values = {
-        name: section.duration(name, getattr(base, name), minimum=timedelta(0))
-        for name in _POLICY_FIELDS
+        name: section.duration(name, getattr(base, name), **bounds)
+        for name, bounds in _POLICY_BOUNDS.items()
     }
     section.done()
     policy = replace(base, **values)
     where = section.path
-    if policy.lifetime < timedelta(days=1):
-        section.ctx.fail(
-            section.sub("lifetime"),
+    lifetime = format_duration(policy.lifetime)
+    if policy.lifetime < timedelta(days=1):  # an inherited default can be below a bound
+        section.fail(
+            "lifetime",
             "must be at least 1d: expiry is rounded to 00:00 UTC, so a shorter lifetime "
-            f"could end at once (got {format_duration(policy.lifetime)})",
+            f"could end at once (got {lifetime})",
         )
-    if policy.renew_before <= timedelta(0):
-        section.ctx.fail(section.sub("renew_before"), "must be greater than 0s")
     if policy.renew_before >= policy.lifetime:
-        section.ctx.fail(
-            section.sub("renew_before"),
+        section.fail(
+            "renew_before",
             f"must be less than lifetime ({format_duration(policy.renew_before)} >= "
-            f"{format_duration(policy.lifetime)}): every new credential would be due at once",
+            f"{lifetime}): every new credential would be due at once",
         )
-    if policy.verify_timeout <= timedelta(0):
-        section.ctx.fail(section.sub("verify_timeout"), "must be greater than 0s")
+    if policy.grace > policy.lifetime:
+        section.fail("grace", f"must not exceed lifetime ({lifetime})")
+    if policy.retire_margin >= policy.lifetime:
+        section.fail(
+            "retire_margin",
+            f"must be less than lifetime ({lifetime}): every credential would be retired at once",
+        )
     if policy.grace + policy.retire_margin >= policy.renew_before:
         warnings.append(
             f"{where}: grace + retire_margin "
@@ -626,26 +773,31 @@ def _policy(section: _Section, base: Policy, warnings: list[str]) -> Policy:
     if policy.renew_before >= policy.lifetime - timedelta(days=1):
         warnings.append(
             f"{where}: renew_before ({format_duration(policy.renew_before)}) is within 1d of "
-            f"lifetime ({format_duration(policy.lifetime)}): with midnight rounding a new "
+            f"lifetime ({lifetime}): with midnight rounding a new "
             "credential may be due right after it is created"
         )
     return policy
 
 
+#: A window or a recurring freeze lasts at least a minute and at most a year.
+_WINDOW_DURATION = {"minimum": timedelta(minutes=1), "maximum": timedelta(days=366)}
+
+
 def _window(section: _Section) -> tuple[str, str, timedelta]:
     """Check and return ``(cron, timezone, duration)``; :mod:`rotator.windows` does the rest."""
-    timezone = section.text("timezone", "UTC")
+    timezone = section.text("timezone", _default(RotationWindow, "timezone"))
     try:
         zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        section.ctx.fail(section.sub("timezone"), f"unknown time zone {timezone!r}")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a zone *directory* such as "Europe" (IsADirectoryError).
+        section.fail("timezone", f"unknown time zone {section.got('timezone')}")
     cron = section.text("cron")
-    duration = section.duration("duration", _REQUIRED, minimum=timedelta(minutes=1))
+    duration = section.duration("duration", _REQUIRED, **_WINDOW_DURATION)
     try:
         RotationWindow(cron=cron, duration=duration, timezone=timezone)
     except ValueError as exc:
         reason = str(exc).partition(": ")[2] or str(exc)
-        section.ctx.fail(section.sub("cron"), f"invalid cron expression {cron!r}: {reason}")
+        section.fail("cron", f"invalid cron expression {section.got('cron')}: {_one_line(reason)}")
     section.done()
     return cron, timezone, duration
 
@@ -660,18 +812,16 @@ def _instant(section: _Section, name: str) -> datetime:
     value = section.raw.get(name)
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(section.ctx.expand(value, section.sub(name)))
         except ValueError:
-            section.ctx.fail(section.sub(name), f"must be an ISO date or date-time (got {value!r})")
+            section.fail(name, f"must be an ISO date or date-time {section.got(name)}")
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if value is None:
-        section.ctx.fail(section.sub(name), "is required")
-    section.ctx.fail(
-        section.sub(name), f"must be an ISO date or date-time (got {_type_name(value)})"
-    )
+        section.fail(name, "is required")
+    section.fail(name, f"must be an ISO date or date-time (got {_type_name(value)})")
 
 
 def _freeze(section: _Section) -> FreezeWindow:
@@ -680,7 +830,7 @@ def _freeze(section: _Section) -> FreezeWindow:
         return FreezeWindow(cron=cron, duration=duration, timezone=timezone)
     start, end = _instant(section, "start"), _instant(section, "end")
     if end <= start:
-        section.ctx.fail(section.sub("end"), "must be after start")
+        section.fail("end", "must be after start")
     section.done()
     return FreezeWindow(start=start, end=end)
 
@@ -700,6 +850,11 @@ def _schedule(section: _Section, base: Schedule) -> Schedule:
     return Schedule(windows=windows if own_windows else base.windows, freeze=base.freeze + freeze)
 
 
+def _target_policy(section: _Section, defaults: Policy, warnings: list[str]) -> Policy:
+    # Without overrides a target has the defaults, judged once already.
+    return _policy(section, defaults, warnings) if section.raw else defaults
+
+
 def _targets(  # noqa: PLR0917 - private helper, called once
     root: _Section,
     defaults: Policy,
@@ -716,44 +871,50 @@ def _targets(  # noqa: PLR0917 - private helper, called once
         section = _Section(root.ctx, item, path)
         name = section.text("name")
         if not _NAME.match(name):
-            root.ctx.fail(
-                section.sub("name"),
-                f"must be lower-case letters, digits, '.', '_' or '-', at most 63 (got {name!r})",
+            section.fail(
+                "name",
+                "must be lower-case letters, digits, '.', '_' or '-', at most 63 "
+                f"{section.got('name')}",
             )
         if name in names:
-            root.ctx.fail(
-                section.sub("name"), f"duplicate target name {name!r} (also {names[name]})"
+            section.fail(
+                "name", f"duplicate target name {section.shown('name', name)} (also {names[name]})"
             )
         names[name] = path
         kind = section.text("kind", choices=tuple(k.value for k in CredentialKind))
         vault_path = _vault_path(section, "vault_path", f"zitadel/{name}")
         if vault_path in paths:
-            root.ctx.fail(
-                section.sub("vault_path"),
-                f"duplicate vault_path {vault_path!r} (also {paths[vault_path]})",
+            section.fail(
+                "vault_path",
+                f"duplicate vault_path {section.shown('vault_path', vault_path)} "
+                f"(also {paths[vault_path]})",
             )
         if vault_path == vault.state_prefix or vault_path.startswith(vault.state_prefix + "/"):
-            root.ctx.fail(
-                section.sub("vault_path"),
-                f"must not be under vault.state_prefix {vault.state_prefix!r}: the rotator keeps "
-                "its own state there",
+            section.fail(
+                "vault_path",
+                "must not be under vault.state_prefix: the rotator keeps its own state there "
+                f"{section.shown('vault_path', vault_path)}",
             )
         if vault_path == zitadel.credentials.vault_path and kind != CredentialKind.KEY:
-            root.ctx.fail(
-                section.sub("kind"),
-                "the rotator's own credential (zitadel.credentials.vault_path) is a key",
+            section.fail(
+                "kind", "the rotator's own credential (zitadel.credentials.vault_path) is a key"
             )
         paths[vault_path] = path
         own_warnings: list[str] = []
-        schedule = _schedule(section.section("schedule"), default_schedule)
+        schedule_section = section.section("schedule")
+        schedule = (
+            _schedule(schedule_section, default_schedule)
+            if schedule_section.raw
+            else default_schedule
+        )
         target = Target(
             name=name,
             user=section.text("user"),
             kind=CredentialKind(kind),
             vault_path=vault_path,
             org_id=section.text("org_id", None),
-            adopt=section.flag("adopt", False),
-            policy=_policy(section.section("policy"), defaults, own_warnings),
+            adopt=section.flag("adopt", _default(Target, "adopt")),
+            policy=_target_policy(section.section("policy"), defaults, own_warnings),
             schedule=schedule,
         )
         if target.policy != defaults:  # inherited defaults were judged once already
@@ -767,38 +928,48 @@ def _targets(  # noqa: PLR0917 - private helper, called once
 
 
 def _daemon(section: _Section) -> DaemonConfig:
-    listen = section.text("listen", "127.0.0.1:9102")
+    listen = section.text("listen", _default(DaemonConfig, "listen"))
     match = re.match(r"^(\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+):(\d{1,5})$", listen)
     if not match or int(match.group(2)) > 65535:
-        section.ctx.fail(section.sub("listen"), f"must be host:port (got {listen!r})")
-    second = timedelta(seconds=1)
+        section.fail("listen", f"must be host:port {section.got('listen')}")
+    day = timedelta(days=1)
+
+    def duration(name: str, minimum: timedelta, maximum: timedelta) -> timedelta:
+        value: timedelta = section.duration(
+            name, _default(DaemonConfig, name), minimum=minimum, maximum=maximum
+        )
+        return value
+
     daemon = DaemonConfig(
         listen=listen,
-        reconcile_interval=section.duration(
-            "reconcile_interval", timedelta(minutes=5), minimum=second
+        reconcile_interval=duration("reconcile_interval", _SECOND, day),
+        max_attempts=section.integer(
+            "max_attempts", _default(DaemonConfig, "max_attempts"), minimum=1, maximum=1000
         ),
-        max_attempts=section.integer("max_attempts", 5, minimum=1),
-        retry_base=section.duration("retry_base", timedelta(minutes=1), minimum=second),
-        retry_cap=section.duration("retry_cap", timedelta(hours=1), minimum=second),
-        jitter=section.duration("jitter", timedelta(seconds=30), minimum=timedelta(0)),
-        misfire_grace=section.duration("misfire_grace", timedelta(hours=1), minimum=second),
+        retry_base=duration("retry_base", _SECOND, day),
+        retry_cap=duration("retry_cap", _SECOND, 30 * day),
+        jitter=duration("jitter", timedelta(0), day),
+        misfire_grace=duration("misfire_grace", _SECOND, 30 * day),
         ha=_ha(section.section("ha")),
     )
     if daemon.retry_cap < daemon.retry_base:
-        section.ctx.fail(section.sub("retry_cap"), "must not be less than retry_base")
+        section.fail("retry_cap", "must not be less than retry_base")
     section.done()
     return daemon
 
 
 def _ha(section: _Section) -> HaConfig:
     ha = HaConfig(
-        enabled=section.flag("enabled", False),
-        backend=section.text("backend", "vault", choices=("vault", "kubernetes")),
+        enabled=section.flag("enabled", _default(HaConfig, "enabled")),
+        backend=section.choice("backend", _default(HaConfig, "backend"), of=HaBackend),
         lease_ttl=section.duration(
-            "lease_ttl", timedelta(seconds=30), minimum=timedelta(seconds=5)
+            "lease_ttl",
+            _default(HaConfig, "lease_ttl"),
+            minimum=timedelta(seconds=5),
+            maximum=timedelta(hours=1),
         ),
         lease_path=_vault_path(section, "lease_path", None),
-        lease_name=section.text("lease_name", "zitadel-rotator"),
+        lease_name=section.text("lease_name", _default(HaConfig, "lease_name")),
         lease_namespace=section.text("lease_namespace", None),
         identity=section.text("identity", None),
     )
@@ -815,11 +986,11 @@ def _audit(section: _Section) -> AuditConfig:
 def _notify(section: _Section) -> NotifyConfig:
     notify = NotifyConfig(
         webhook_url=_url(section, "webhook_url", None, secret=True),
-        format=section.text("format", "generic", choices=("generic", "slack")),
+        format=section.choice("format", _default(NotifyConfig, "format"), of=NotifyFormat),
         expiry_threshold=section.duration(
-            "expiry_threshold", timedelta(days=7), minimum=timedelta(0)
+            "expiry_threshold", _default(NotifyConfig, "expiry_threshold")
         ),
-        timeout=section.duration("timeout", timedelta(seconds=5), minimum=timedelta(seconds=1)),
+        timeout=section.duration("timeout", _default(NotifyConfig, "timeout"), **_CALL_TIMEOUT),
     )
     section.done()
     return notify

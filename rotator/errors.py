@@ -6,6 +6,8 @@ rotation protocol never depends on a transport.
 
     RotatorError
     ├── ConfigError                 malformed or inconsistent configuration (names file and field)
+    ├── InvalidKeyFile              a ZITADEL key file lacks a field or holds no usable RSA key
+                                    (also a ValueError)
     ├── ZitadelError                anything ZITADEL answered or failed to answer
     │   ├── ZitadelUnavailable      timeout, connection refused, 5xx, 429: worth retrying
     │   ├── ZitadelNotFound         the user / key / PAT does not exist
@@ -18,7 +20,14 @@ rotation protocol never depends on a transport.
     │   └── CasConflict             someone else wrote the secret since we read it
     │       └── RotationInFlight    another rotator owns the target's rotation until its deadline
     ├── VerificationError           the new credential did not work at ZITADEL
-    └── RotationStuck               too many failed attempts; a person must look
+    │                               (carries credential_id and a short reason code)
+    └── LeaseError                  the Kubernetes API refused or failed a Lease call (retryable)
+
+A target that failed ``max_attempts`` times is reported as ``stuck`` in its
+state and result, not raised: there is no exception for it.
+
+``retryable`` says whether the same call may succeed later; the engine and the
+daemon decide from it (and from the class) whether to back off or give up.
 
 Messages never contain secret material: no private key, PAT, token or
 Vault token.  Backends must build messages from ids, paths and status codes
@@ -27,12 +36,18 @@ only.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class RotatorError(Exception):
     """Base class of every error raised by zitadel-rotator."""
 
     #: Whether the operation may succeed if tried again later.
     retryable: bool = False
+
+
+class InvalidKeyFile(RotatorError, ValueError):
+    """A key file lacks a field or holds an unusable key.  Never quotes the key."""
 
 
 class ConfigError(RotatorError):
@@ -113,11 +128,39 @@ class RotationInFlight(CasConflict):
     """Another rotator runs this target's rotation and may until its deadline."""
 
 
+class VerificationReason(StrEnum):
+    """Why a new credential did not verify (``VerificationError.reason``)."""
+
+    #: ZITADEL's token endpoint refused the key's jwt-bearer assertion
+    #: (also what a key not yet propagated looks like: retry).
+    TOKEN_REFUSED = "token_refused"  # noqa: S105 - a reason code, not a token
+    #: userinfo refused the PAT, or the access token obtained with the key.
+    USERINFO_REFUSED = "userinfo_refused"
+    #: userinfo answered for another user than the credential's owner.
+    SUBJECT_MISMATCH = "subject_mismatch"
+    #: the stored secret lacks a field verification needs (e.g. a PAT without ``token``).
+    MALFORMED = "malformed"
+    #: verification kept failing until the policy's ``verify_timeout``.
+    TIMEOUT = "timeout"
+
+
 class VerificationError(RotatorError):
-    """The freshly created credential could not be used at ZITADEL."""
+    """The freshly created credential could not be used at ZITADEL.
+
+    ``credential_id`` names the credential (key id or PAT id) when known;
+    ``reason`` is a short code, one of :class:`VerificationReason`, for
+    audit events, metrics labels and tests (the message is for people).
+    """
 
     retryable = True
 
+    def __init__(self, message: str, *, credential_id: str | None = None, reason: str) -> None:
+        self.credential_id = credential_id
+        self.reason = reason
+        super().__init__(message)
 
-class RotationStuck(RotatorError):
-    """A target failed too often; it waits for ``rotator rotate --force``."""
+
+class LeaseError(RotatorError):
+    """The Kubernetes API refused or failed a Lease call (status code, never a body)."""
+
+    retryable = True

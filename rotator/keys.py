@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from rotator.errors import RotatorError
+from rotator.errors import InvalidKeyFile
 
 #: ZITADEL's ``SystemDefaults.SecretGenerators.MachineKeySize``.
 KEY_SIZE = 2048
@@ -32,10 +32,6 @@ KEY_FILE_TYPE = "serviceaccount"
 ASSERTION_LIFETIME = timedelta(hours=1)
 
 _REQUIRED_FIELDS = ("keyId", "key", "userId")
-
-
-class InvalidKeyFile(RotatorError, ValueError):
-    """A key file lacks a field or holds an unusable key.  Never quotes the key."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from rotator.errors import VerificationError
+from rotator.errors import VerificationError, VerificationReason
 from rotator.keys import build_key_file, generate_key_pair
 from rotator.model import Credential, CredentialKind, User
 from rotator.ports import Verifier, ZitadelTransport
@@ -101,9 +101,13 @@ class PatOps:
     def verify(self, verifier: Verifier, payload: Mapping[str, Any]) -> None:
         token = payload.get("token")
         if not isinstance(token, str) or not token:
-            raise VerificationError("the secret holds no PAT (no `token` field)")
-        user_id = payload.get("user_id")
-        verifier.verify_pat(token, str(user_id) if user_id else None)
+            raise VerificationError(
+                "the secret holds no PAT (no `token` field)", reason=VerificationReason.MALFORMED
+            )
+        user_id, pat_id = payload.get("user_id"), payload.get("token_id")
+        verifier.verify_pat(
+            token, str(user_id) if user_id else None, pat_id=str(pat_id) if pat_id else None
+        )
 
     def credential_id(self, payload: Mapping[str, Any]) -> str | None:
         value = payload.get("token_id")

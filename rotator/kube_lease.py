@@ -33,17 +33,11 @@ from typing import Any
 import httpx
 
 from rotator.clock import Clock, SystemClock
-from rotator.errors import ConfigError, RotatorError
+from rotator.errors import ConfigError, LeaseError
 
 log = logging.getLogger(__name__)
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-class LeaseError(RotatorError):
-    """The Kubernetes API refused or failed a Lease call (status code, never a body)."""
-
-    retryable = True
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,9 @@ class Verifier(Protocol):
 
     def verify_key(self, key_file: Mapping[str, Any]) -> None: ...
 
-    def verify_pat(self, token: str, user_id: str | None = None) -> None: ...
+    def verify_pat(
+        self, token: str, user_id: str | None = None, *, pat_id: str | None = None
+    ) -> None: ...
 
 
 class SecretStore(Protocol):

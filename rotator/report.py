@@ -73,21 +73,18 @@ class TargetStatus:
 
 
 def label(state: TargetState, policy: Policy, now: datetime) -> StatusLabel:
-    if state.stuck:
-        return StatusLabel.STUCK
-    if state.failures:
-        return StatusLabel.FAILING
-    if state.pending is not None:
-        return StatusLabel.ROTATING
-    if state.current is None:
-        return StatusLabel.MISSING
-    if state.current.expires_at <= now:
-        return StatusLabel.EXPIRED
-    if now >= rules.due_at(state.current.expires_at, policy):
-        return StatusLabel.DUE
-    if state.previous is not None:
-        return StatusLabel.GRACE
-    return StatusLabel.READY
+    """The first that applies, in this order of importance to an operator."""
+    current = state.current
+    ladder = (
+        (state.stuck, StatusLabel.STUCK),
+        (state.failures > 0, StatusLabel.FAILING),
+        (state.pending is not None, StatusLabel.ROTATING),
+        (current is None, StatusLabel.MISSING),
+        (current is not None and current.expires_at <= now, StatusLabel.EXPIRED),
+        (current is not None and now >= rules.due_at(current.expires_at, policy), StatusLabel.DUE),
+        (state.previous is not None, StatusLabel.GRACE),
+    )
+    return next((name for applies, name in ladder if applies), StatusLabel.READY)
 
 
 def status(

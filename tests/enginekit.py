@@ -17,9 +17,9 @@ import hvac
 
 from rotator.audit import AuditLog
 from rotator.clock import OffsetClock
-from rotator.model import Policy, Target
 from rotator.engine import Engine
 from rotator.failures import Backoff
+from rotator.model import Policy, Target
 from rotator.vault import VaultStore
 from rotator.zitadel.base import CredentialKind, ZitadelTransport
 from rotator.zitadel.oidc import OidcClient, TokenSource

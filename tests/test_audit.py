@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,35 @@ def test_listeners_hear_of_an_event_after_it_is_written() -> None:
     audit.emit("one")
     audit.emit("two")
     assert seen == [("one", 1), ("two", 2)]
+
+
+def test_capture_yields_the_events_emitted_inside_the_block_as_written() -> None:
+    stream = io.StringIO()
+    audit = AuditLog(stream)
+    audit.emit("before")
+    with audit.capture() as events:
+        audit.emit("rotation.started", target="billing", token="pat-value", credential_id=None)
+        audit.emit("rotation.completed", target="billing", vault_version=3)
+    audit.emit("after")
+
+    assert [e["event"] for e in events] == ["rotation.started", "rotation.completed"]
+    assert events[0]["token"] == "[redacted]"  # redacted, as written
+    assert "credential_id" not in events[0]
+    assert events[1]["vault_version"] == 3
+    assert all(e["level"] == "info" and e["timestamp"].endswith("Z") for e in events)
+    assert len(stream.getvalue().splitlines()) == 4  # still written
+
+
+def test_console_rendering_for_people_and_json_in_the_file(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    audit = AuditLog(stream, file=tmp_path / "audit.jsonl", console=True)
+    audit.emit("rotation.completed", target="billing", vault_version=3, token="pat-value")
+
+    [line] = stream.getvalue().splitlines()
+    stamp, event, *fields = line.split()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", stamp)
+    assert event == "rotation.completed"
+    assert fields == ["target=billing", "vault_version=3", "token=[redacted]"]
+    [record] = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert record["event"] == "rotation.completed"
+    assert record["token"] == "[redacted]"

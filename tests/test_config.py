@@ -175,7 +175,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     # (dotted path to set, value, field named in the message, message fragment)
     ("zitadel.url", DELETE, "zitadel.url", "is required"),
     ("zitadel.url", "ftp://x", "zitadel.url", "http:// or https://"),
-    ("zitadel.url", "http://x:99999", "zitadel.url", "invalid port"),
+    ("zitadel.url", "http://x:99999", "zitadel.url", "invalid host or port"),
     ("zitadel.api", "v3", "zitadel.api", "must be one of v1, v2, auto (got 'v3')"),
     ("zitadel.grpc_target", "no-port", "zitadel.grpc_target", "host:port"),
     ("zitadel.credentials", {}, "zitadel.credentials", "exactly one of key_file or vault_path"),
@@ -216,9 +216,9 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("vault.mount", "/", "vault.mount", "must name a KV v2 mount"),
     ("policy.lifetime", "12h", "policy.lifetime", "at least 1d"),
     ("policy.renew_before", "30d", "policy.renew_before", "less than lifetime"),
-    ("policy.renew_before", "0s", "policy.renew_before", "greater than 0s"),
+    ("policy.renew_before", "0s", "policy.renew_before", "at least 1s"),
     ("policy.grace", "1 day", "policy.grace", "must be a duration"),
-    ("policy.verify_timeout", "0s", "policy.verify_timeout", "greater than 0s"),
+    ("policy.verify_timeout", "0s", "policy.verify_timeout", "at least 1s"),
     ("policy.jitter", "1m", "policy.jitter", "unknown key"),
     ("targets", DELETE, "targets", "at least one target"),
     ("targets", {"name": "x"}, "targets", "must be a list"),
@@ -268,7 +268,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ),
     ("targets.1.secret", "x", "targets[1].secret", "unknown key"),
     ("daemon.listen", "9102", "daemon.listen", "host:port"),
-    ("daemon.max_attempts", 0, "daemon.max_attempts", "at least 1"),
+    ("daemon.max_attempts", 0, "daemon.max_attempts", "from 1 to 1000"),
     ("daemon.max_attempts", True, "daemon.max_attempts", "must be an integer"),
     ("daemon.retry_cap", "1s", "daemon.retry_cap", "not be less than retry_base"),
     ("daemon.ha.backend", "etcd", "daemon.ha.backend", "one of vault, kubernetes"),
@@ -278,6 +278,48 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("audit.path", "/var/log/a", "audit.path", "unknown key"),
     ("surprise", 1, "surprise", "unknown key"),
     ("zitadel.url", "${NOPE}", "zitadel.url", "environment variable NOPE is not set"),
+    # bounds: nothing later overflows a datetime or an int
+    ("policy.lifetime", "3000000d", "policy.lifetime", "at most 3650d"),
+    ("policy.lifetime", "3651d", "policy.lifetime", "at most 3650d"),
+    ("policy.lifetime", "99999999999d", "policy.lifetime", "at most 3650d"),
+    ("policy.lifetime", "9" * 5000 + "d", "policy.lifetime", "at most 3650d"),
+    ("policy.grace", "31d", "policy.grace", "must not exceed lifetime"),
+    ("policy.retire_margin", "30d", "policy.retire_margin", "less than lifetime"),
+    ("policy.verify_timeout", "2h", "policy.verify_timeout", "at most 1h"),
+    ("zitadel.timeout", "11m", "zitadel.timeout", "at most 10m"),
+    ("daemon.max_attempts", 10**5000, "daemon.max_attempts", "from 1 to 1000 (got ...)"),
+    ("daemon.reconcile_interval", "2d", "daemon.reconcile_interval", "at most 1d"),
+    ("daemon.ha.lease_ttl", "2h", "daemon.ha.lease_ttl", "at most 1h"),
+    ("notify.expiry_threshold", "3651d", "notify.expiry_threshold", "at most 3650d"),
+    ("zitadel.url", "http://[zz]:1", "zitadel.url", "invalid host or port"),
+    ("zitadel.grpc_target", "host:99999", "zitadel.grpc_target", "host:port"),
+    (
+        "schedule.windows",
+        [{"cron": "0 2 * * *", "duration": "1h", "timezone": "Europe"}],
+        "schedule.windows[0].timezone",
+        "unknown time zone (got 'Europe')",
+    ),
+    (
+        "schedule.windows",
+        [{"cron": "0 2 * * *", "duration": "1h", "timezone": "../../../etc/passwd"}],
+        "schedule.windows[0].timezone",
+        "unknown time zone",
+    ),
+    (
+        "schedule.windows",
+        [{"cron": "0 2 * * *", "duration": "367d"}],
+        "schedule.windows[0].duration",
+        "at most 366d",
+    ),
+    (
+        "schedule.freeze",
+        [{"start": "2026-02-30", "end": "2027-01-01"}],
+        "schedule.freeze[0].start",
+        "ISO date",
+    ),
+    ("vault", {"url": "http://v", 1: "x"}, "vault", "keys must be strings (got 1)"),
+    ("audit.file", "~a\0b", "audit.file", "must not contain a NUL character"),
+    ("zitadel.tls.ca_file", "ca\0.pem", "zitadel.tls.ca_file", "NUL character"),
 ]
 
 
@@ -305,6 +347,28 @@ def test_a_webhook_url_may_carry_its_credentials_in_the_query() -> None:
     assert parse(with_("notify.webhook_url", teams)).notify.webhook_url == teams
     with pytest.raises(ConfigError, match=r"zitadel\.url: must not have a query"):
         parse(with_("zitadel.url", "https://zitadel.example.com/?x=1"))
+
+
+def test_errors_name_environment_variables_never_their_values() -> None:
+    token = "hvs.CAESIsecret-token-value"
+    env = {"VAULT_TOKEN": token, "LOWER": "billing"}
+    cases = [
+        with_("vault.auth", {"method": "token", "token_env": "${VAULT_TOKEN}"}),
+        with_("zitadel.api", "${VAULT_TOKEN}"),
+        with_("policy.grace", "${VAULT_TOKEN}"),
+        with_("targets.1.vault_path", "/${VAULT_TOKEN}"),
+        with_("daemon.listen", "${VAULT_TOKEN}"),
+        with_("targets.1.name", "${LOWER}"),
+        with_("targets.1.vault_path", "zitadel/${LOWER}"),
+        with_("zitadel.url", "${VAULT_TOKEN}"),
+    ]
+    for raw in cases:
+        with pytest.raises(ConfigError) as caught:
+            parse(raw, env=env)
+        message = str(caught.value)
+        assert token not in message
+        assert "'billing'" not in message
+        assert "${VAULT_TOKEN}" in message or "${LOWER}" in message, message
 
 
 def test_top_level_must_be_a_mapping() -> None:
@@ -340,6 +404,43 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     path.write_text("zitadel:\n  url: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML: line \d+, column \d+"):
         load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: " + "[" * 20000 + "]" * 20000 + "\n", "invalid YAML"),
+        ("zitadel: {url: http://x, timeout: 2026-02-30}\n", "invalid date '2026-02-30'"),
+        ("zitadel: {timeout: " + "9" * 4301 + "}\n", "invalid integer"),
+        ("? [a, b]\n: 1\n", "a key must be a plain value"),
+        ("? {a: 1}\n: 1\n", "a key must be a plain value"),
+        ("zitadel: &x [*x]\n", "zitadel: must be a mapping"),
+        ("zitadel: \x07\n", "invalid YAML"),
+    ],
+    ids=["deep", "bad-date", "huge-int", "list-key", "map-key", "recursive", "control-char"],
+)
+def test_hostile_yaml_is_one_config_error(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    assert fragment in message
+    assert "\n" not in message
+    assert len(message) < 400
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("zitadel: {url: http://zürich}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte \d+\)"):
+        load_config(path, env={})
+
+
+def test_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read"):
+        load_config(tmp_path, env={})
 
 
 def test_missing_file(tmp_path: Path) -> None:

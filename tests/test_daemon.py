@@ -619,29 +619,28 @@ def test_the_rotator_rotates_its_own_key_and_keeps_working(setup: Setup) -> None
     target = app.config.targets[0]
     before = app.engine.status(target)
     assert before.state == "due"
-    stream = io.StringIO()
-    app.audit = AuditLog(stream=stream)
-    app.engine.audit = app.audit
-    daemon = run_in_thread(app)
-
     def clocks(delta: timedelta) -> None:
         assert isinstance(app.clock, OffsetClock)
         app.clock.advance(delta)
         setup.emulator.set_clock_offset(app.clock.offset.total_seconds())
 
-    try:
-        wait_for(lambda: app.engine.status(target).state == "grace", 60, "the self-rotation")
-        rotated = app.engine.status(target)
-        assert rotated.previous_credential_id == before.credential_id
-        # past grace and past the 12 h life of every token minted with the old key:
-        # retiring the old key needs a token, exchanged with the new key from Vault
-        clocks(timedelta(days=1, hours=13))
-        wait_for(lambda: app.engine.status(target).state == "ready", 30, "the old key's retirement")
-    finally:
-        assert daemon.shutdown() == 0
-        setup.emulator.set_clock_offset(0)
+    with app.audit.capture() as events:
+        daemon = run_in_thread(app)
+        try:
+            wait_for(lambda: app.engine.status(target).state == "grace", 60, "the self-rotation")
+            rotated = app.engine.status(target)
+            assert rotated.previous_credential_id == before.credential_id
+            # past grace and past the 12 h life of every token minted with the old key:
+            # retiring the old key needs a token, exchanged with the new key from Vault
+            clocks(timedelta(days=1, hours=13))
+            wait_for(
+                lambda: app.engine.status(target).state == "ready", 30, "the old key's retirement"
+            )
+        finally:
+            assert daemon.shutdown() == 0
+            setup.emulator.set_clock_offset(0)
     app.close()
-    names = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    names = [event["event"] for event in events]
     assert "credential.retired" in names
     assert "rotation.failed" not in names
     assert setup.live_keys(username) == [rotated.credential_id]

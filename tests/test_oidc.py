@@ -11,19 +11,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from rotator.clock import OffsetClock
 from rotator.errors import (
     ConfigError,
     VerificationError,
+    VerificationReason,
     ZitadelError,
+    ZitadelNotFound,
+    ZitadelPermissionDenied,
+    ZitadelRejected,
     ZitadelUnauthenticated,
     ZitadelUnavailable,
 )
 from rotator.keys import KeyPair, build_key_file, generate_key_pair
 from rotator.zitadel.base import User
-from rotator.zitadel.oidc import AccessToken, OidcClient, TokenSource
+from rotator.zitadel.detect import classify
+from rotator.zitadel.oidc import AccessToken, OidcClient, TokenSource, http_error
 from rotator.zitadel.v2 import UserServiceTransport
 from tests.harness.emulator import Emulator
 from tests.harness.pki import make_pki
@@ -238,6 +244,8 @@ def test_verify_key_refuses_a_removed_key_as_retryable_verification_error(
         oidc.verify_key(key_file)
     assert caught.value.retryable
     assert key_file["keyId"] in str(caught.value)
+    assert caught.value.credential_id == key_file["keyId"]
+    assert caught.value.reason == VerificationReason.TOKEN_REFUSED == "token_refused"
     _assert_no_secret(caught.value, key_file["key"].splitlines()[1])
 
 
@@ -304,12 +312,16 @@ def test_verify_pat_accepts_a_live_pat_and_refuses_a_removed_one(
 
     oidc.verify_pat(issued.token)
     oidc.verify_pat(issued.token, reports.id)
-    with pytest.raises(VerificationError, match="another subject"):
-        oidc.verify_pat(issued.token, "1")
+    with pytest.raises(VerificationError, match="another subject") as mismatch:
+        oidc.verify_pat(issued.token, "1", pat_id=issued.credential.id)
+    assert mismatch.value.reason == "subject_mismatch"
+    assert mismatch.value.credential_id == issued.credential.id
 
     transport.remove_pat(reports, issued.credential.id)
     with pytest.raises(VerificationError) as caught:
-        oidc.verify_pat(issued.token, reports.id)
+        oidc.verify_pat(issued.token, reports.id, pat_id=issued.credential.id)
+    assert caught.value.reason == "userinfo_refused"
+    assert caught.value.credential_id == issued.credential.id
     _assert_no_secret(caught.value, issued.token)
 
 
@@ -317,6 +329,7 @@ def test_verify_pat_refuses_garbage(oidc: OidcClient) -> None:
     with pytest.raises(VerificationError) as caught:
         oidc.verify_pat("not-a-pat")
     assert "not-a-pat" not in str(caught.value)
+    assert caught.value.credential_id is None
 
 
 def test_a_failing_userinfo_is_an_outage_not_a_refused_pat(
@@ -396,3 +409,40 @@ def test_a_discovery_document_pointing_elsewhere_is_refused(admin_key: dict[str,
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- one HTTP status table ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error_type"),
+    [
+        (400, "invalid_argument", ZitadelRejected),
+        (401, "unauthenticated", ZitadelUnauthenticated),
+        (403, "permission_denied", ZitadelPermissionDenied),
+        (404, "not_found", ZitadelNotFound),
+        (409, "aborted", ZitadelUnavailable),
+        (418, "failed_precondition", ZitadelRejected),
+        (429, "resource_exhausted", ZitadelUnavailable),
+        (500, "internal", ZitadelUnavailable),
+        (501, "unimplemented", ZitadelRejected),
+        (502, "unavailable", ZitadelUnavailable),
+        (503, "unavailable", ZitadelUnavailable),
+        (504, "deadline_exceeded", ZitadelUnavailable),
+        (599, "unavailable", ZitadelUnavailable),
+    ],
+)
+def test_oidc_and_api_detection_read_an_http_status_alike(
+    status: int, code: str, error_type: type[ZitadelError]
+) -> None:
+    """A bare HTTP status (no OAuth or Connect body) means the same to the
+    OIDC client and to the API probe: one table, in rotator.zitadel.codes."""
+    bare = httpx.Response(status, text="<html>proxy</html>")
+    oidc_error = http_error(bare, "userinfo")
+    assert (oidc_error.code, type(oidc_error)) == (code, error_type)
+    if status in (404, 501):
+        assert classify(bare) == "v1"  # a server without the v2 method
+        return
+    with pytest.raises(ZitadelError) as probe:
+        classify(bare)
+    assert (probe.value.code, type(probe.value)) == (code, error_type)

@@ -181,14 +181,14 @@ def test_tls_with_a_custom_ca_file(tls_zitadel: TlsZitadel) -> None:
         f"https://127.0.0.1:{tls_zitadel.port}", lambda: tls_zitadel.token,
         ca_file=tls_zitadel.ca_file,
     ) as transport:
-        assert transport.my_org().name == "acme"
+        assert transport.resolve_user("rotator-admin").username == "rotator-admin"
 
 
 def test_tls_with_system_cas_rejects_a_private_ca(tls_zitadel: TlsZitadel) -> None:
     with ManagementTransport(
         f"grpcs://127.0.0.1:{tls_zitadel.port}", lambda: tls_zitadel.token, timeout=3
     ) as transport, pytest.raises(ZitadelUnavailable) as info:
-        transport.my_org()
+        transport.resolve_user("svc-billing")
     assert tls_zitadel.token not in str(info.value)
 
 
@@ -196,7 +196,7 @@ def test_plaintext_against_a_tls_port_fails_as_unavailable(tls_zitadel: TlsZitad
     with ManagementTransport(
         f"127.0.0.1:{tls_zitadel.port}", lambda: tls_zitadel.token, insecure=True, timeout=3
     ) as transport, pytest.raises(ZitadelUnavailable):
-        transport.my_org()
+        transport.resolve_user("svc-billing")
 
 
 def test_ca_file_problems_are_config_errors(tmp_path: Path) -> None:
@@ -209,9 +209,9 @@ def test_ca_file_problems_are_config_errors(tmp_path: Path) -> None:
 def test_unreachable_endpoint_is_unavailable() -> None:
     with ManagementTransport("http://127.0.0.1:9", lambda: "t", timeout=2) as transport, \
             pytest.raises(ZitadelUnavailable) as info:
-        transport.my_org()
+        transport.resolve_user("svc-billing")
     assert info.value.retryable
-    assert info.value.method == "GetMyOrg"
+    assert info.value.method == "ListUsers"
 
 
 # --- a ZITADEL too old for AddMachineKey.public_key -----------------------------------------
@@ -284,7 +284,7 @@ def _in(days: float) -> datetime:
 
 def test_it_is_a_zitadel_transport(transport: ManagementTransport) -> None:
     assert transport.api == "v1"
-    assert transport.my_org().name == "acme"
+    assert transport.resolve_user("svc-billing").username == "svc-billing"
 
 
 def test_resolve_user_by_id_login_name_and_user_name(
@@ -433,13 +433,13 @@ def test_unavailable_is_retryable(emulator: Emulator, transport: ManagementTrans
 
 
 def test_deadline_on_every_call(emulator: Emulator, admin_source: TokenSource) -> None:
-    emulator.set_faults(rules=[{"method": "GetMyOrg", "code": "unavailable", "rate": 0.0,
+    emulator.set_faults(rules=[{"method": "ListUsers", "code": "unavailable", "rate": 0.0,
                                 "latency_ms": 1500}])
     with ManagementTransport(f"http://{emulator.grpc_target}", admin_source,
                              timeout=0.3) as t:
         started = time.monotonic()
         with pytest.raises(ZitadelUnavailable) as info:
-            t.my_org()
+            t.resolve_user("svc-billing")
         assert time.monotonic() - started < 1.2
     assert info.value.code == "deadline_exceeded"
 
@@ -462,7 +462,7 @@ def test_a_refused_token_is_replaced_once(emulator: Emulator) -> None:
 
     source = Source()
     with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
-        assert t.my_org().name == "acme"
+        assert t.resolve_user("svc-billing").username == "svc-billing"
     assert source.invalidations == 1
 
 
@@ -473,11 +473,11 @@ def test_the_token_is_refreshed_before_it_expires(emulator: Emulator) -> None:
     key_file = _key_file(emulator.admin_key_file)
     source = TokenSource(OidcClient(emulator.issuer, clock=clock), lambda: key_file)
     with ManagementTransport(f"http://{emulator.grpc_target}", source) as t:
-        assert t.my_org().name == "acme"
+        assert t.resolve_user("svc-billing").username == "svc-billing"
         first = source()
         emulator.advance(12 * 3600)
         clock.advance(timedelta(hours=12))
-        assert t.my_org().name == "acme"
+        assert t.resolve_user("svc-billing").username == "svc-billing"
         assert source() != first
     assert source.exchanges == 2
 
@@ -486,7 +486,7 @@ def test_tokens_never_appear_in_errors(emulator: Emulator) -> None:
     token = "secret-bearer-abc123"
     with ManagementTransport(f"http://{emulator.grpc_target}", lambda: token) as t, \
             pytest.raises(ZitadelUnauthenticated) as info:
-        t.my_org()
+        t.resolve_user("svc-billing")
     assert token not in str(info.value)
     assert "Errors.Token.Invalid (AUTH-7fs1e)" in str(info.value)
 
@@ -497,7 +497,7 @@ def test_token_source_failures_are_rotator_errors(emulator: Emulator) -> None:
 
     with ManagementTransport(f"http://{emulator.grpc_target}", broken) as t, \
             pytest.raises(ZitadelUnauthenticated) as info:
-        t.my_org()
+        t.resolve_user("svc-billing")
     assert "secret-xyz" not in str(info.value)
     assert isinstance(info.value, ZitadelError)
 

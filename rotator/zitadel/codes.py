@@ -38,6 +38,30 @@ GRPC_CODE_NAMES: dict[int, str] = {
     16: "unauthenticated",
 }
 
+#: An HTTP status *without* a Connect error body (an edge proxy, an OAuth/OIDC
+#: endpoint, grpc-gateway) as a status name.  Where Connect maps several codes
+#: to one status, the entry is the one that status means on its own:
+#: 409 -> ``aborted`` (a conflict with a concurrent change: worth retrying,
+#: unlike ``already_exists``); 500 -> ``internal`` (Connect's ``internal``,
+#: ``unknown`` and ``data_loss`` share it; all three are retryable here);
+#: 501 -> ``unimplemented`` (the method or endpoint does not exist: retrying
+#: cannot help).  See :func:`http_status_code_name` for unlisted statuses.
+HTTP_STATUS_CODES: dict[int, str] = {
+    400: "invalid_argument",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    408: "deadline_exceeded",
+    409: "aborted",
+    429: "resource_exhausted",
+    499: "canceled",
+    500: "internal",
+    501: "unimplemented",
+    502: "unavailable",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
+
 #: Status names worth retrying: the server or the path to it failed, not the request.
 RETRYABLE_CODES: frozenset[str] = frozenset(
     {"unavailable", "resource_exhausted", "deadline_exceeded", "internal", "unknown", "aborted"}
@@ -94,3 +118,12 @@ def error_for(
 def code_name(number: int) -> str:
     """The snake-case name of a numeric gRPC status (``unknown`` if out of range)."""
     return GRPC_CODE_NAMES.get(number, "unknown")
+
+
+def http_status_code_name(status: int) -> str:
+    """The status name an HTTP status stands for (:data:`HTTP_STATUS_CODES`);
+    any other 5xx is ``unavailable`` (retry), any other status ``failed_precondition``
+    (the request cannot succeed as it is)."""
+    if status in HTTP_STATUS_CODES:
+        return HTTP_STATUS_CODES[status]
+    return "unavailable" if status >= 500 else "failed_precondition"

@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from rotator.errors import ConfigError
-from rotator.zitadel.codes import error_for
+from rotator.zitadel.codes import error_for, http_status_code_name
 from rotator.zitadel.oidc import tls_verify
 
 ApiVersion = Literal["v1", "v2"]
@@ -33,21 +33,6 @@ _PROBE_BODY: dict[str, Any] = {
     "filters": [{"keyIdFilter": {"id": "0"}}],
 }
 _METHOD = "ListKeys (api detection)"
-_HTTP_TO_CODE = {
-    400: "invalid_argument",
-    401: "unauthenticated",
-    403: "permission_denied",
-    404: "not_found",
-    408: "deadline_exceeded",
-    409: "aborted",
-    429: "resource_exhausted",
-    499: "canceled",
-    500: "internal",
-    501: "unimplemented",
-    502: "unavailable",
-    503: "unavailable",
-    504: "deadline_exceeded",
-}
 #: Connect codes only a served method can answer with.
 _METHOD_EXISTS = frozenset({"invalid_argument", "failed_precondition", "not_found", "out_of_range"})
 
@@ -79,7 +64,7 @@ def classify(response: httpx.Response) -> ApiVersion:
         return "v1"
     if code in _METHOD_EXISTS:
         return "v2"
-    name = code or _HTTP_TO_CODE.get(status, "unknown" if status >= 500 else "invalid_argument")
+    name = code or http_status_code_name(status)
     message = f"API detection probe answered HTTP {status}"
     raise error_for(name, message, status=status, method=_METHOD)
 

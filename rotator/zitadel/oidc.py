@@ -34,10 +34,16 @@ from urllib.parse import urlsplit
 import httpx
 
 from rotator.clock import Clock, SystemClock
-from rotator.errors import ConfigError, VerificationError, ZitadelError, ZitadelUnauthenticated
+from rotator.errors import (
+    ConfigError,
+    VerificationError,
+    VerificationReason,
+    ZitadelError,
+    ZitadelUnauthenticated,
+)
 from rotator.keys import sign_assertion
 from rotator.redact import server_text
-from rotator.zitadel.codes import error_for
+from rotator.zitadel.codes import error_for, http_status_code_name
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Makes the token acceptable to ZITADEL's own APIs (adds the ZITADEL project to ``aud``).
@@ -82,22 +88,6 @@ def _oauth_error(response: httpx.Response, sent: Sequence[str]) -> tuple[str, st
         if isinstance(description, str)
         else "",
     )
-
-
-def http_status_code_name(status: int) -> str:
-    """The gRPC/Connect status name an HTTP status stands for."""
-    if status == 429:
-        return "resource_exhausted"
-    if status == 504:
-        return "deadline_exceeded"
-    if status >= 500:
-        return "unavailable"
-    return {
-        400: "invalid_argument",
-        401: "unauthenticated",
-        403: "permission_denied",
-        404: "not_found",
-    }.get(status, "failed_precondition")
 
 
 def http_error(
@@ -371,24 +361,43 @@ class OidcClient:
             raise VerificationError(
                 f"key {key_id} of user {user_id} refused at the token endpoint "
                 f"(HTTP {exc.status}; ZITADEL answers 500 server_error until a new key "
-                "has propagated)"
+                "has propagated)",
+                credential_id=_text(key_id),
+                reason=VerificationReason.TOKEN_REFUSED,
             ) from None
-        self._check_userinfo(access.token, user_id, f"key {key_id} of user {user_id}")
+        self._check_userinfo(
+            access.token, user_id, f"key {key_id} of user {user_id}", credential_id=_text(key_id)
+        )
 
-    def verify_pat(self, token: str, user_id: str | None = None) -> None:
+    def verify_pat(
+        self, token: str, user_id: str | None = None, *, pat_id: str | None = None
+    ) -> None:
         """Prove a PAT works: userinfo answers 200 (for ``user_id`` if given).
-        Raises VerificationError when the PAT is refused."""
-        self._check_userinfo(token, user_id, f"PAT of user {user_id or '?'}")
+        Raises VerificationError (naming ``pat_id``) when the PAT is refused."""
+        self._check_userinfo(token, user_id, f"PAT of user {user_id or '?'}", credential_id=pat_id)
 
-    def _check_userinfo(self, token: str, user_id: object, subject: str) -> None:
+    def _check_userinfo(
+        self, token: str, user_id: object, subject: str, *, credential_id: str | None
+    ) -> None:
         try:
             claims = self.userinfo(token, what=f"userinfo ({subject})")
         except ZitadelUnauthenticated as exc:
             raise VerificationError(
-                f"{subject}: token refused at userinfo (HTTP {exc.status})"
+                f"{subject}: token refused at userinfo (HTTP {exc.status})",
+                credential_id=credential_id,
+                reason=VerificationReason.USERINFO_REFUSED,
             ) from None
         if user_id and claims.get("sub") != user_id:
-            raise VerificationError(f"{subject}: userinfo names another subject")
+            raise VerificationError(
+                f"{subject}: userinfo names another subject",
+                credential_id=credential_id,
+                reason=VerificationReason.SUBJECT_MISMATCH,
+            )
+
+
+def _text(value: object) -> str | None:
+    """A key file field as an id, if it is one."""
+    return value if isinstance(value, str) and value else None
 
 
 KeyFileProvider = Callable[[], Mapping[str, Any]]

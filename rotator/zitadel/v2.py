@@ -62,8 +62,8 @@ from rotator.errors import (
 )
 from rotator.model import Credential, CredentialKind, IssuedPat, User
 from rotator.redact import server_text
-from rotator.zitadel.codes import error_for
-from rotator.zitadel.oidc import http_status_code_name, untrusted_certificate, untrusted_detail
+from rotator.zitadel.codes import error_for, http_status_code_name
+from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
 DEFAULT_TIMEOUT = 10.0
 #: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
@@ -158,10 +158,8 @@ class UserServiceTransport:
     ) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be positive", field="zitadel.timeout")
-        if not 0 < page_size <= MAX_PAGE_SIZE:
-            raise ConfigError(
-                f"page size must be between 1 and {MAX_PAGE_SIZE}", field="zitadel.page_size"
-            )
+        if not 0 < page_size <= MAX_PAGE_SIZE:  # a programming error: no setting sets it
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         self.issuer = issuer.rstrip("/")
         self._page_size = page_size
         self._token = token

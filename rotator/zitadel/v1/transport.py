@@ -81,13 +81,6 @@ _Resp = TypeVar("_Resp")
 
 
 @dataclass(frozen=True)
-class Org:
-    id: str
-    name: str
-    primary_domain: str
-
-
-@dataclass(frozen=True)
 class Endpoint:
     """Where the gRPC API lives: ``host:port`` and whether to speak TLS."""
 
@@ -107,16 +100,18 @@ def parse_endpoint(url: str) -> Endpoint:
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
     if scheme not in ("", "https", "grpcs", "http", "grpc"):
-        raise ConfigError(f"unsupported scheme {scheme!r} in gRPC endpoint", field="zitadel.grpc")
+        raise ConfigError(
+            f"unsupported scheme {scheme!r} in gRPC endpoint", field="zitadel.grpc_target"
+        )
     if not parts.hostname:
-        raise ConfigError("gRPC endpoint has no host", field="zitadel.grpc")
+        raise ConfigError("gRPC endpoint has no host", field="zitadel.grpc_target")
     if parts.path not in ("", "/"):
-        raise ConfigError("gRPC endpoint must not have a path", field="zitadel.grpc")
+        raise ConfigError("gRPC endpoint must not have a path", field="zitadel.grpc_target")
     tls = scheme in ("", "https", "grpcs")
     try:
         port = parts.port or (443 if tls else 80)
     except ValueError as exc:
-        raise ConfigError("gRPC endpoint has an invalid port", field="zitadel.grpc") from exc
+        raise ConfigError("gRPC endpoint has an invalid port", field="zitadel.grpc_target") from exc
     host = parts.hostname
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -189,9 +184,7 @@ class ManagementTransport:
     ``endpoint`` is the gRPC address (see :func:`parse_endpoint`); ZITADEL
     serves gRPC on its HTTP port, so that is usually the issuer URL.
     ``insecure=True`` forces plaintext (local use only); ``ca_file`` trusts a
-    private CA instead of the system CAs.  ``default_org_id`` is the
-    ``x-zitadel-orgid`` for lookups not tied to a known user (none: the org of
-    the rotator's own user, as ZITADEL does without the header).
+    private CA instead of the system CAs.
     """
 
     api = "v1"
@@ -204,14 +197,13 @@ class ManagementTransport:
         insecure: bool = False,
         ca_file: str | Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        default_org_id: str | None = None,
         page_size: int = DEFAULT_PAGE_SIZE,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         if timeout <= 0:
             raise ConfigError("timeout must be positive", field="zitadel.timeout")
-        if not 0 < page_size <= 1000:
-            raise ConfigError("page size must be between 1 and 1000", field="zitadel.page_size")
+        if not 0 < page_size <= 1000:  # a programming error: no setting sets it
+            raise ValueError("page_size must be between 1 and 1000")
         target = parse_endpoint(endpoint)
         options = [*CHANNEL_OPTIONS, *channel_options]
         if insecure or not target.tls:
@@ -225,7 +217,6 @@ class ManagementTransport:
         self._stub = mgmt_grpc.ManagementServiceStub(self._channel)
         self._token_source = token_source
         self._timeout = timeout
-        self._default_org_id = default_org_id
         self._page_size = page_size
 
     # -- plumbing -----------------------------------------------------------
@@ -291,27 +282,18 @@ class ManagementTransport:
 
     # -- users and orgs -----------------------------------------------------
 
-    def my_org(self, org_id: str | None = None) -> Org:
-        """The org the calls run in (``org_id``, else the rotator's own org)."""
-        response = self._call(
-            "GetMyOrg", mgmt_pb.GetMyOrgRequest(), org_id or self._default_org_id
-        )
-        org = response.org
-        return Org(id=org.id, name=org.name, primary_domain=org.primary_domain)
-
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
         """A numeric id (GetUserByID in ``org_id``), a login name containing ``@``
         (GetUserByLoginNameGlobal) or a user name (ListUsers in ``org_id``)."""
         name = user.strip()
         if not name:
             raise ZitadelRejected("empty user reference", code="invalid_argument")
-        org = org_id or self._default_org_id
         if name.isascii() and name.isdigit():  # ZITADEL ids are decimal snowflakes
-            response = self._call("GetUserByID", mgmt_pb.GetUserByIDRequest(id=name), org)
+            response = self._call("GetUserByID", mgmt_pb.GetUserByIDRequest(id=name), org_id)
             return _user(response.user)
         if "@" in name:
             request = mgmt_pb.GetUserByLoginNameGlobalRequest(login_name=name)
-            return _user(self._call("GetUserByLoginNameGlobal", request, org).user)
+            return _user(self._call("GetUserByLoginNameGlobal", request, org_id).user)
         query = user_pb.SearchQuery(
             user_name_query=user_pb.UserNameQuery(
                 user_name=name, method=object_pb.TEXT_QUERY_METHOD_EQUALS
@@ -321,11 +303,11 @@ class ManagementTransport:
             self._pages(
                 "ListUsers",
                 lambda page: mgmt_pb.ListUsersRequest(query=page, queries=[query]),
-                org,
+                org_id,
             )
         )
         if not found:
-            where = f" in org {org}" if org else ""
+            where = f" in org {org_id}" if org_id else ""
             raise ZitadelNotFound(
                 f"no user named {name!r}{where}", code="not_found", method="ListUsers"
             )
