@@ -39,6 +39,7 @@ from rotator.errors import (
 from rotator.failures import Backoff
 from rotator.keys import check_key_file
 from rotator.ports import ZitadelTransport
+from rotator.ratelimit import LimitedTransport, RateLimiter
 from rotator.vault import VaultStore
 from rotator.zitadel.detect import choose_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
@@ -288,11 +289,16 @@ def build(
         store = connect_store(config, clock)
         provider = key_file_provider(config, store)
         provider()  # fail now, with a clear message, on an unusable own key
+        # one request budget for every call to ZITADEL, from every thread
+        limiter = RateLimiter(
+            config.zitadel.rate_limit or None, burst=config.zitadel.rate_burst or None
+        )
         oidc = OidcClient(
             config.zitadel.url,
             clock=clock,
             timeout=config.zitadel.timeout.total_seconds(),
             verify_tls=tls_setting(config),
+            limiter=limiter,
         )
         closers.append(oidc.close)
         token_source = TokenSource(oidc, provider, clock=clock)
@@ -313,7 +319,10 @@ def build(
                 )
                 _check_transport_settings(config, chosen)
                 return DeferredTransport(
-                    chosen, lambda: make_transport(config, chosen, token_source)
+                    chosen,
+                    lambda: LimitedTransport(
+                        make_transport(config, chosen, token_source), limiter
+                    ),
                 )
 
             if require_zitadel and probe_api:

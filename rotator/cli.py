@@ -23,10 +23,11 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, TypeVar
 
 import structlog
 
@@ -152,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what would happen; change nothing"
     )
     rotate.add_argument("--json", action="store_true", help="machine-readable output")
+    rotate.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="targets rotated at once (default: daemon.concurrency)",
+    )
 
     status = command("status", "current credential, expiry, next rotation and state per target")
     status.add_argument("targets", nargs="*", metavar="TARGET", help="default: all")
@@ -319,32 +326,33 @@ def _select(config: Config, names: Sequence[str], *, all_: bool, command: str) -
 
 def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     targets = _targets_of(app.config, args)
-    results: list[RotationResult] = []
-    for target in targets:
-        status = app.engine.status(target)
-        if _is_stuck(status) and not args.force:
-            results.append(
-                RotationResult(
-                    target=target.name,
-                    outcome=Outcome.STUCK,
-                    credential_id=status.credential_id,
-                    expires_at=status.expires_at,
-                    error=f"stuck after {status.failures} failures; `rotator rotate --force "
-                    f"{target.name}` once the cause is fixed",
-                )
-            )
-            continue
+
+    def one(target: Target) -> RotationResult:
         if args.dry_run:
-            result = app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True)
-            results.append(_forced_plan(result))
-        else:
-            results.append(
-                app.engine.reconcile(
-                    target, trigger=Trigger.CLI, rotate_now=True, unstick=args.force
-                )
-            )
+            return _forced_plan(app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True))
+        result = app.engine.reconcile(
+            target, trigger=Trigger.CLI, rotate_now=True, unstick=args.force
+        )
+        if result.outcome is Outcome.STUCK:
+            hint = f"`rotator rotate --force {target.name}` once the cause is fixed"
+            result = replace(result, error=f"stuck ({result.error}); {hint}")
+        return result
+
+    results = _each(one, targets, args.concurrency or app.config.daemon.concurrency)
     _print_results(results, sys.stdout, as_json=args.json)
     return exit_code(results)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _each(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> list[R]:
+    """``fn`` over ``items`` on ``concurrency`` threads, results in order."""
+    if concurrency <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def _forced_plan(result: RotationResult) -> RotationResult:
@@ -379,7 +387,7 @@ def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     targets = _targets_of(app.config, args)
-    statuses = [app.engine.status(t) for t in targets]
+    statuses = _each(app.engine.status, targets, _READ_CONCURRENCY)
     if args.json:
         sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
     else:
@@ -396,7 +404,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
     now = app.clock.now()
-    results = [app.engine.plan(t) for t in app.config.targets]
+    results = _each(app.engine.plan, app.config.targets, _READ_CONCURRENCY)
     scheduled = [
         ScheduledTarget(
             target=target,
@@ -509,6 +517,10 @@ _HANDLERS: dict[str, Handler] = {
 _VAULT_ONLY = frozenset({"status"})
 #: Commands that never call the management API (no API detection for them).
 _NO_MANAGEMENT_API = frozenset({"status", "verify"})
+
+
+#: Reads of many targets' state (status, plan) run this many at once.
+_READ_CONCURRENCY = 16
 
 
 def _fail(message: str) -> None:

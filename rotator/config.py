@@ -83,6 +83,12 @@ class ZitadelConfig:
     tls: TlsConfig = field(default_factory=TlsConfig)
     credentials: ZitadelCredentials = field(default_factory=ZitadelCredentials)
     timeout: timedelta = timedelta(seconds=10)
+    #: Requests per second for every call to ZITADEL (management API and
+    #: OAuth), shared by all threads; 0: no client-side limit (a 429 still
+    #: slows the rotator down).  ZITADEL Cloud allows 50/s per client IP.
+    rate_limit: int = 0
+    #: Requests allowed at once above the rate (0: as many as ``rate_limit``).
+    rate_burst: int = 0
 
     @property
     def grpc_plaintext(self) -> bool:
@@ -144,6 +150,8 @@ class DaemonConfig:
     retry_cap: timedelta = timedelta(hours=1)
     jitter: timedelta = timedelta(seconds=30)
     misfire_grace: timedelta = timedelta(hours=1)
+    #: Targets reconciled at once (each target is never run twice at once).
+    concurrency: int = 8
     ha: HaConfig = field(default_factory=HaConfig)
 
     @property
@@ -642,6 +650,12 @@ def _zitadel(section: _Section) -> ZitadelConfig:
         section.fail("credentials", "needs exactly one of key_file or vault_path")
     cred_section.done()
     timeout = section.duration("timeout", _default(ZitadelConfig, "timeout"), **_CALL_TIMEOUT)
+    rate_limit = section.integer(
+        "rate_limit", _default(ZitadelConfig, "rate_limit"), minimum=0, maximum=100_000
+    )
+    rate_burst = section.integer(
+        "rate_burst", _default(ZitadelConfig, "rate_burst"), minimum=0, maximum=100_000
+    )
     section.done()
     return ZitadelConfig(
         url=url,
@@ -650,6 +664,8 @@ def _zitadel(section: _Section) -> ZitadelConfig:
         tls=tls,
         credentials=credentials,
         timeout=timeout,
+        rate_limit=rate_limit,
+        rate_burst=rate_burst,
     )
 
 
@@ -950,6 +966,9 @@ def _daemon(section: _Section) -> DaemonConfig:
         retry_cap=duration("retry_cap", _SECOND, 30 * day),
         jitter=duration("jitter", timedelta(0), day),
         misfire_grace=duration("misfire_grace", _SECOND, 30 * day),
+        concurrency=section.integer(
+            "concurrency", _default(DaemonConfig, "concurrency"), minimum=1, maximum=256
+        ),
         ha=_ha(section.section("ha")),
     )
     if daemon.retry_cap < daemon.retry_base:

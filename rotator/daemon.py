@@ -145,7 +145,6 @@ class Daemon:
         webhook: Webhook | None = None,
         stop_event: threading.Event | None = None,
         rng: random.Random | None = None,
-        workers: int = 4,
     ) -> None:
         self.app = app
         self.config = config
@@ -176,7 +175,7 @@ class Daemon:
                 "misfire_grace_time": max(1, int(daemon.misfire_grace.total_seconds())),
             },
         )
-        self.workers = workers
+        self.workers = daemon.concurrency
         self.dispatcher = Dispatcher(self._job, workers=self.workers)
         self._statuses: dict[str, TargetStatus] = {}
         self._lease_thread: threading.Thread | None = None

@@ -42,6 +42,7 @@ from rotator.errors import (
     ZitadelUnauthenticated,
 )
 from rotator.keys import sign_assertion
+from rotator.ratelimit import RateLimiter
 from rotator.redact import server_text
 from rotator.zitadel.codes import error_for, http_status_code_name
 
@@ -205,11 +206,25 @@ class OidcClient:
         clock: Clock | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         verify_tls: bool | str = True,
+        limiter: RateLimiter | None = None,
     ) -> None:
-        """``verify_tls``: True (system CAs), False (no verification) or a CA file path."""
+        """``verify_tls``: True (system CAs), False (no verification) or a CA file path.
+        ``limiter``: the request budget shared with the management API."""
         self.issuer = issuer.rstrip("/")
         self.clock: Clock = clock or SystemClock()
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout), verify=tls_verify(verify_tls))
+        hooks: dict[str, list[Callable[[Any], None]]] = {}
+        if limiter is not None:
+            hooks = {
+                "request": [lambda _request: limiter.acquire()],
+                "response": [
+                    lambda response: limiter.throttled_by_server()
+                    if response.status_code == 429
+                    else limiter.answered()
+                ],
+            }
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout), verify=tls_verify(verify_tls), event_hooks=hooks
+        )
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()
 
