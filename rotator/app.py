@@ -358,6 +358,7 @@ def build(
         # a create or a Vault write, with the clients' own retries
         intent_timeout=3 * max(config.zitadel.timeout, config.vault.timeout),
         own_key_id=lambda: str(provider().get("keyId", "")) or None,
+        presence_interval=config.daemon.presence_interval,
     )
     return App(
         config=config,

@@ -152,6 +152,10 @@ class DaemonConfig:
     misfire_grace: timedelta = timedelta(hours=1)
     #: Targets reconciled at once (each target is never run twice at once).
     concurrency: int = 8
+    #: How often an idle target's credential is looked for in ZITADEL (one
+    #: listing per org with v2, per user with v1); a credential removed by
+    #: hand is replaced within this.
+    presence_interval: timedelta = timedelta(hours=1)
     ha: HaConfig = field(default_factory=HaConfig)
 
     @property
@@ -966,6 +970,7 @@ def _daemon(section: _Section) -> DaemonConfig:
         retry_cap=duration("retry_cap", _SECOND, 30 * day),
         jitter=duration("jitter", timedelta(0), day),
         misfire_grace=duration("misfire_grace", _SECOND, 30 * day),
+        presence_interval=duration("presence_interval", _SECOND, 30 * day),
         concurrency=section.integer(
             "concurrency", _default(DaemonConfig, "concurrency"), minimum=1, maximum=256
         ),

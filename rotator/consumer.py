@@ -108,11 +108,12 @@ def promote(
     )
 
 
-def drop_previous(store: SecretStore, target: Target) -> None:
-    """Remove ``previous`` from the consumer secret (the credential is retired)."""
+def drop_previous(store: SecretStore, target: Target) -> int | None:
+    """Remove ``previous`` from the consumer secret (the credential is retired).
+    Returns the secret's version (None: there is no secret)."""
     existing = store.read(target.vault_path)
     if existing is None or "previous" not in existing.data:
-        return
+        return existing.version if existing else None
     data = {k: v for k, v in existing.data.items() if k != "previous"}
     metadata = {**existing.custom_metadata, "previous_credential_id": ""}
-    store.write(target.vault_path, data, cas=existing.version, custom_metadata=metadata)
+    return store.write(target.vault_path, data, cas=existing.version, custom_metadata=metadata)

@@ -325,8 +325,9 @@ class Daemon:
             )
         self.metrics.observe_result(result)
         self.metrics.set_next_rotation(target.name, result.next_rotation_at)
-        status = self._status(target)
+        status = result.status or self._status(target)
         if status is not None:
+            self.metrics.observe_status(status)
             self._statuses[target.name] = status
         return result
 

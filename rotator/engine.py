@@ -19,6 +19,7 @@ from rotator.failures import Backoff, FailureBook, FailureClass
 from rotator.kinds import ops_for
 from rotator.model import Target, Trigger, User
 from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
+from rotator.presence import Presence
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.rotation import Rotation, Run
 from rotator.state import TargetState
@@ -39,6 +40,7 @@ class Engine:
         intent_timeout: timedelta = timedelta(seconds=30),
         orphan_watch: timedelta = timedelta(minutes=15),
         own_key_id: Callable[[], str | None] | None = None,
+        presence_interval: timedelta = timedelta(minutes=5),
     ) -> None:
         self.transport, self.store, self.clock, self.audit = transport, store, clock, audit
         self.state_prefix = state_prefix.strip("/")
@@ -54,6 +56,7 @@ class Engine:
             intent_timeout=intent_timeout,
             orphan_watch=orphan_watch,
             own_key_id=own_key_id,
+            presence=Presence(transport, clock, max_age=presence_interval),
         )
         #: Users resolved once per process: a user's id and org never change.
         self._users: dict[tuple[str | None, str], User] = {}
@@ -81,8 +84,7 @@ class Engine:
         if waiting is not None and not (rotate_now or unstick or dry_run):
             return self._failed(target, waiting)
         try:
-            user = self._user(target)
-            state, version = self._load(target, user)
+            state, version, user = self._load(target)
         except RotatorError as exc:
             return self._early_failure(target, exc)
         self.failures.forget(target)
@@ -113,24 +115,32 @@ class Engine:
 
     def status(self, target: Target) -> TargetStatus:
         raw = self.store.read(self.state_path(target))
-        secret = self.store.read(target.vault_path)
         state = TargetState.from_dict(dict(raw.data)) if raw else self.failures.remembered(target)
-        version = secret.version if secret else None
+        version = state.consumer_version if state else None
+        if version is None:  # written by an older rotator, or never rotated
+            secret = self.store.read(target.vault_path)
+            version = secret.version if secret else None
         return report.status(target, state, version, self.clock.now())
 
     # ------------------------------------------------------------ state
 
-    def _user(self, target: Target) -> User:
+    def _user(self, target: Target, state: TargetState | None) -> User:
+        """The target's user: from its state while the target names the same
+        user, else looked up in ZITADEL once per process."""
+        ref = _user_ref(target)
+        if state is not None and state.user_id and state.org_id and state.user_ref == ref:
+            return User(id=state.user_id, org_id=state.org_id, username=target.user)
         key = (target.org_id, target.user)
         if key not in self._users:
             self._users[key] = self.transport.resolve_user(target.user, target.org_id)
         return self._users[key]
 
-    def _load(self, target: Target, user: User) -> tuple[TargetState, int]:
+    def _load(self, target: Target) -> tuple[TargetState, int, User]:
         raw = self.store.read(self.state_path(target))
         state = TargetState.from_dict(dict(raw.data)) if raw else None
         if state is not None:
             failures.forgive_if_changed(state, target)
+        user = self._user(target, state)
         if state is None or state.is_blank():
             # first run, lost state, or only failures so far: what does Vault hold?
             state = state or TargetState(target=target.name, kind=target.kind.value, user_id="")
@@ -138,8 +148,9 @@ class Engine:
             if existing is not None:
                 listed = ops_for(target.kind).list(self.transport, user)
                 state.current = consumer.adopt(target, existing, listed)
-        state.user_id = state.user_id or user.id
-        return state, raw.version if raw else 0
+                state.consumer_version = existing.version
+        state.user_id, state.org_id, state.user_ref = user.id, user.org_id, _user_ref(target)
+        return state, raw.version if raw else 0, user
 
     # ------------------------------------------------------------ failures
 
@@ -201,18 +212,21 @@ class Engine:
             )
 
     def _failed(self, target: Target, state: TargetState) -> RotationResult:
+        now = self.clock.now()
         return RotationResult(
             target=target.name,
             outcome=Outcome.STUCK if state.stuck else Outcome.FAILED,
             error=state.last_error,
             next_run_at=state.next_attempt_at,
             next_rotation_at=state.next_attempt_at,
+            status=report.status(target, state, state.consumer_version, now),
         )
 
     def _result(
         self, run: Run, state: TargetState, outcome: Outcome, *, error: str | None = None
     ) -> RotationResult:
-        planned = planner.next_run(state, run.target.policy, run.target.schedule, self.clock.now())
+        now = self.clock.now()
+        planned = planner.next_run(state, run.target.policy, run.target.schedule, now)
         return RotationResult(
             target=run.target.name,
             outcome=outcome,
@@ -223,4 +237,9 @@ class Engine:
             next_run_at=planned.at,
             next_rotation_at=planned.rotation_at,
             error=error,
+            status=report.status(run.target, state, state.consumer_version, now),
         )
+
+
+def _user_ref(target: Target) -> str:
+    return f"{target.org_id or ''}/{target.user}"

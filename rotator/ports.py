@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rotator.model import Credential, IssuedPat, StoredSecret, User
+from rotator.model import Credential, CredentialKind, IssuedPat, StoredSecret, User
 
 if TYPE_CHECKING:
     import hvac
@@ -64,6 +64,14 @@ class ZitadelTransport(Protocol):
     def list_pats(self, user: User) -> list[Credential]: ...
 
     def remove_pat(self, user: User, pat_id: str) -> None: ...
+
+    def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
+        """Every key (or PAT) of every user in the org, in a few paged calls.
+
+        None when the API has no such listing (v1 lists per user only): the
+        caller then lists per user.
+        """
+        ...
 
     def close(self) -> None: ...
 

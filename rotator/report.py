@@ -52,6 +52,8 @@ class RotationResult:
     next_rotation_at: datetime | None = None
     error: str | None = None
     actions: tuple[str, ...] = ()
+    #: The target's status after this run (no extra read needed).
+    status: TargetStatus | None = None
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,10 @@ from rotator.errors import (
     ZitadelUnavailable,
 )
 from rotator.failures import FailureClass
-from rotator.kinds import CredentialOps, ops_for
+from rotator.kinds import CredentialOps
 from rotator.model import CredentialKind, Target, Trigger, User
 from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
+from rotator.presence import Presence
 from rotator.report import Outcome
 from rotator.state import CredentialRef, Orphan, Pending, Phase, PreviousCredential, TargetState
 
@@ -104,8 +105,10 @@ class Rotation:
         intent_timeout: timedelta,
         orphan_watch: timedelta,
         own_key_id: Callable[[], str | None] | None = None,
+        presence: Presence | None = None,
     ) -> None:
         self.transport, self.store, self.verifier = transport, store, verifier
+        self.presence = presence or Presence(transport, clock)
         self.clock, self.state_path = clock, state_path
         #: Owner of the intents written here (host and pid by default).
         self.identity = identity
@@ -149,12 +152,10 @@ class Rotation:
             may = planner.rotation_may_start(state, target.policy, target.schedule, now)
             return "due" if may else None
         try:
-            listed = ops_for(target.kind).list(self.transport, user)
+            present = self.presence.contains(target.kind, user, state.current)
         except ZitadelUnavailable:
             return None  # an idle target accrues nothing from an outage: look again next time
-        if not any(c.id == state.current.id for c in listed):
-            return "current credential missing in ZITADEL"
-        return None
+        return None if present else "current credential missing in ZITADEL"
 
     # ------------------------------------------------------- the protocol
 
@@ -204,6 +205,7 @@ class Rotation:
                 self.abandon(run, state, version, error=str(exc))
             raise
         run.emit("credential.created", new_credential_id=credential.id)
+        self.presence.forget(target.kind, run.user)
 
         pending.phase, pending.credential_id, pending.secret = Phase.CREATED, credential.id, secret
         pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
@@ -243,8 +245,9 @@ class Rotation:
             except VerificationError as exc:
                 self.abandon(run, state, version, error=str(exc))
                 raise
+            # No write of phase VERIFIED: after a crash here the credential is
+            # verified once more, which costs less than a Vault write each time.
             pending.phase = Phase.VERIFIED
-            state, version = self.save(target, state, version)
             run.emit("credential.verified", new_credential_id=pending.credential_id)
 
         now = self.clock.now()
@@ -269,7 +272,7 @@ class Rotation:
         )
         state.pending = None
         failures.clear(state)
-        state.last_success_at = now
+        state.last_success_at, state.consumer_version = now, secret_version
         state, version = self.save(target, state, version)
         self.forget_secret(target, pending, version)
         run.rotated = True
@@ -330,7 +333,7 @@ class Rotation:
             with suppress(ZitadelNotFound):
                 run.ops.remove(self.transport, run.user, previous.id)
             run.emit("credential.removed", old_credential_id=previous.id)
-        consumer.drop_previous(self.store, target)
+        state.consumer_version = consumer.drop_previous(self.store, target)
         state.previous = None
         state, version = self.save(target, state, version)
         run.retired = True

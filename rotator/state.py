@@ -105,6 +105,12 @@ class TargetState:
     last_success_at: datetime | None = None
     #: Fingerprint of the target's configuration when it last failed.
     target_digest: str | None = None
+    #: The user as configured (``org_id/user``) when ``user_id`` was resolved,
+    #: and its org: while the target names the same user, no lookup is needed.
+    user_ref: str = ""
+    org_id: str = ""
+    #: The consumer secret's version after the rotator's last write to it.
+    consumer_version: int | None = None
 
     def is_blank(self) -> bool:
         """Nothing but failures recorded: no credential was ever handled."""

@@ -324,27 +324,7 @@ class UserServiceTransport:
         )
 
     def list_keys(self, user: User) -> list[Credential]:
-        def page(offset: int) -> tuple[list[Any], int | None]:
-            request = UserServiceListKeysRequest(
-                pagination=UserServicePaginationRequest(
-                    offset=offset, limit=self._page_size, asc=True
-                ),
-                sorting_column=UserServiceKeyFieldName.KEY_FIELD_NAME_CREATED_DATE,
-                filters=[
-                    UserServiceKeysSearchFilter(user_id_filter=UserServiceIDFilter(id=user.id))
-                ],
-            )
-            response = self._call(
-                "ListKeys",
-                f"list keys of user {user.id}",
-                lambda z: z.users.list_keys(request, _request_timeout=self._timeout),
-            )
-            total = response.pagination.total_result if response.pagination else None
-            return list(response.result or []), int(total) if total is not None else None
-
-        return [
-            _credential(CredentialKind.KEY, k, user.id) for k in _paginate(page, self._page_size)
-        ]
+        return self._list(CredentialKind.KEY, f"keys of user {user.id}", user_id=user.id)
 
     def remove_key(self, user: User, key_id: str) -> None:
         request = UserServiceRemoveKeyRequest(user_id=user.id, key_id=key_id)
@@ -381,31 +361,7 @@ class UserServiceTransport:
         )
 
     def list_pats(self, user: User) -> list[Credential]:
-        def page(offset: int) -> tuple[list[Any], int | None]:
-            request = UserServiceListPersonalAccessTokensRequest(
-                pagination=UserServicePaginationRequest(
-                    offset=offset, limit=self._page_size, asc=True
-                ),
-                sorting_column=UserServicePersonalAccessTokenFieldName.PERSONAL_ACCESS_TOKEN_FIELD_NAME_CREATED_DATE,
-                filters=[
-                    UserServicePersonalAccessTokensSearchFilter(
-                        user_id_filter=UserServiceIDFilter(id=user.id)
-                    )
-                ],
-            )
-            response = self._call(
-                "ListPersonalAccessTokens",
-                f"list PATs of user {user.id}",
-                lambda z: z.users.list_personal_access_tokens(
-                    request, _request_timeout=self._timeout
-                ),
-            )
-            total = response.pagination.total_result if response.pagination else None
-            return list(response.result or []), int(total) if total is not None else None
-
-        return [
-            _credential(CredentialKind.PAT, p, user.id) for p in _paginate(page, self._page_size)
-        ]
+        return self._list(CredentialKind.PAT, f"PATs of user {user.id}", user_id=user.id)
 
     def remove_pat(self, user: User, pat_id: str) -> None:
         request = UserServiceRemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
@@ -415,6 +371,58 @@ class UserServiceTransport:
             lambda z: z.users.remove_personal_access_token(request, _request_timeout=self._timeout),
         )
 
+
+    # -- listings ---------------------------------------------------------------------
+
+    def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
+        """One paged listing of a whole org (1,000 a page) instead of one per user."""
+        what = "keys" if kind is CredentialKind.KEY else "PATs"
+        return self._list(kind, f"{what} of org {org_id}", org_id=org_id, page_size=MAX_PAGE_SIZE)
+
+    def _list(
+        self,
+        kind: CredentialKind,
+        context: str,
+        *,
+        user_id: str | None = None,
+        org_id: str | None = None,
+        page_size: int | None = None,
+    ) -> list[Credential]:
+        size = page_size or self._page_size
+        key = kind is CredentialKind.KEY
+        filter_type: Any = (
+            UserServiceKeysSearchFilter if key else UserServicePersonalAccessTokensSearchFilter
+        )
+        filters = [filter_type(user_id_filter=UserServiceIDFilter(id=user_id))] if user_id else []
+        if org_id:
+            filters.append(filter_type(organization_id_filter=UserServiceIDFilter(id=org_id)))
+        method = "ListKeys" if key else "ListPersonalAccessTokens"
+
+        def page(offset: int) -> tuple[list[Any], int | None]:
+            pagination = UserServicePaginationRequest(offset=offset, limit=size, asc=True)
+            if key:
+                request: Any = UserServiceListKeysRequest(
+                    pagination=pagination,
+                    sorting_column=UserServiceKeyFieldName.KEY_FIELD_NAME_CREATED_DATE,
+                    filters=filters,
+                )
+            else:
+                request = UserServiceListPersonalAccessTokensRequest(
+                    pagination=pagination,
+                    sorting_column=UserServicePersonalAccessTokenFieldName.PERSONAL_ACCESS_TOKEN_FIELD_NAME_CREATED_DATE,
+                    filters=filters,
+                )
+            response = self._call(
+                method,
+                f"list {context}",
+                lambda z: (z.users.list_keys if key else z.users.list_personal_access_tokens)(
+                    request, _request_timeout=self._timeout
+                ),
+            )
+            total = response.pagination.total_result if response.pagination else None
+            return list(response.result or []), int(total) if total is not None else None
+
+        return [_credential(kind, item, user_id or "") for item in _paginate(page, size)]
 
 def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).

@@ -402,6 +402,10 @@ class ManagementTransport:
         request = mgmt_pb.RemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
         self._call("RemovePersonalAccessToken", request, user.org_id)
 
+    def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
+        """The Management API lists keys and PATs per user only."""
+        return None
+
     def close(self) -> None:
         self._channel.close()
 
