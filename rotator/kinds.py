@@ -9,12 +9,12 @@ PAT.  It is secret material: never logged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
 from rotator.errors import VerificationError, VerificationReason
-from rotator.keys import build_key_file, generate_key_pair
+from rotator.keys import KeyPair, build_key_file, generate_key_pair
 from rotator.model import Credential, CredentialKind, User
 from rotator.ports import Verifier, ZitadelTransport
 
@@ -53,10 +53,14 @@ class KeyOps:
     label = "key"
     proof = "jwt-bearer token exchange and userinfo"
 
+    def __init__(self, generate: Callable[[], KeyPair] = generate_key_pair) -> None:
+        #: Where new key pairs come from (tests hand out a pre-made pool).
+        self.generate = generate
+
     def create(
         self, transport: ZitadelTransport, user: User, expires_at: datetime
     ) -> tuple[Credential, Payload]:
-        pair = generate_key_pair()
+        pair = self.generate()
         credential = transport.add_key(user, pair.public_key_pem, expires_at)
         key_file = build_key_file(credential.id, user.id, pair.private_key_pem, expires_at)
         return credential, dict(key_file)
