@@ -145,7 +145,7 @@ class MemoryStore:
             secret = self._secrets.setdefault(path, _Secret())
             current = secret.current
             live = current > 0 and secret.versions[current].live
-            if (cas == 0 and live) or (cas != 0 and cas != current):
+            if (cas == 0 and live) or cas not in (0, current):
                 raise CasConflict(
                     "write: check-and-set parameter did not match the current version (400)",
                     path=f"{self.mount}/{path}",
