@@ -46,6 +46,7 @@ from rotator.errors import ZitadelNotFound, ZitadelRejected
 from rotator.zitadel.base import Credential, CredentialKind, IssuedPat, User
 from rotator.zitadel.codes import error_for
 from rotator.zitadel.oidc import OidcClient
+from tests.emulator import keys as keymat
 from tests.emulator import oidc as emu_oidc
 from tests.emulator import times
 from tests.emulator.domain import (
@@ -93,12 +94,27 @@ def to_instant(moment: datetime) -> int:
     return (delta.days * 86400 + delta.seconds) * times.NS + delta.microseconds * 1000
 
 
+_INSTANCE_KEY: list[Any] = []
+_INSTANCE_KEY_LOCK = threading.Lock()
+
+
+def _share_instance_signing_key(domain: Domain) -> None:
+    """Every in-process instance signs its id_tokens with one RSA key made once
+    per test process: generating it costs more than a whole protocol test.
+    (Reaches into the domain's own key slot; the key is never a test subject.)"""
+    with _INSTANCE_KEY_LOCK:
+        if not _INSTANCE_KEY:
+            _INSTANCE_KEY.append(keymat.generate_rsa())
+        domain._signing_key = _INSTANCE_KEY[0]
+
+
 class FakeZitadel:
     """One in-process ZITADEL instance, seeded like a fresh emulator."""
 
     def __init__(self, state_dir: Path, *, lag_ms: int = 0) -> None:
         self.domain = Domain(state_dir, lag_ms=lag_ms)
         self.domain.issuer = ISSUER
+        _share_instance_signing_key(self.domain)
         if self.domain.fresh:
             apply_seed(self.domain, _seed_without_files(), Path(state_dir))
         self.domain.mark_started()
