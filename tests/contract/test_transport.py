@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import pytest
 
 from rotator.errors import (
+    VerificationError,
     ZitadelNotFound,
     ZitadelPermissionDenied,
     ZitadelRejected,
@@ -390,6 +391,28 @@ def test_a_pat_is_added_listed_usable_and_removed(backend: Backend) -> None:
     assert issued.credential.id not in {c.id for c in transport.list_pats(user)}
     with pytest.raises(ZitadelNotFound, match="COMMAND-4m77G"):
         transport.remove_pat(user, issued.credential.id)
+
+
+def test_the_verifier_refuses_what_zitadel_would_refuse(backend: Backend) -> None:
+    """The verifier the engine uses (the real OidcClient, or the in-process one
+    on the fake) proves a credential by using it; a removed one fails."""
+    transport = backend.transport
+    user = transport.resolve_user("svc-billing")
+    pair = generate_key_pair()
+    expires = _in(30)
+    key = transport.add_key(user, pair.public_key_pem, expires)
+    key_file = build_key_file(key.id, user.id, pair.private_key_pem, expires)
+    backend.verify_key(key_file)
+    transport.remove_key(user, key.id)
+    with pytest.raises(VerificationError, match=key.id):
+        backend.verify_key(key_file)
+
+    pat = transport.add_pat(user, _in(30))
+    with pytest.raises(VerificationError, match="another subject"):
+        backend.verify_pat(pat.token, backend.user_ids["svc-reports"])
+    transport.remove_pat(user, pat.credential.id)
+    with pytest.raises(VerificationError):
+        backend.verify_pat(pat.token, user.id)
 
 
 # -- authorization --------------------------------------------------------------------------------
