@@ -10,7 +10,8 @@ import pytest
 
 from rotator.app import DeferredTransport, offline_transport
 from rotator.errors import ZitadelUnavailable
-from rotator.zitadel.base import Credential, CredentialKind, User, ZitadelTransport
+from rotator.model import Credential, CredentialKind, User
+from rotator.ports import ZitadelTransport
 
 USER = User(id="1", org_id="2", username="svc")
 

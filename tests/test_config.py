@@ -20,8 +20,7 @@ from rotator.config import (
     parse_duration,
 )
 from rotator.errors import ConfigError
-from rotator.model import Policy
-from rotator.zitadel.base import CredentialKind
+from rotator.model import CredentialKind, Policy
 
 SOURCE = "config.yaml"
 

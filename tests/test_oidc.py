@@ -27,7 +27,7 @@ from rotator.errors import (
     ZitadelUnavailable,
 )
 from rotator.keys import KeyPair, build_key_file, generate_key_pair
-from rotator.zitadel.base import User
+from rotator.model import User
 from rotator.zitadel.detect import classify
 from rotator.zitadel.oidc import AccessToken, OidcClient, TokenSource, http_error
 from rotator.zitadel.v2 import UserServiceTransport

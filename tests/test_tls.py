@@ -24,7 +24,7 @@ import yaml
 from cryptography import x509
 
 from rotator.errors import ZitadelUnavailable
-from rotator.zitadel.base import User
+from rotator.model import User
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import ManagementTransport
 from tests.harness.emulator import Emulator

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from rotator.errors import CasConflict, VaultError, VaultPermissionDenied, VaultUnavailable
-from rotator.store import SecretStore
+from rotator.ports import SecretStore
 from rotator.vault import NO_RETRY, RetryPolicy, VaultStore
 from rotator.vault_auth import Authenticator, SecretSource, TokenMethod
 from tests.harness.openbao import ROTATOR_POLICY_FILE, OpenBao, free_port

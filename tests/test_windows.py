@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rotator.model import Policy, Target
+from rotator.model import CredentialKind, Policy, Target
 from rotator.windows import (
     FreezeWindow,
     RotationWindow,
@@ -29,7 +29,6 @@ from rotator.windows import (
     schedule_rotation,
     unsatisfiable,
 )
-from rotator.zitadel.base import CredentialKind
 
 
 def utc(text: str) -> datetime:

@@ -1,0 +1,496 @@
+"""The rotation protocol, step by step, on the in-process fakes.
+
+The real Engine runs against ZITADEL's domain model in process (the
+emulator's rules without its wire) and an in-memory KV v2 store, sharing one
+clock with ZITADEL (tests/enginekit.py ``build_fast_kit``); both fakes pass the
+contract suites in tests/contract/ together with the real backends.  What
+needs real processes (kill -9 between two steps, a lagging ZITADEL over the
+wire, a really sealed OpenBao) is in tests/test_rotation.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rotator.errors import RotatorError
+from rotator.model import CredentialKind, Schedule, Target, Trigger
+from rotator.report import Outcome
+from rotator.windows import RotationWindow
+from tests.enginekit import TEST_POLICY, FastKit, build_fast_kit, key_target, pat_target
+from tests.fakes.store import MemoryStore
+from tests.fakes.zitadel import FakeZitadel
+
+DAY = 24 * 3600
+HOUR = timedelta(hours=1)
+#: For tests where verification must give up fast.
+QUICK_VERIFY = replace(TEST_POLICY, verify_timeout=timedelta(seconds=1))
+
+
+@pytest.fixture
+def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
+    fake = FakeZitadel(tmp_path / "zitadel")
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def kit(zitadel: FakeZitadel, store: MemoryStore) -> Iterator[FastKit]:
+    with build_fast_kit(zitadel, store) as kit:
+        yield kit
+
+
+def target_of(kind: str, **kw: Any) -> Target:
+    return key_target(**kw) if kind == "key" else pat_target(**kw)
+
+
+def live_ids(kit: FastKit, kind: CredentialKind, user: str) -> set[str]:
+    resolved = kit.transport.resolve_user(user)
+    creds = (
+        kit.transport.list_keys(resolved)
+        if kind is CredentialKind.KEY
+        else kit.transport.list_pats(resolved)
+    )
+    return {c.id for c in creds}
+
+
+def consumer_can_authenticate(kit: FastKit, data: dict[str, Any]) -> None:
+    """What a consumer does with the secret it reads from Vault."""
+    if "keyId" in data:
+        kit.oidc.exchange_jwt_bearer(data, "openid")
+    else:
+        kit.oidc.userinfo(data["token"])
+
+
+def secret(kit: FastKit, path: str) -> dict[str, Any]:
+    stored = kit.store.read(path)
+    assert stored is not None, path
+    return dict(stored.data)
+
+
+def created_ids(kit: FastKit) -> list[str]:
+    return [e["new_credential_id"] for e in kit.events() if e["event"] == "credential.created"]
+
+
+# --------------------------------------------------------------- full cycle
+
+SECRET_FIELDS = {
+    "key": {"type", "keyId", "key", "expirationDate", "userId"},  # ZITADEL's key-file format
+    "pat": {"token", "token_id", "user_id", "expires_at"},
+}
+ID_FIELD = {"key": "keyId", "pat": "token_id"}
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_a_credential_is_created_stored_verified_promoted_and_later_retired(
+    kit: FastKit, kind: str
+) -> None:
+    target = target_of(kind)
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+
+    data = secret(kit, target.vault_path)
+    assert set(data) == SECRET_FIELDS[kind]
+    assert data[ID_FIELD[kind]] == first.credential_id
+    if kind == "key":
+        assert data["type"] == "serviceaccount"
+    assert first.expires_at is not None
+    assert (first.expires_at.hour, first.expires_at.minute) == (0, 0)
+    consumer_can_authenticate(kit, data)
+    assert live_ids(kit, target.kind, target.user) == {first.credential_id}
+
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.UP_TO_DATE
+    assert kit.engine.status(target).state == "ready"
+
+    # 21 days on, the credential is within renew_before (10 d) of its 30-day expiry
+    kit.advance(21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED, second.error
+    assert second.previous_credential_id == first.credential_id
+    data = secret(kit, target.vault_path)
+    assert data[ID_FIELD[kind]] == second.credential_id
+    assert data["previous"][ID_FIELD[kind]] == first.credential_id
+    consumer_can_authenticate(kit, data)
+    consumer_can_authenticate(kit, data["previous"])  # the old one still works in grace
+    assert live_ids(kit, target.kind, target.user) == {first.credential_id, second.credential_id}
+    assert kit.engine.status(target).state == "grace"
+
+    kit.advance(DAY + 60)
+    third = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert third.outcome is Outcome.RETIRED
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert "previous" not in secret(kit, target.vault_path)
+    assert kit.engine.status(target).state == "ready"
+    with pytest.raises(RotatorError):  # the retired credential no longer works
+        consumer_can_authenticate(kit, data["previous"])
+
+    names = kit.event_names()
+    for step in [
+        "rotation.started",
+        "credential.created",
+        "credential.stored",
+        "credential.verified",
+        "credential.promoted",
+        "rotation.completed",
+        "credential.removed",
+        "credential.retired",
+    ]:
+        assert step in names
+
+
+def test_the_old_credential_is_retired_before_its_midnight_expiry(kit: FastKit) -> None:
+    long_grace = replace(TEST_POLICY, grace=timedelta(days=5))
+    target = key_target(policy=long_grace)
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    # the daemon was down: it comes back 2 days before the old key expires
+    kit.advance((first.expires_at - kit.clock.now()).total_seconds() - 2 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED
+    status = kit.engine.status(target)
+    assert status.retire_at == first.expires_at - timedelta(hours=1)  # not promoted + 5 d
+
+    assert status.retire_at is not None
+    kit.advance((status.retire_at - kit.clock.now()).total_seconds() + 1)
+    assert kit.clock.now() < first.expires_at
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+    assert first.credential_id not in live_ids(kit, target.kind, target.user)
+
+
+def test_an_expired_credential_rotates_at_once_and_is_flagged(kit: FastKit) -> None:
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    kit.advance((first.expires_at - kit.clock.now()).total_seconds() + 3600)
+    assert kit.engine.status(target).state == "expired"
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED
+    started = [e for e in kit.events() if e["event"] == "rotation.started"][-1]
+    assert started["expired"] is True
+    assert started["reason"] == "expired"
+
+
+def test_each_rotation_expires_at_midnight_at_an_instant_of_its_own(kit: FastKit) -> None:
+    one = kit.engine.reconcile(key_target(), trigger=Trigger.CLI)
+    two = kit.engine.reconcile(pat_target(), trigger=Trigger.CLI)
+    assert one.expires_at is not None
+    assert two.expires_at is not None
+    for expiry in (one.expires_at, two.expires_at):
+        assert (expiry.hour, expiry.minute, expiry.second) == (0, 0, 0)
+        assert expiry.microsecond > 0
+    assert one.expires_at != two.expires_at
+
+
+# ----------------------------------------------------------- dry run / plan
+
+
+def test_plan_and_dry_run_change_nothing(kit: FastKit) -> None:
+    target = key_target()
+    before_zitadel = kit.zitadel.state()
+    plan = kit.engine.plan(target)
+    assert plan.outcome is Outcome.DRY_RUN
+    assert any(a.startswith("rotate now") for a in plan.actions)
+    assert kit.store.read(target.vault_path) is None
+    assert kit.store.read(kit.engine.state_path(target)) is None
+    assert kit.zitadel.state() == before_zitadel
+    assert kit.store.calls["write"] == 0
+
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    versions = (
+        kit.store.read(target.vault_path).version,  # type: ignore[union-attr]
+        kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
+    )
+    snapshot = kit.zitadel.state()
+    writes = kit.store.calls["write"]
+    dry = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, dry_run=True)
+    assert dry.outcome is Outcome.DRY_RUN
+    assert any(a.startswith("rotate at") for a in dry.actions)
+    assert kit.zitadel.state() == snapshot
+    assert kit.store.calls["write"] == writes
+    assert (
+        kit.store.read(target.vault_path).version,  # type: ignore[union-attr]
+        kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
+    ) == versions
+
+
+# ------------------------------------------------------ failures / rollback
+
+
+def test_when_vault_refuses_the_write_the_new_key_is_removed_again(kit: FastKit) -> None:
+    target = key_target()
+    created: list[str] = []
+
+    def seal_vault_after_create(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.created":
+            created.append(event["new_credential_id"])
+            kit.store.sealed = True
+
+    kit.engine.audit.subscribe(seal_vault_after_create)
+    try:
+        result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    finally:
+        kit.store.sealed = False
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "sealed" in result.error.lower() or "unavailable" in result.error.lower()
+    assert created
+    assert created[0] not in live_ids(kit, target.kind, target.user)
+    assert "rotation.rolled_back" in kit.event_names()
+
+
+def test_a_credential_that_never_verifies_is_rolled_back(kit: FastKit) -> None:
+    target = key_target(policy=QUICK_VERIFY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.zitadel.clear_faults()
+    assert result.outcome is Outcome.FAILED
+    assert live_ids(kit, target.kind, target.user) == set()
+    assert kit.store.read(target.vault_path) is None
+
+
+def test_an_unreachable_zitadel_during_verification_leaves_the_rotation_resumable(
+    kit: FastKit,
+) -> None:
+    target = key_target(policy=QUICK_VERIFY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "unavailable", "rate": 1.0}])
+    failed = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.zitadel.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    created = created_ids(kit)
+    assert len(created) == 1
+    # kept, not rolled back: it is recorded as pending, with its secret, in Vault
+    assert live_ids(kit, target.kind, target.user) == set(created)
+    assert kit.engine.status(target).state == "failing"
+    # the schedule respects the backoff ...
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+
+    # ... then resumes the same credential: nothing new is created
+    resumed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert resumed.credential_id == created[0]
+    assert "rotation.resumed" in kit.event_names()
+    assert secret(kit, target.vault_path)["keyId"] == created[0]
+
+
+def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(kit: FastKit) -> None:
+    target = key_target(policy=QUICK_VERIFY)
+    kit.zitadel.set_faults(
+        rules=[
+            {"method": "token", "code": "internal", "rate": 1.0},  # the new key never works
+            {"method": "RemoveKey", "code": "unavailable", "rate": 1.0},
+        ]
+    )
+    failed = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.zitadel.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    created = created_ids(kit)
+    assert live_ids(kit, target.kind, target.user) == set(created)  # could not be removed yet
+    raw = kit.store.read(kit.engine.state_path(target))
+    assert raw is not None
+    # ... but it is not forgotten: an orphan record holds it until ZITADEL removed it
+    assert raw.data["pending"] is None
+    assert [o["credential_id"] for o in raw.data["orphans"]] == created
+
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert again.outcome is Outcome.ROTATED, again.error
+    assert created[0] not in live_ids(kit, target.kind, target.user)
+    assert again.credential_id != created[0]
+
+
+def test_a_failing_target_waits_for_its_backoff_instead_of_retrying_at_once(
+    kit: FastKit,
+) -> None:
+    target = key_target()
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)  # due
+    kit.zitadel.set_faults(rules=[{"method": "AddKey", "code": "unavailable", "rate": 1.0}])
+    failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.zitadel.clear_faults()
+    waiting = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert waiting.outcome is Outcome.FAILED
+    # due long ago, yet the next run is the retry time, not "now": no busy loop
+    assert waiting.next_run_at == failed.next_run_at
+    assert waiting.next_run_at is not None
+    assert waiting.next_run_at > kit.clock.now()
+    assert [e["event"] for e in kit.events()].count("rotation.started") == 2
+
+
+def test_a_stuck_target_still_retires_its_previous_credential_before_expiry(
+    kit: FastKit,
+) -> None:
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.previous_credential_id == first.credential_id
+    # the target then got stuck (set up directly in its state secret)
+    raw = kit.store.read(kit.engine.state_path(target))
+    assert raw is not None
+    kit.store.write(
+        kit.engine.state_path(target),
+        {**raw.data, "stuck": True, "failures": 5, "last_error": "test"},
+        cas=raw.version,
+    )
+    status = kit.engine.status(target)
+    assert status.state == "stuck"
+    assert status.retire_at is not None
+    kit.advance((status.retire_at - kit.clock.now()).total_seconds() + 1)
+    result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert result.outcome is Outcome.STUCK
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert "previous" not in secret(kit, target.vault_path)
+
+
+def test_the_rotators_own_key_from_a_file_is_never_retired(kit: FastKit) -> None:
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    # the rotator signs in with this very key, read from a file it cannot update
+    kit.engine.rotation.own_key_id = lambda: first.credential_id
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    kit.advance(DAY + 60)
+    refused = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert refused.outcome is Outcome.FAILED
+    assert refused.error is not None
+    assert "own identity" in refused.error
+    assert first.credential_id in live_ids(kit, target.kind, target.user)
+
+
+def test_a_sealed_vault_is_retried_with_growing_backoff_and_nothing_half_applied(
+    kit: FastKit,
+) -> None:
+    target = key_target()
+    delays = []
+    kit.store.sealed = True
+    for _ in range(3):
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert result.outcome is Outcome.FAILED
+        assert result.error is not None
+        assert "sealed" in result.error
+        assert result.next_run_at is not None
+        delays.append((result.next_run_at - kit.clock.now()).total_seconds())
+        # before its retry time, a scheduled run does not even try (no event, no call)
+        calls = sum(kit.store.calls.values())
+        waiting = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert waiting.outcome is Outcome.FAILED
+        assert waiting.next_run_at == result.next_run_at
+        assert sum(kit.store.calls.values()) == calls
+        kit.advance((result.next_run_at - kit.clock.now()).total_seconds() + 1)
+    kit.store.sealed = False
+    attempts = [e["attempt"] for e in kit.events() if e["event"] == "rotation.failed"]
+    assert attempts == [1, 2, 3]
+    assert delays[2] >= 2.0 > delays[0]  # base 1 s doubling, with jitter in [d/2, d]
+    assert live_ids(kit, target.kind, target.user) == set()  # no credential was created
+    ok = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert ok.outcome is Outcome.ROTATED, ok.error
+
+
+def test_a_closed_window_holds_back_a_rotation_but_not_a_retirement(kit: FastKit) -> None:
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    # the operator shortened the lifetime: the new key is due again already
+    shorter = replace(TEST_POLICY, renew_before=timedelta(days=29, hours=12))
+    new_year_only = Schedule(windows=(RotationWindow(cron="0 2 1 1 *", duration=HOUR),))
+    target = key_target(policy=shorter, schedule=new_year_only)
+    kit.advance(DAY + 60)  # the previous key's grace is over
+    held = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert held.outcome is Outcome.RETIRED
+    assert live_ids(kit, target.kind, target.user) == {second.credential_id}
+    assert first.credential_id != second.credential_id
+    assert kit.engine.status(target).state == "due"  # still due: waits for its window
+
+
+def test_repeated_failures_make_a_target_stuck_until_forced(kit: FastKit) -> None:
+    kit.engine.failures.backoff = replace(kit.engine.backoff, max_attempts=2)
+    target = pat_target()
+    kit.zitadel.set_faults(  # a permanent cause: the rotator's identity lost its grant
+        rules=[{"method": "AddPersonalAccessToken", "code": "permission_denied", "rate": 1.0}]
+    )
+    first = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert first.outcome is Outcome.FAILED
+    assert first.next_run_at is not None
+    kit.advance(10)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.STUCK
+    assert kit.engine.status(target).state == "stuck"
+    kit.zitadel.clear_faults()
+    # stuck stays stuck for the schedule ...
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.STUCK
+    assert "target.stuck" in kit.event_names()
+    # ... until a person forces it
+    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, unstick=True)
+    assert forced.outcome is Outcome.ROTATED
+    assert kit.engine.status(target).state == "ready"
+
+
+@pytest.mark.parametrize(
+    ("method", "kind"), [("AddKey", "key"), ("AddPersonalAccessToken", "pat")]
+)
+def test_transient_zitadel_errors_are_reported_plainly(
+    kit: FastKit, method: str, kind: str
+) -> None:
+    kit.zitadel.set_faults(rules=[{"method": method, "code": "resource_exhausted", "rate": 1.0}])
+    result = kit.engine.reconcile(target_of(kind), trigger=Trigger.CLI)
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "resource_exhausted" in result.error
+    failed = [e for e in kit.events() if e["event"] == "rotation.failed"][-1]
+    assert failed["error_type"] == "ZitadelUnavailable"
+
+
+# ------------------------------------------------- ownership / concurrency
+
+
+def test_an_unmanaged_secret_is_not_overwritten_unless_adopted(kit: FastKit) -> None:
+    target = key_target()
+    kit.store.write(target.vault_path, {"keyId": "123", "key": "not-ours"}, cas=0)
+    refused = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert refused.outcome is Outcome.FAILED
+    assert refused.error is not None
+    assert "adopt" in refused.error
+    adopted = kit.engine.reconcile(key_target(adopt=True), trigger=Trigger.CLI)
+    assert adopted.outcome is Outcome.ROTATED, adopted.error
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_two_engines_racing_on_a_due_target_rotate_it_once(
+    zitadel: FakeZitadel, store: MemoryStore, kind: str
+) -> None:
+    target = target_of(kind)
+    results: list[Any] = []
+    with build_fast_kit(zitadel, store) as one, build_fast_kit(zitadel, store) as two:
+        barrier = threading.Barrier(2)
+
+        def run(kit: FastKit) -> None:
+            barrier.wait()
+            try:
+                results.append(kit.engine.reconcile(target, trigger=Trigger.SCHEDULE))
+            except Exception as exc:  # surfaced by the assertion below
+                results.append(exc)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in (one, two)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rotated = [r for r in results if r.outcome is Outcome.ROTATED]
+        assert len(rotated) == 1, results
+        assert live_ids(one, target.kind, target.user) == {rotated[0].credential_id}
+        assert secret(one, target.vault_path)[ID_FIELD[kind]] == rotated[0].credential_id
