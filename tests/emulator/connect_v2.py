@@ -109,7 +109,9 @@ _TEXT_QUERIES = {"user_name_query": ("user_name", None), "login_name_query": ("l
 _STATE_NAMES = {v: k for k, v in dm.USER_STATES_V2.items()}
 
 
-def user_query(q: dict[str, Any]) -> Any:
+def user_query(q: dict[str, Any], states: Mapping[int, str] = _STATE_NAMES) -> Any:
+    """A (validated) SearchQuery dict as a domain query; v1 shares the shape
+    and passes its own state numbering."""
     if not q:
         raise EmuError("invalid_argument", "invalid SearchQuery.Query: value is required")
     (name, v), = q.items()
@@ -124,7 +126,7 @@ def user_query(q: dict[str, Any]) -> Any:
     if name == "type_query":
         return dm.TypeQ({1: "human", 2: "machine"}.get(v.get("type", 0), "unspecified"))
     if name == "state_query":
-        return dm.StateQ(_STATE_NAMES.get(v.get("state", 0), "UNSPECIFIED"))
+        return dm.StateQ(states.get(v.get("state", 0), "UNSPECIFIED"))
     if name == "in_user_ids_query":
         return dm.InIdsQ(tuple(v.get("user_ids", [])))
     if name == "in_user_emails_query":
@@ -137,10 +139,10 @@ def user_query(q: dict[str, Any]) -> Any:
     if name == "organization_id_query":
         return dm.OrgIdQ(v.get("organization_id", ""))
     if name in ("and_query", "or_query"):
-        subs = tuple(user_query(s) for s in v.get("queries", []))
+        subs = tuple(user_query(s, states) for s in v.get("queries", []))
         return dm.AndQ(subs) if name == "and_query" else dm.OrQ(subs)
     if name == "not_query":
-        return dm.NotQ(user_query(v.get("query", {})))
+        return dm.NotQ(user_query(v.get("query", {}), states))
     raise AssertionError(name)
 
 
