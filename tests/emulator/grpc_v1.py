@@ -66,6 +66,11 @@ def _status_class() -> Any:
 RpcStatus = _status_class()
 
 
+def grpc_code(name: str) -> grpc.StatusCode:
+    """An EmuError code name (``not_found``) as a gRPC status code."""
+    return _CODES.get(name, grpc.StatusCode.UNKNOWN)
+
+
 def status_details(code: grpc.StatusCode, error: EmuError) -> bytes:
     """The ``grpc-status-details-bin`` value ZITADEL sends for this error."""
     status = RpcStatus(code=code.value[0], message=error.message)
