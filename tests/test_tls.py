@@ -1,5 +1,7 @@
 """TLS end to end: the rotator against an emulator that speaks only HTTPS and
-gRPC over TLS, with a certificate from a private CA made here.
+gRPC over TLS, with a certificate from a private CA made here, on ONE port as
+ZITADEL does: the configs name no ``grpc_target``, the rotator derives it from
+``zitadel.url``.
 
 What an operator relies on: with ``zitadel.tls.ca_file`` naming that CA every
 path (discovery, token exchange, v2 Connect through the SDK, v1 gRPC, the API
@@ -42,7 +44,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def tls_emulator(pki: Pki) -> Iterator[Emulator]:
-    with Emulator.running(tls=(pki.cert_file, pki.key_file)) as emu:
+    with Emulator.running(tls=(pki.cert_file, pki.key_file), grpc_port=False) as emu:
         yield emu
 
 
@@ -108,8 +110,7 @@ def write_config(
 ) -> Path:
     zitadel: dict[str, Any] = {
         "url": emulator.issuer,
-        "api": api,
-        "grpc_target": emulator.grpc_target,
+        "api": api,  # no grpc_target: derived from url, as in production
         "credentials": {"key_file": str(emulator.admin_key_file)},
         "timeout": "5s",
     }
@@ -284,7 +285,7 @@ def test_the_management_api_trusts_the_ca_file_and_only_it(
 def misnamed_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, Pki]]:
     """An emulator whose certificate, from a trusted CA, names another host."""
     pki = make_pki(tmp_path_factory.mktemp("misnamed"), [x509.DNSName("zitadel.example")])
-    with Emulator.running(tls=(pki.cert_file, pki.key_file)) as emu:
+    with Emulator.running(tls=(pki.cert_file, pki.key_file), grpc_port=False) as emu:
         yield emu, pki
 
 

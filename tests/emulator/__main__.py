@@ -1,10 +1,12 @@
-"""``python -m tests.emulator --port P --grpc-port G --state-dir DIR
+"""``python -m tests.emulator --port P [--grpc-port G] --state-dir DIR
 [--seed FILE] [--lag-ms N] [--no-v2-keys] [--tls-cert FILE --tls-key FILE] [--verbose]``
 
-Serves HTTP (OIDC, Connect v2, /_emulator admin) on 127.0.0.1:P and the v1
-ManagementService over gRPC on 127.0.0.1:G (when tests/emulator/grpc_v1.py is
-present).  Port 0 picks a free port.  Writes DIR/endpoints.json and prints one
-line ``ready <issuer>`` once both listeners accept connections.
+Serves everything on 127.0.0.1:P, like ZITADEL's one external port: HTTP/1.1
+(OIDC, Connect v2, /_emulator admin) and HTTP/2 (gRPC for the v1
+ManagementService and the v2 UserService, Connect).  ``--grpc-port`` adds a
+second, gRPC-only listener for the v1 ManagementService (grpcio's own server).
+Port 0 picks a free port.  Writes DIR/endpoints.json and prints one line
+``ready <issuer>`` once the listeners accept connections.
 
 With ``--tls-cert`` (PEM chain, leaf first) and ``--tls-key`` (PEM) both
 listeners speak TLS only, and the issuer is ``https://127.0.0.1:P``.  The
@@ -32,7 +34,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.emulator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, required=True, help="HTTP port (0 = any free port)")
-    p.add_argument("--grpc-port", type=int, required=True, help="gRPC port (0 = any free port)")
+    p.add_argument("--grpc-port", type=int,
+                   help="an extra gRPC-only port for v1 (0 = any free port; default: none)")
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--seed", type=Path, help="YAML seed (used only on a fresh state dir)")
     p.add_argument("--lag-ms", type=int, default=0,
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     port = http_server.server_address[1]
     issuer = f"{'https' if tls_context else 'http'}://127.0.0.1:{port}"
     domain.issuer = issuer
-    grpc_server, grpc_port = _start_grpc(domain, args.grpc_port, grpc_tls)
+    grpc_server, grpc_port = (None, None) if args.grpc_port is None \
+        else _start_grpc(domain, args.grpc_port, grpc_tls)
 
     users = {u.username: u.id for u in domain.all_users()}
     orgs = {o.name: o.id for o in domain.list_orgs()}

@@ -14,9 +14,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tests.emulator import domain as dm
+from tests.emulator import pgv, wire
 from tests.emulator.errors import EmuError
 from tests.emulator.faults import DropConnection
-from tests.emulator.protojson import Enum, F, Msg, b64, camel, clean, decode, enum_out, ts, u64
+from tests.emulator.protojson import Enum, Msg, b64, clean, decode, enum_out, schema_of, ts, u64
 
 SERVICE = "zitadel.user.v2.UserService"
 
@@ -39,24 +40,7 @@ Response = tuple[int, dict[str, str], bytes]
 
 # --- schemas ----------------------------------------------------------------------
 
-TEXT_QUERY_METHOD = Enum("zitadel.object.v2.TextQueryMethod", {
-    f"TEXT_QUERY_METHOD_{n}": i for i, n in enumerate(
-        ["EQUALS", "EQUALS_IGNORE_CASE", "STARTS_WITH", "STARTS_WITH_IGNORE_CASE", "CONTAINS",
-         "CONTAINS_IGNORE_CASE", "ENDS_WITH", "ENDS_WITH_IGNORE_CASE"])})
-TEXT_FILTER_METHOD = Enum("zitadel.filter.v2.TextFilterMethod", {
-    k.replace("TEXT_QUERY_METHOD_", "TEXT_FILTER_METHOD_"): v
-    for k, v in TEXT_QUERY_METHOD.values.items()})
-TIMESTAMP_FILTER_METHOD = Enum("zitadel.filter.v2.TimestampFilterMethod", {
-    "TIMESTAMP_FILTER_METHOD_EQUALS": 0, "TIMESTAMP_FILTER_METHOD_AFTER": 1,
-    "TIMESTAMP_FILTER_METHOD_AFTER_OR_EQUALS": 2, "TIMESTAMP_FILTER_METHOD_BEFORE": 3,
-    "TIMESTAMP_FILTER_METHOD_BEFORE_OR_EQUALS": 4})
-KEY_FIELD_NAME = Enum("zitadel.user.v2.KeyFieldName", {
-    "KEY_FIELD_NAME_UNSPECIFIED": 0, "KEY_FIELD_NAME_CREATED_DATE": 1, "KEY_FIELD_NAME_ID": 2,
-    "KEY_FIELD_NAME_USER_ID": 3, "KEY_FIELD_NAME_ORGANIZATION_ID": 4,
-    "KEY_FIELD_NAME_KEY_EXPIRATION_DATE": 5})
-PAT_FIELD_NAME = Enum("zitadel.user.v2.PersonalAccessTokenFieldName", {
-    f"PERSONAL_ACCESS_TOKEN_FIELD_NAME_{n}": i for i, n in enumerate(
-        ["UNSPECIFIED", "CREATED_DATE", "ID", "USER_ID", "ORGANIZATION_ID", "EXPIRATION_DATE"])})
+# output enums (names in responses); requests are read with the descriptors in wire.py
 USER_FIELD_NAME = Enum("zitadel.user.v2.UserFieldName", {
     f"USER_FIELD_NAME_{n}": i for i, n in enumerate(
         ["UNSPECIFIED", "USER_NAME", "FIRST_NAME", "LAST_NAME", "NICK_NAME", "DISPLAY_NAME",
@@ -64,189 +48,32 @@ USER_FIELD_NAME = Enum("zitadel.user.v2.UserFieldName", {
 USER_STATE = Enum("zitadel.user.v2.UserState", {
     "USER_STATE_UNSPECIFIED": 0, "USER_STATE_ACTIVE": 1, "USER_STATE_INACTIVE": 2,
     "USER_STATE_DELETED": 3, "USER_STATE_LOCKED": 4, "USER_STATE_INITIAL": 5})
-USER_TYPE = Enum("zitadel.user.v2.Type", {"TYPE_UNSPECIFIED": 0, "TYPE_HUMAN": 1,
-                                          "TYPE_MACHINE": 2})
 ACCESS_TOKEN_TYPE = Enum("zitadel.user.v2.AccessTokenType", {
     "ACCESS_TOKEN_TYPE_BEARER": 0, "ACCESS_TOKEN_TYPE_JWT": 1})
 
-PAGINATION = Msg("PaginationRequest", (F("offset", "uint64"), F("limit", "uint32"),
-                                       F("asc", "bool")))
-LIST_QUERY = Msg("ListQuery", (F("offset", "uint64"), F("limit", "uint32"), F("asc", "bool")))
-ID_FILTER = Msg("IDFilter", (F("id", "string"),))
-TIMESTAMP_FILTER = Msg("TimestampFilter", (F("timestamp", "timestamp"),
-                                           F("method", "enum", TIMESTAMP_FILTER_METHOD)))
+
+def request_schema(method: str) -> Msg:
+    """The protojson schema of ``method``'s request, from the emulator's copy of
+    ZITADEL's descriptors (tests/emulator/proto), so JSON, binary and gRPC read
+    the same fields (query kinds included)."""
+    return schema_of(wire.descriptor_of(input_type(method)))
 
 
-def _resource_filter(name: str, id_field: str) -> Msg:
-    return Msg(name, (
-        F(id_field, "message", ID_FILTER, oneof="filter"),
-        F("user_id_filter", "message", ID_FILTER, oneof="filter"),
-        F("organization_id_filter", "message", ID_FILTER, oneof="filter"),
-        F("created_date_filter", "message", TIMESTAMP_FILTER, oneof="filter"),
-        F("expiration_date_filter", "message", TIMESTAMP_FILTER, oneof="filter"),
-    ))
+def input_type(method: str) -> str:
+    found = wire.service_method(SERVICE, method)
+    assert found is not None, method
+    return str(found.input_type.full_name)
 
 
-KEYS_FILTER = _resource_filter("KeysSearchFilter", "key_id_filter")
-PATS_FILTER = _resource_filter("PersonalAccessTokensSearchFilter", "token_id_filter")
-
-
-def _text_query(name: str, field: str) -> Msg:
-    return Msg(name, (F(field, "string"), F("method", "enum", TEXT_QUERY_METHOD)))
-
-
-_SEARCH_QUERY_FIELDS: list[F] = [
-    F("user_name_query", "message", _text_query("UserNameQuery", "user_name"), oneof="query"),
-    F("first_name_query", "message", _text_query("FirstNameQuery", "first_name"), oneof="query"),
-    F("last_name_query", "message", _text_query("LastNameQuery", "last_name"), oneof="query"),
-    F("nick_name_query", "message", _text_query("NickNameQuery", "nick_name"), oneof="query"),
-    F("display_name_query", "message", _text_query("DisplayNameQuery", "display_name"),
-      oneof="query"),
-    F("email_query", "message", _text_query("EmailQuery", "email_address"), oneof="query"),
-    F("state_query", "message", Msg("StateQuery", (F("state", "enum", USER_STATE),)),
-      oneof="query"),
-    F("type_query", "message", Msg("TypeQuery", (F("type", "enum", USER_TYPE),)), oneof="query"),
-    F("login_name_query", "message", _text_query("LoginNameQuery", "login_name"), oneof="query"),
-    F("in_user_ids_query", "message",
-      Msg("InUserIDQuery", (F("user_ids", "string", repeated=True),)), oneof="query"),
-    F("organization_id_query", "message",
-      Msg("OrganizationIdQuery", (F("organization_id", "string"),)), oneof="query"),
-]
-SEARCH_QUERY = Msg("SearchQuery", ())  # fields completed below (recursive)
-_AND = Msg("AndQuery", (F("queries", "message", SEARCH_QUERY, repeated=True),))
-_OR = Msg("OrQuery", (F("queries", "message", SEARCH_QUERY, repeated=True),))
-_NOT = Msg("NotQuery", (F("query", "message", SEARCH_QUERY),))
-_SEARCH_QUERY_FIELDS += [F("or_query", "message", _OR, oneof="query"),
-                         F("and_query", "message", _AND, oneof="query"),
-                         F("not_query", "message", _NOT, oneof="query")]
-object.__setattr__(SEARCH_QUERY, "fields", tuple(_SEARCH_QUERY_FIELDS))
-SEARCH_QUERY.__post_init__()
-
-METADATA = Msg("Metadata", (F("key", "string"), F("value", "bytes")))
-METADATA_FILTER = Msg("MetadataSearchFilter", (
-    F("key_filter", "message", Msg("MetadataKeyFilter", (
-        F("key", "string"), F("method", "enum", TEXT_FILTER_METHOD))), oneof="filter"),
-))
-
-REQUESTS: dict[str, Msg] = {
-    "AddKey": Msg("AddKeyRequest", (F("user_id", "string"), F("expiration_date", "timestamp"),
-                                    F("public_key", "bytes"))),
-    "RemoveKey": Msg("RemoveKeyRequest", (F("user_id", "string"), F("key_id", "string"))),
-    "ListKeys": Msg("ListKeysRequest", (
-        F("pagination", "message", PAGINATION), F("sorting_column", "enum", KEY_FIELD_NAME),
-        F("filters", "message", KEYS_FILTER, repeated=True))),
-    "AddPersonalAccessToken": Msg("AddPersonalAccessTokenRequest", (
-        F("user_id", "string"), F("expiration_date", "timestamp"))),
-    "RemovePersonalAccessToken": Msg("RemovePersonalAccessTokenRequest", (
-        F("user_id", "string"), F("token_id", "string"))),
-    "ListPersonalAccessTokens": Msg("ListPersonalAccessTokensRequest", (
-        F("pagination", "message", PAGINATION), F("sorting_column", "enum", PAT_FIELD_NAME),
-        F("filters", "message", PATS_FILTER, repeated=True))),
-    "GetUserByID": Msg("GetUserByIDRequest", (F("user_id", "string"),)),
-    "ListUsers": Msg("ListUsersRequest", (
-        F("query", "message", LIST_QUERY), F("sorting_column", "enum", USER_FIELD_NAME),
-        F("queries", "message", SEARCH_QUERY, repeated=True))),
-    "SetUserMetadata": Msg("SetUserMetadataRequest", (
-        F("user_id", "string"), F("metadata", "message", METADATA, repeated=True))),
-    "ListUserMetadata": Msg("ListUserMetadataRequest", (
-        F("user_id", "string"), F("pagination", "message", PAGINATION),
-        F("filters", "message", METADATA_FILTER, repeated=True))),
-    "DeleteUserMetadata": Msg("DeleteUserMetadataRequest", (
-        F("user_id", "string"), F("keys", "string", repeated=True))),
-}
-
-# --- PGV (protoc-gen-validate) rules, first violation wins -------------------------
-
-
-def _pgv(msg: str, field: str, reason: str) -> EmuError:
-    # PGV errors are neither translated nor carry a ZITADEL ErrorDetail.
-    return EmuError("invalid_argument", f"invalid {msg}.{_pascal(field)}: {reason}")
-
-
-def _pascal(name: str) -> str:
-    c = camel(name)
-    return c[:1].upper() + c[1:]
-
-
-def _len_between(msg: str, req: dict[str, Any], field: str, lo: int = 1, hi: int = 200) -> None:
-    n = len(req.get(field, ""))
-    if not lo <= n <= hi:
-        raise _pgv(msg, field, f"value length must be between {lo} and {hi} runes, inclusive")
-
-
-def _required(msg: str, req: dict[str, Any], field: str) -> None:
-    if field not in req:
-        raise _pgv(msg, field, "value is required")
-
-
-def _defined(msg: str, req: dict[str, Any], field: str, enum: Enum) -> None:
-    if field in req and enum.name_of(req[field]) is None:
-        raise _pgv(msg, field, "value must be one of the defined enum values")
-
-
-def _embedded(msg: str, field: str, index: int | None, inner: EmuError) -> EmuError:
-    where = _pascal(field) + (f"[{index}]" if index is not None else "")
-    return EmuError("invalid_argument",
-                    f"invalid {msg}.{where}: embedded message failed validation | "
-                    f"caused by: {inner.message}")
-
-
-def _validate_resource_filters(msg: str, req: dict[str, Any], fmsg: Msg) -> None:
-    for i, flt in enumerate(req.get("filters", [])):
-        try:
-            if not flt:
-                raise EmuError("invalid_argument",
-                               f"invalid {fmsg.name}.Filter: value is required")
-            (name, value), = flt.items()
-            try:
-                if name.endswith("date_filter"):
-                    _defined("TimestampFilter", value, "method", TIMESTAMP_FILTER_METHOD)
-                elif len(value.get("id", "")) > 200:
-                    raise _pgv("IDFilter", "id", "value length must be at most 200 runes")
-            except EmuError as inner:
-                raise _embedded(fmsg.name, name, None, inner) from None
-        except EmuError as inner:
-            raise _embedded(msg, "filters", i, inner) from None
+def output_type(method: str) -> str:
+    found = wire.service_method(SERVICE, method)
+    assert found is not None, method
+    return str(found.output_type.full_name)
 
 
 def validate(method: str, req: dict[str, Any]) -> None:
-    msg = REQUESTS[method].name
-    if method in ("AddKey", "AddPersonalAccessToken"):
-        _len_between(msg, req, "user_id")
-        _required(msg, req, "expiration_date")
-    elif method == "RemoveKey":
-        _len_between(msg, req, "user_id")
-        _len_between(msg, req, "key_id")
-    elif method == "RemovePersonalAccessToken":
-        _len_between(msg, req, "user_id")
-        _len_between(msg, req, "token_id")
-    elif method == "ListKeys":
-        _defined(msg, req, "sorting_column", KEY_FIELD_NAME)
-        _validate_resource_filters(msg, req, KEYS_FILTER)
-    elif method == "ListPersonalAccessTokens":
-        _defined(msg, req, "sorting_column", PAT_FIELD_NAME)
-        _validate_resource_filters(msg, req, PATS_FILTER)
-    elif method in ("GetUserByID", "ListUserMetadata"):
-        _len_between(msg, req, "user_id")
-    elif method == "SetUserMetadata":
-        _len_between(msg, req, "user_id")
-        for i, md in enumerate(req.get("metadata", [])):
-            try:
-                _len_between("Metadata", md, "key")
-                if not 1 <= len(md.get("value", b"")) <= 500000:
-                    raise _pgv("Metadata", "value",
-                               "value length must be between 1 and 500000 bytes, inclusive")
-            except EmuError as inner:
-                raise _embedded(msg, "metadata", i, inner) from None
-    elif method == "DeleteUserMetadata":
-        _len_between(msg, req, "user_id")
-        for i, key in enumerate(req.get("keys", [])):
-            if not 1 <= len(key) <= 200:
-                raise EmuError("invalid_argument",
-                               f"invalid {msg}.Keys[{i}]: value length must be between 1 and "
-                               "200 runes, inclusive")
-    elif method == "ListUsers":
-        _defined(msg, req, "sorting_column", USER_FIELD_NAME)
+    """PGV with the rules of ZITADEL's descriptors (``pgv.RULES``)."""
+    pgv.validate(wire.descriptor_of(input_type(method)), req)
 
 
 # --- conversion to domain arguments -------------------------------------------------
@@ -283,7 +110,9 @@ _TEXT_QUERIES = {"user_name_query": ("user_name", None), "login_name_query": ("l
 _STATE_NAMES = {v: k for k, v in dm.USER_STATES_V2.items()}
 
 
-def user_query(q: dict[str, Any]) -> Any:
+def user_query(q: dict[str, Any], states: Mapping[int, str] = _STATE_NAMES) -> Any:
+    """A (validated) SearchQuery dict as a domain query; v1 shares the shape
+    and passes its own state numbering."""
     if not q:
         raise EmuError("invalid_argument", "invalid SearchQuery.Query: value is required")
     (name, v), = q.items()
@@ -298,16 +127,23 @@ def user_query(q: dict[str, Any]) -> Any:
     if name == "type_query":
         return dm.TypeQ({1: "human", 2: "machine"}.get(v.get("type", 0), "unspecified"))
     if name == "state_query":
-        return dm.StateQ(_STATE_NAMES.get(v.get("state", 0), "UNSPECIFIED"))
+        return dm.StateQ(states.get(v.get("state", 0), "UNSPECIFIED"))
     if name == "in_user_ids_query":
         return dm.InIdsQ(tuple(v.get("user_ids", [])))
+    if name == "in_user_emails_query":
+        # email IN (...): exact addresses; machine users have none
+        return dm.OrQ(tuple(dm.AndQ((dm.TypeQ("human"), dm.FieldTextQ("email", e, 0)))
+                            for e in v.get("user_emails", [])))
+    if name == "phone_query":
+        # the emulator's humans have no phone numbers: nothing matches
+        return dm.InIdsQ(())
     if name == "organization_id_query":
         return dm.OrgIdQ(v.get("organization_id", ""))
     if name in ("and_query", "or_query"):
-        subs = tuple(user_query(s) for s in v.get("queries", []))
+        subs = tuple(user_query(s, states) for s in v.get("queries", []))
         return dm.AndQ(subs) if name == "and_query" else dm.OrQ(subs)
     if name == "not_query":
-        return dm.NotQ(user_query(v.get("query", {})))
+        return dm.NotQ(user_query(v.get("query", {}), states))
     raise AssertionError(name)
 
 
@@ -479,10 +315,42 @@ def _not_found() -> Response:
                  "X-Content-Type-Options": "nosniff"}, b"404 page not found\n"
 
 
+def exists(method: str, *, no_v2_keys: bool = False) -> bool:
+    return method in HANDLERS and not (no_v2_keys and method in V4_ONLY)
+
+
+def invoke(domain: dm.Domain, method: str, headers: Mapping[str, str],
+           req: dict[str, Any]) -> dict[str, Any]:
+    """After unmarshal, whatever the protocol: authentication (token, org
+    header) -> PGV -> the handler.  Returns the protojson response dict."""
+    caller = domain.authenticate(headers.get("authorization"), headers.get("x-zitadel-orgid"))
+    validate(method, req)
+    return dict(clean(HANDLERS[method](domain, caller, req)))
+
+
+def encode_proto(method: str, result: dict[str, Any]) -> bytes:
+    return wire.from_json_dict(output_type(method), result)
+
+
+def decode_proto(method: str, body: bytes) -> dict[str, Any]:
+    from google.protobuf.message import DecodeError
+
+    try:
+        return wire.parse(input_type(method), body)
+    except DecodeError as exc:
+        raise EmuError("invalid_argument",
+                       "unmarshal message: proto: cannot parse invalid wire-format data") \
+            from exc
+
+
+#: Connect codecs (connect-go's defaults): "json" and "proto".
+CODECS = {"application/json": "json", "application/proto": "proto"}
+
+
 def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[str, str],
            body: bytes, *, no_v2_keys: bool = False) -> Response:
-    """``headers``: lower-cased names."""
-    if method not in HANDLERS or (no_v2_keys and method in V4_ONLY):
+    """Connect unary over HTTP/1.1 or HTTP/2.  ``headers``: lower-cased names."""
+    if not exists(method, no_v2_keys=no_v2_keys):
         return _not_found()
     try:
         after = domain.faults.check(method)
@@ -491,20 +359,24 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
     if http_method != "POST":
         return 405, {"Allow": "POST", "Content-Type": "text/plain"}, b"405 method not allowed\n"
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
+    codec = CODECS.get(content_type)
+    if codec is None:
         return 415, {"Accept-Post": "application/json, application/proto"}, b""
     try:
-        try:
-            raw = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise EmuError("invalid_argument", f"unmarshal message: proto: syntax error ({exc})") \
-                from exc
-        req = decode(REQUESTS[method], raw)
-        caller = domain.authenticate(headers.get("authorization"), headers.get("x-zitadel-orgid"))
-        validate(method, req)
-        result = HANDLERS[method](domain, caller, req)
+        if codec == "proto":
+            req = decode_proto(method, body)
+        else:
+            try:
+                raw = json.loads(body or b"{}")
+            except ValueError as exc:
+                raise EmuError("invalid_argument",
+                               f"unmarshal message: proto: syntax error ({exc})") from exc
+            req = decode(request_schema(method), raw)
+        result = invoke(domain, method, headers, req)
         if after is not None:
             after.apply()  # ZITADEL acted; the answer is late, lost or dropped
+        if codec == "proto":
+            return 200, {"Content-Type": "application/proto"}, encode_proto(method, result)
     except EmuError as err:
         return error_response(err)
     except DropConnection:
@@ -514,4 +386,4 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
 
         traceback.print_exc()
         return error_response(EmuError("internal", "Errors.Internal"))
-    return 200, {"Content-Type": "application/json"}, json.dumps(clean(result)).encode()
+    return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()

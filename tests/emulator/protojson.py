@@ -56,6 +56,44 @@ class Msg:
             self.by_json[f.name] = f
 
 
+_KINDS = {9: "string", 12: "bytes", 8: "bool", 4: "uint64", 13: "uint32", 5: "int32",
+          14: "enum", 11: "message"}  # FieldDescriptor.TYPE_* numbers
+_SCHEMAS: dict[str, Msg] = {}
+
+
+def schema_of(desc: Any) -> Msg:
+    """The schema of a protobuf message descriptor (memoised; recursion-safe)."""
+    found = _SCHEMAS.get(desc.full_name)
+    if found is not None:
+        return found
+    msg = Msg(desc.name, ())
+    _SCHEMAS[desc.full_name] = msg
+    fields = []
+    for fd in desc.fields:
+        kind = _KINDS[fd.type]
+        sub: Any = None
+        if kind == "enum":
+            sub = Enum(fd.enum_type.full_name, {v.name: v.number for v in fd.enum_type.values})
+        elif kind == "message":
+            if fd.message_type.full_name == "google.protobuf.Timestamp":
+                kind = "timestamp"
+            else:
+                sub = schema_of(fd.message_type)
+        oneof = fd.containing_oneof
+        real_oneof = oneof is not None and not (len(oneof.fields) == 1
+                                                 and oneof.name == "_" + fd.name)
+        fields.append(F(fd.name, kind, sub, repeated=_repeated(fd),
+                        oneof=oneof.name if real_oneof else None))
+    object.__setattr__(msg, "fields", tuple(fields))
+    msg.__post_init__()
+    return msg
+
+
+def _repeated(fd: Any) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6.32; .label is deprecated
+    return bool(fd.label == 3) if flag is None else bool(flag)
+
+
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
@@ -106,7 +144,7 @@ def _value(f: F, raw: Any) -> Any:
         if not isinstance(raw, bool):
             raise _bad(f"invalid value for bool field {camel(f.name)}: {_short(raw)}")
         return raw
-    if kind in ("uint64", "uint32"):
+    if kind in ("uint64", "uint32", "int32"):
         value: int
         if isinstance(raw, bool):
             raise _bad(f"invalid value for {kind} field {camel(f.name)}: {raw}")
@@ -115,8 +153,8 @@ def _value(f: F, raw: Any) -> Any:
             value = int(raw)
         else:
             raise _bad(f"invalid value for {kind} field {camel(f.name)}: {_short(raw)}")
-        limit = 2**64 if kind == "uint64" else 2**32
-        if not 0 <= value < limit:
+        low, limit = {"int32": (-(2**31), 2**31), "uint32": (0, 2**32)}.get(kind, (0, 2**64))
+        if not low <= value < limit:
             raise _bad(f"invalid value for {kind} field {camel(f.name)}: {raw}")
         return value
     if kind == "bytes":

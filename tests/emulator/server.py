@@ -1,5 +1,8 @@
-"""The emulator's HTTP listener: OIDC/OAuth, Connect (v2 UserService) and the
-emulator-only admin API under ``/_emulator/``."""
+"""The emulator's listener on the issuer's port: HTTP/1.1 (OIDC/OAuth,
+Connect for the v2 UserService, the emulator-only admin API under
+``/_emulator/``) and, on the same port, HTTP/2 (gRPC for v1 and v2, Connect
+over h2c / h2; see http2.py), told apart by the client preface (cleartext)
+or ALPN (TLS)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.emulator import connect_v2, oidc
+from tests.emulator import connect_v2, http2, oidc
 from tests.emulator.domain import Domain
 from tests.emulator.errors import EmuError
 from tests.emulator.faults import DropConnection
@@ -108,6 +111,8 @@ def server_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
+    # gRPC clients insist on h2 by ALPN; HTTP/1.1 clients offer only http/1.1
+    context.set_alpn_protocols(["h2", "http/1.1"])
     return context
 
 
@@ -145,7 +150,38 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
                 # expected in TLS tests, so one line instead of a traceback.
                 sys.stderr.write(f"TLS handshake with {client_address} failed: {exc}\n")
                 return
+            speaks_h2 = request.selected_alpn_protocol() == "h2"
+        else:
+            speaks_h2 = http2.starts_with_preface(request)
+        if speaks_h2:
+            http2.Connection(request, self.domain, self.route, no_v2_keys=self.no_v2_keys,
+                             verbose=self.verbose).serve()
+            return
         super().finish_request(request, client_address)
+
+    def route(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Response:
+        """One request, whatever the HTTP version; ``headers`` lower-cased."""
+        url = urlsplit(target)
+        domain = self.domain
+        try:
+            response: Response | None
+            if url.path.startswith("/_emulator/"):
+                response = admin(domain, url.path, url.query, method, body)
+            elif url.path.startswith(CONNECT_PREFIX):
+                response = connect_v2.handle(
+                    domain, url.path[len(CONNECT_PREFIX):], method, headers, body,
+                    no_v2_keys=self.no_v2_keys)
+            else:
+                response = oidc.handle(domain, url.path, method, headers, body)
+            if response is None:
+                response = 404, {"Content-Type": "text/plain; charset=utf-8"}, \
+                    b"404 page not found\n"
+        except DropConnection:
+            raise  # the transport closes the connection
+        except Exception:
+            traceback.print_exc()
+            response = _json(500, {"error": "server_error", "error_description": "Errors.Internal"})
+        return response
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,22 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         body = self._read_body()
-        url = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
-        domain = self.server.domain
         try:
-            response: Response | None
-            if url.path.startswith("/_emulator/"):
-                response = admin(domain, url.path, url.query, self.command, body)
-            elif url.path.startswith(CONNECT_PREFIX):
-                response = connect_v2.handle(
-                    domain, url.path[len(CONNECT_PREFIX):], self.command, headers, body,
-                    no_v2_keys=self.server.no_v2_keys)
-            else:
-                response = oidc.handle(domain, url.path, self.command, headers, body)
-            if response is None:
-                response = 404, {"Content-Type": "text/plain; charset=utf-8"}, \
-                    b"404 page not found\n"
+            response = self.server.route(self.command, self.path, headers, body)
         except DropConnection:
             # an injected lost answer: the action is committed, the client gets
             # a reset connection instead of a response
@@ -212,9 +235,6 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
-        except Exception:
-            traceback.print_exc()
-            response = _json(500, {"error": "server_error", "error_description": "Errors.Internal"})
         status, resp_headers, payload = response
         self.send_response(status)
         for name, value in resp_headers.items():

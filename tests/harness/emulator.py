@@ -17,6 +17,14 @@ Usage::
         emu = emulator_factory(tls=(cert_pem_file, key_pem_file))
         emu.issuer                            # https://127.0.0.1:P (the cert needs IP SAN)
 
+    def test_one_port(emulator_factory) -> None:         # like ZITADEL: no second port
+        emu = emulator_factory(grpc_port=False)
+        emu.grpc_target == emu.issuer_target  # gRPC (v1, v2) on the issuer's port
+
+Every emulator serves gRPC (v1 and v2), Connect and HTTP/1.1 on the issuer's
+port (``issuer_target``); by default it also opens grpcio's own v1 listener on a
+second port (``grpc_target``), which the older tests use.
+
 The module-scoped ``emulator`` is shared by the tests of a module: a test that
 sets faults or moves the clock should undo it (``emulator.reset()``).
 
@@ -66,6 +74,7 @@ class Emulator:
 
     state_dir: Path
     http_port: int
+    #: the extra gRPC-only v1 port (``--grpc-port``), 0 = none
     grpc_port: int
     lag_ms: int = 0
     no_v2_keys: bool = False
@@ -87,13 +96,15 @@ class Emulator:
         no_v2_keys: bool = False,
         seed: Path | None = None,
         tls: tuple[Path, Path] | None = None,
+        grpc_port: bool = True,
     ) -> Emulator:
+        """``grpc_port=False``: no second port; everything on the issuer's, like ZITADEL."""
         owns = state_dir is None
         emu = cls(
             state_dir=Path(tempfile.mkdtemp(prefix="zitadel-emu-")) if state_dir is None
             else state_dir,
             http_port=free_port(),
-            grpc_port=free_port(),
+            grpc_port=free_port() if grpc_port else 0,
             lag_ms=lag_ms,
             no_v2_keys=no_v2_keys,
             seed=seed,
@@ -108,7 +119,8 @@ class Emulator:
                 # another process may have grabbed a port between probe and bind
                 if attempt == 2 or "already in use" not in emu.log_path.read_text(errors="replace"):
                     raise
-                emu.http_port, emu.grpc_port = free_port(), free_port()
+                emu.http_port = free_port()
+                emu.grpc_port = free_port() if emu.grpc_port else 0
         raise AssertionError("unreachable")
 
     @classmethod
@@ -122,7 +134,9 @@ class Emulator:
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-m", "tests.emulator", "--port", str(self.http_port),
-                "--grpc-port", str(self.grpc_port), "--state-dir", str(self.state_dir)]
+                "--state-dir", str(self.state_dir)]
+        if self.grpc_port:
+            args += ["--grpc-port", str(self.grpc_port)]
         if self.lag_ms:
             args += ["--lag-ms", str(self.lag_ms)]
         if self.no_v2_keys:
@@ -244,7 +258,13 @@ class Emulator:
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        """The extra v1 gRPC port, or the issuer's when there is none."""
+        return f"127.0.0.1:{self.grpc_port}" if self.grpc_port else self.issuer_target
+
+    @property
+    def issuer_target(self) -> str:
+        """host:port of the issuer: gRPC (v1, v2), Connect, OIDC, as on ZITADEL."""
+        return f"127.0.0.1:{self.http_port}"
 
     @property
     def org_ids(self) -> dict[str, str]:
@@ -369,8 +389,8 @@ def emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def emulator_factory() -> Iterator[Callable[..., Emulator]]:
-    """``emulator_factory(lag_ms=.., no_v2_keys=.., seed=.., tls=(cert, key))`` -> a
-    fresh emulator, stopped when the test ends."""
+    """``emulator_factory(lag_ms=.., no_v2_keys=.., seed=.., tls=(cert, key),
+    grpc_port=False)`` -> a fresh emulator, stopped when the test ends."""
     started: list[Emulator] = []
 
     def make(**kwargs: Any) -> Emulator:
