@@ -188,7 +188,8 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
     timeout = zitadel.timeout.total_seconds()
     if api == "v2":
         # only the slice of the SDK it uses, and only now (rotator/zitadel/sdk.py)
-        from rotator.zitadel.v2 import TransportOptions, UserServiceTransport  # noqa: PLC0415
+        from rotator.zitadel.sdk import TransportOptions  # noqa: PLC0415
+        from rotator.zitadel.v2 import UserServiceTransport  # noqa: PLC0415
 
         options = TransportOptions(ca_cert_path=zitadel.tls.ca_file, insecure=zitadel.tls.insecure)
         return UserServiceTransport(

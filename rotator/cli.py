@@ -27,12 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import IO, Any, TextIO, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
-import structlog
-
-from rotator.app import App, build
-from rotator.audit import AuditLog
 from rotator.config import DEFAULT_CONFIG_PATH, Config, format_duration, load_config, parse_duration
 from rotator.errors import (
     ConfigError,
@@ -41,10 +37,15 @@ from rotator.errors import (
     VerificationError,
     ZitadelError,
 )
-from rotator.kinds import ops_for
 from rotator.model import Target, Trigger
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.windows import ScheduledTarget, project, unsatisfiable
+
+if TYPE_CHECKING:  # imported where used: `validate` and `--help` need neither Vault nor logging
+    import structlog
+
+    from rotator.app import App
+    from rotator.audit import AuditLog
 
 
 class UsageError(Exception):
@@ -222,6 +223,8 @@ def _setup_logging(fmt: str, debug: bool) -> None:
     """Route stdlib logging (ours and the libraries') through structlog's
     renderers: one JSON object per record (``timestamp``, ``level``, ``logger``,
     ``event`` and the record's ``extra`` fields) or a console line."""
+    import structlog  # noqa: PLC0415 - not loaded for `validate`
+
     renderer: structlog.types.Processor
     drop: tuple[str, ...]
     if fmt == "json":
@@ -464,6 +467,8 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
         sys.stderr.write(f"rotator: {target.name}: no secret at {target.vault_path}\n")
         return Exit.FAILED
     data = {k: v for k, v in secret.data.items() if k != "previous"}
+    from rotator.kinds import ops_for  # noqa: PLC0415
+
     ops = ops_for(target.kind)
     try:
         ops.verify(app.oidc, data)
@@ -505,7 +510,7 @@ def _serve(config: Config, audit: AuditLog, connect: Callable[[], App]) -> int:
 # --------------------------------------------------------------------------- main
 
 
-Handler = Callable[[App, argparse.Namespace], int]
+Handler = Callable[["App", argparse.Namespace], int]
 _HANDLERS: dict[str, Handler] = {
     "run": cmd_run,
     "rotate": cmd_rotate,
@@ -529,7 +534,8 @@ def _fail(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_logging(args.log_format, args.debug)
+    if args.command != "validate":  # it logs nothing: spare it structlog's import
+        _setup_logging(args.log_format, args.debug)
     if not args.debug:
         # Library deprecation notices (authlib inside zitadel-client) are not for
         # operators.  authlib installs an "always" filter on import: import it
@@ -566,6 +572,10 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         noun = "target" if len(config.targets) == 1 else "targets"
         sys.stdout.write(f"config OK: {len(config.targets)} {noun}\n")
         return Exit.OK
+
+    # Imported only by the commands that connect: Vault, HTTP and crypto clients.
+    from rotator.app import build  # noqa: PLC0415
+    from rotator.audit import AuditLog  # noqa: PLC0415
 
     _targets_of(config, args)  # usage errors before anything connects
     if args.command != "run" and not args.debug:
