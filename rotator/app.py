@@ -187,9 +187,9 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
     zitadel = config.zitadel
     timeout = zitadel.timeout.total_seconds()
     if api == "v2":
-        from zitadel_client.transport_options import TransportOptions  # noqa: PLC0415
-
-        from rotator.zitadel.v2 import UserServiceTransport  # noqa: PLC0415 - heavy SDK
+        # only the slice of the SDK it uses, and only now (rotator/zitadel/sdk.py)
+        from rotator.zitadel.sdk import TransportOptions  # noqa: PLC0415
+        from rotator.zitadel.v2 import UserServiceTransport  # noqa: PLC0415
 
         options = TransportOptions(ca_cert_path=zitadel.tls.ca_file, insecure=zitadel.tls.insecure)
         return UserServiceTransport(

@@ -27,12 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from typing import IO, Any, TextIO, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
-import structlog
-
-from rotator.app import App, build
-from rotator.audit import AuditLog
 from rotator.config import DEFAULT_CONFIG_PATH, Config, format_duration, load_config, parse_duration
 from rotator.errors import (
     ConfigError,
@@ -41,10 +37,16 @@ from rotator.errors import (
     VerificationError,
     ZitadelError,
 )
-from rotator.kinds import ops_for
 from rotator.model import Target, Trigger
+from rotator.progress import progress, terminal_stream
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.windows import ScheduledTarget, project, unsatisfiable
+
+if TYPE_CHECKING:  # imported where used: `validate` and `--help` need neither Vault nor logging
+    import structlog
+
+    from rotator.app import App
+    from rotator.audit import AuditLog
 
 
 class UsageError(Exception):
@@ -222,6 +224,8 @@ def _setup_logging(fmt: str, debug: bool) -> None:
     """Route stdlib logging (ours and the libraries') through structlog's
     renderers: one JSON object per record (``timestamp``, ``level``, ``logger``,
     ``event`` and the record's ``extra`` fields) or a console line."""
+    import structlog  # noqa: PLC0415 - not loaded for `validate`
+
     renderer: structlog.types.Processor
     drop: tuple[str, ...]
     if fmt == "json":
@@ -338,7 +342,9 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
             result = replace(result, error=f"stuck ({result.error}); {hint}")
         return result
 
-    results = _each(one, targets, args.concurrency or app.config.daemon.concurrency)
+    concurrency = args.concurrency or app.config.daemon.concurrency
+    with progress("rotate", len(targets), failed=_failed) as advance:
+        results = _each(one, targets, concurrency, progress=advance)
     _print_results(results, sys.stdout, as_json=args.json)
     return exit_code(results)
 
@@ -347,12 +353,31 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _each(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> list[R]:
-    """``fn`` over ``items`` on ``concurrency`` threads, results in order."""
+def _each(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    concurrency: int,
+    *,
+    progress: Callable[[R], None] | None = None,
+) -> list[R]:
+    """``fn`` over ``items`` on ``concurrency`` threads, results in order;
+    ``progress`` is called with each result as soon as it is there (any thread)."""
+    if progress is not None:
+        inner, report = fn, progress
+
+        def fn(item: T) -> R:
+            result = inner(item)
+            report(result)
+            return result
+
     if concurrency <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+def _failed(result: RotationResult) -> bool:
+    return result.outcome in (Outcome.FAILED, Outcome.STUCK)
 
 
 def _forced_plan(result: RotationResult) -> RotationResult:
@@ -365,6 +390,10 @@ def _forced_plan(result: RotationResult) -> RotationResult:
 
 def _is_stuck(status: TargetStatus) -> bool:
     return status.state == "stuck"
+
+
+def _failing(status: TargetStatus) -> bool:
+    return _is_stuck(status) or bool(status.failures)
 
 
 def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
@@ -387,7 +416,8 @@ def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     targets = _targets_of(app.config, args)
-    statuses = _each(app.engine.status, targets, _READ_CONCURRENCY)
+    with progress("status", len(targets), failed=_failing, delay=_QUIET_SECONDS) as advance:
+        statuses = _each(app.engine.status, targets, _READ_CONCURRENCY, progress=advance)
     if args.json:
         sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
     else:
@@ -404,7 +434,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
     now = app.clock.now()
-    results = _each(app.engine.plan, app.config.targets, _READ_CONCURRENCY)
+    targets = app.config.targets
+    with progress("plan", len(targets), failed=_failed, delay=_QUIET_SECONDS) as advance:
+        results = _each(app.engine.plan, targets, _READ_CONCURRENCY, progress=advance)
     scheduled = [
         ScheduledTarget(
             target=target,
@@ -464,6 +496,8 @@ def cmd_verify(app: App, args: argparse.Namespace) -> int:
         sys.stderr.write(f"rotator: {target.name}: no secret at {target.vault_path}\n")
         return Exit.FAILED
     data = {k: v for k, v in secret.data.items() if k != "previous"}
+    from rotator.kinds import ops_for  # noqa: PLC0415
+
     ops = ops_for(target.kind)
     try:
         ops.verify(app.oidc, data)
@@ -505,7 +539,7 @@ def _serve(config: Config, audit: AuditLog, connect: Callable[[], App]) -> int:
 # --------------------------------------------------------------------------- main
 
 
-Handler = Callable[[App, argparse.Namespace], int]
+Handler = Callable[["App", argparse.Namespace], int]
 _HANDLERS: dict[str, Handler] = {
     "run": cmd_run,
     "rotate": cmd_rotate,
@@ -521,6 +555,8 @@ _NO_MANAGEMENT_API = frozenset({"status", "verify"})
 
 #: Reads of many targets' state (status, plan) run this many at once.
 _READ_CONCURRENCY = 16
+#: status and plan show progress only once they have taken this long.
+_QUIET_SECONDS = 2.0
 
 
 def _fail(message: str) -> None:
@@ -529,7 +565,8 @@ def _fail(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    _setup_logging(args.log_format, args.debug)
+    if args.command != "validate":  # it logs nothing: spare it structlog's import
+        _setup_logging(args.log_format, args.debug)
     if not args.debug:
         # Library deprecation notices (authlib inside zitadel-client) are not for
         # operators.  authlib installs an "always" filter on import: import it
@@ -567,11 +604,16 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         sys.stdout.write(f"config OK: {len(config.targets)} {noun}\n")
         return Exit.OK
 
+    # Imported only by the commands that connect: Vault, HTTP and crypto clients.
+    from rotator.app import build  # noqa: PLC0415
+    from rotator.audit import AuditLog  # noqa: PLC0415
+
     _targets_of(config, args)  # usage errors before anything connects
     if args.command != "run" and not args.debug:
         # One-shot commands: their errors are reported once, at the end.
         logging.getLogger().setLevel(logging.ERROR)
-    stream: IO[str] = sys.stdout if args.command == "run" else sys.stderr
+    # one-shot commands: audit lines share stderr with the progress bar (if any)
+    stream: IO[str] = sys.stdout if args.command == "run" else terminal_stream(sys.stderr)
     audit = AuditLog(stream=stream, file=config.audit.file, console=args.log_format == "console")
     connect = functools.partial(
         build,

@@ -17,6 +17,8 @@ exceptions; a timeout exists only per call (``_request_timeout``).
 from __future__ import annotations
 
 import base64
+import importlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -24,9 +26,27 @@ from typing import Any, TypeVar
 
 import urllib3.exceptions
 from pydantic import ValidationError
-from zitadel_client import Zitadel
-from zitadel_client.exceptions import ApiError
-from zitadel_client.models import (
+
+from rotator.errors import (
+    ConfigError,
+    RotatorError,
+    ZitadelError,
+    ZitadelNotFound,
+    ZitadelRejected,
+    ZitadelUnauthenticated,
+)
+from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.redact import server_text
+from rotator.zitadel.codes import error_for, http_status_code_name
+from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
+
+# Only the SDK modules used here: see rotator/zitadel/sdk.py.
+from rotator.zitadel.sdk import (
+    ApiClient,
+    ApiError,
+    Configuration,
+    PersonalAccessTokenAuthenticator,
+    TransportOptions,
     UserServiceAddKeyRequest,
     UserServiceAddPersonalAccessTokenRequest,
     UserServiceGetUserByIDRequest,
@@ -50,20 +70,6 @@ from zitadel_client.models import (
     UserServiceUserNameQuery,
     UserServiceUserState,
 )
-from zitadel_client.transport_options import TransportOptions
-
-from rotator.errors import (
-    ConfigError,
-    RotatorError,
-    ZitadelError,
-    ZitadelNotFound,
-    ZitadelRejected,
-    ZitadelUnauthenticated,
-)
-from rotator.model import Credential, CredentialKind, IssuedPat, User
-from rotator.redact import server_text
-from rotator.zitadel.codes import error_for, http_status_code_name
-from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
 DEFAULT_TIMEOUT = 10.0
 #: Page size for ListKeys / ListPersonalAccessTokens (ZITADEL's default limit).
@@ -137,6 +143,95 @@ def _to_user(found: UserServiceUser, asked: str) -> User:
     )
 
 
+_USER_SERVICE = "/zitadel.user.v2.UserService/"
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+class _UserService:
+    """The SDK's ``UserServiceApi`` methods, called as it names them
+    (``add_key(request, _request_timeout=...)``), without importing that class:
+    its module loads all ~200 UserService models and wraps ~150 methods in
+    pydantic's ``validate_call``, about half a second of start-up.
+
+    Each call is what the generated method does: the request model, POSTed as
+    Connect JSON by the SDK's own :class:`ApiClient` (headers, auth, TLS,
+    errors), to ``/zitadel.user.v2.UserService/<Rpc>``, where ``<Rpc>`` and the
+    response model follow from the request's model (``UserServiceAddKeyRequest``
+    -> ``AddKey``, ``UserServiceAddKeyResponse``).
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def call(request: Any, *, _request_timeout: Any = None) -> Any:
+            rpc, response_model = _rpc_of(request)
+            if _snake(rpc) != method:  # a mix-up, not a call ZITADEL should see
+                raise TypeError(f"{method}() called with a {type(request).__name__}")
+            return self._post(rpc, request, response_model, _request_timeout)
+
+        return call
+
+    def _post(self, rpc: str, request: Any, response_model: type, timeout: Any) -> Any:
+        client = self._client
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        method, url, headers, body, post_params = client.param_serialize(
+            method="POST",
+            resource_path=_USER_SERVICE + rpc,
+            header_params=headers,
+            body=request,
+            auth_settings=["zitadelAccessToken"],
+        )
+        response = client.call_api(
+            method,
+            url,
+            header_params=headers,
+            body=body,
+            post_params=post_params,
+            _request_timeout=timeout,
+        )
+        response.read()
+        # Non-2xx: raises the SDK's ApiError (status and body), as the generated method does.
+        return client.response_deserialize(
+            response_data=response, response_types_map={"200": response_model}
+        ).data
+
+
+def _rpc_of(request: Any) -> tuple[str, type]:
+    """``UserServiceAddKeyRequest`` -> (``"AddKey"``, ``UserServiceAddKeyResponse``)."""
+    model = type(request)
+    name, module = model.__name__, model.__module__
+    if not (name.startswith("UserService") and name.endswith("Request")):
+        raise TypeError(f"not a UserService request model: {name}")
+    rpc = name.removeprefix("UserService").removesuffix("Request")
+    responses = importlib.import_module(module.removesuffix("_request") + "_response")
+    return rpc, getattr(responses, f"UserService{rpc}Response")
+
+
+def _snake(rpc: str) -> str:
+    """``GetUserByID`` -> ``get_user_by_id``, as the SDK names its methods."""
+    return _CAMEL_BOUNDARY.sub("_", rpc).lower()
+
+
+class _Sdk:
+    """What the transport calls through: ``sdk.users.<method>(request, ...)``."""
+
+    def __init__(self, issuer: str, token: str, options: Any) -> None:
+        # What Zitadel.with_access_token builds, without the SDK's other 30 services.
+        config = Configuration(PersonalAccessTokenAuthenticator(issuer, token))
+        config.default_headers = dict(options.default_headers)
+        if options.ca_cert_path:
+            config.ssl_ca_cert = options.ca_cert_path
+        if options.insecure:
+            config.verify_ssl = False
+        if options.proxy_url:
+            config.proxy_url = options.proxy_url
+        self.users = _UserService(ApiClient(configuration=config))
+
+
 class UserServiceTransport:
     """:class:`rotator.ports.ZitadelTransport` on ZITADEL's v2 UserService.
 
@@ -166,7 +261,7 @@ class UserServiceTransport:
         # Per-call (connect, read) timeout; the SDK has no client-wide one.
         self._timeout = (min(5.0, float(timeout)), float(timeout))
         self._options = transport_options or TransportOptions.defaults()
-        self._client: Zitadel | None = None
+        self._client: _Sdk | None = None
         self._client_token: str | None = None
         self._lock = threading.Lock()
 
@@ -176,7 +271,7 @@ class UserServiceTransport:
 
     # -- plumbing -----------------------------------------------------------------
 
-    def _sdk(self) -> Zitadel:
+    def _sdk(self) -> _Sdk:
         try:
             token = self._token()
         except RotatorError:
@@ -188,13 +283,11 @@ class UserServiceTransport:
             ) from None
         with self._lock:  # scheduler jobs share one transport
             if self._client is None or token != self._client_token:
-                self._client = Zitadel.with_access_token(
-                    self.issuer, token, transport_options=self._options
-                )
+                self._client = _Sdk(self.issuer, token, self._options)
                 self._client_token = token
             return self._client
 
-    def _call(self, method: str, context: str, fn: Callable[[Zitadel], T]) -> T:
+    def _call(self, method: str, context: str, fn: Callable[[_Sdk], T]) -> T:
         client = self._sdk()
         try:
             return self._call_once(client, method, context, fn)
@@ -207,9 +300,7 @@ class UserServiceTransport:
             invalidate()
             return self._call_once(self._sdk(), method, context, fn)
 
-    def _call_once(
-        self, client: Zitadel, method: str, context: str, fn: Callable[[Zitadel], T]
-    ) -> T:
+    def _call_once(self, client: _Sdk, method: str, context: str, fn: Callable[[_Sdk], T]) -> T:
         where = f"UserService.{method}"
         try:
             return fn(client)
