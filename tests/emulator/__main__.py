@@ -1,5 +1,6 @@
 """``python -m tests.emulator --port P [--grpc-port G] --state-dir DIR
-[--seed FILE] [--lag-ms N] [--no-v2-keys] [--tls-cert FILE --tls-key FILE] [--verbose]``
+[--seed FILE] [--lag-ms N] [--rate-limit N] [--no-v2-keys]
+[--tls-cert FILE --tls-key FILE] [--verbose]``
 
 Serves everything on 127.0.0.1:P, like ZITADEL's one external port: HTTP/1.1
 (OIDC, Connect v2, /_emulator admin) and HTTP/2 (gRPC for the v1
@@ -40,6 +41,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=Path, help="YAML seed (used only on a fresh state dir)")
     p.add_argument("--lag-ms", type=int, default=0,
                    help="key propagation lag at the token endpoint (§6.3)")
+    p.add_argument("--rate-limit", type=int, default=0,
+                   help="answer 429 / RESOURCE_EXHAUSTED past N requests/s (0 = no limit)")
     p.add_argument("--no-v2-keys", action="store_true",
                    help="behave like ZITADEL < v4: no v2 key/PAT/metadata methods")
     p.add_argument("--tls-cert", type=Path,
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     state_dir: Path = args.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
-    domain = Domain(state_dir, lag_ms=args.lag_ms)
+    domain = Domain(state_dir, lag_ms=args.lag_ms, rate_limit=args.rate_limit)
     if domain.fresh:
         apply_seed(domain, load_seed(args.seed), state_dir)
     domain.mark_started()

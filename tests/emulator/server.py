@@ -52,6 +52,12 @@ def admin(domain: Domain, path: str, query: str, method: str, body: bytes) -> Re
         if path == "/_emulator/state" and method == "GET":
             tokens = parse_qs(query).get("tokens", ["0"])[0] in ("1", "true")
             return _json(200, domain.dump_state(include_tokens=tokens))
+        if path == "/_emulator/counters":
+            if method == "DELETE":
+                domain.faults.reset_counters()
+            return _json(200, domain.faults.counters())
+        if path == "/_emulator/bulk" and method == "POST":
+            return _json(200, _bulk(domain, data))
         if path == "/_emulator/users" and method == "POST":
             return _json(200, _create_user(domain, data))
         parts = path.split("/")
@@ -100,6 +106,25 @@ def _create_user(domain: Domain, data: dict[str, Any]) -> dict[str, Any]:
     if data.get("secret"):
         out["client_secret"] = domain.generate_machine_secret(user.id)
     return out
+
+
+def _bulk(domain: Domain, data: dict[str, Any]) -> dict[str, Any]:
+    """``{"users": N, "keys_per_user": 0, "pats_per_user": 0, "org": "acme",
+    "prefix": "bulk-", "expiration": RFC 3339 | null, "roles": [...]}``: see
+    ``Domain.bulk_create`` (one transaction)."""
+    from tests.emulator import times
+
+    org_ref = str(data.get("org", "acme"))
+    org = domain.org_by_name(org_ref) or domain.get_org(org_ref)
+    if org is None:
+        raise ValueError(f"unknown org {org_ref!r}")
+    expiration = data.get("expiration")
+    return domain.bulk_create(
+        org.id, int(data["users"]), prefix=str(data.get("prefix", "bulk-")),
+        keys_per_user=int(data.get("keys_per_user", 0)),
+        pats_per_user=int(data.get("pats_per_user", 0)),
+        expiration=None if expiration is None else times.parse_rfc3339(str(expiration)),
+        roles=[str(r) for r in data.get("roles", [])])
 
 
 #: How long a client may take to finish the TLS handshake.

@@ -3,6 +3,7 @@ persistence across kill -9, the ZITADEL < v4 mode, seeding and start-up."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -481,3 +482,209 @@ def test_a_seed_makes_the_fault_sequence_reproducible(emulator: Emulator) -> Non
 def test_an_unknown_fault_mode_is_refused(emulator: Emulator) -> None:
     with pytest.raises(EmulatorError, match="unsupported fault mode"):
         emulator.set_faults(rules=[{"method": "AddKey", "mode": "sometimes"}])
+
+
+# --- scale: indexed lists, bulk seeding, rate limit, overlapping latency ------------------
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[tuple[Emulator, dict[str, Any], dict[str, Any]]]:
+    """An emulator of its own with 60 bulk users in acme (2 keys, 1 PAT each), 4 in
+    globex, plus keys added one by one (distinct creation dates and expiries)."""
+    with Emulator.running() as emu:
+        acme = emu.bulk(60, keys_per_user=2, pats_per_user=1, prefix="fleet-")
+        globex = emu.bulk(4, org="globex", keys_per_user=1, pats_per_user=2, prefix="gx-",
+                          expiration=in_days(20).isoformat())
+        token = admin_token(emu)
+        for user in acme["users"][:3]:
+            for days in (3, 9):
+                assert connect(emu.issuer, "AddKey", {"userId": user["id"], "expirationDate":
+                               in_days(days).isoformat()}, token).status_code == 200
+        yield emu, acme, globex
+
+
+def _instant(text: str) -> int:
+    from tests.emulator import times
+
+    return times.parse_rfc3339(text)
+
+
+def _all_pages(emu: Emulator, token: str, method: str, body: dict[str, Any],
+               limit: int) -> tuple[list[str], set[int]]:
+    ids: list[str] = []
+    totals: set[int] = set()
+    while True:
+        page = {**body, "pagination": {"offset": len(ids), "limit": limit,
+                                       "asc": body.get("asc", False)}}
+        response = connect(emu.issuer, method, page, token)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        assert int(data["pagination"]["appliedLimit"]) == limit
+        totals.add(int(data["pagination"].get("totalResult", 0)))
+        got = [item["id"] for item in data.get("result", [])]
+        ids += got
+        if len(got) < limit:
+            return ids, totals
+
+
+@pytest.mark.parametrize("method", ["ListKeys", "ListPersonalAccessTokens"])
+@pytest.mark.parametrize(("column", "attr"), [  # KeyFieldName / PersonalAccessTokenFieldName
+    (None, "created"), (1, "created"), (2, "id"), (3, "user_id"), (4, "org_id"),
+    (5, "expiration")])
+def test_v2_lists_by_user_and_org_page_and_sort_exactly_like_a_full_scan(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]], method: str, column: int | None,
+    attr: str,
+) -> None:
+    emu, acme, _ = fleet
+    token = admin_token(emu)
+    kind = "keys" if method == "ListKeys" else "pats"
+    everything = [k for k in emu.state()[kind] if k["removed_at"] is None]
+    user = acme["users"][2]["id"]
+
+    def reference(pred: Callable[[dict[str, Any]], bool], asc: bool) -> list[str]:
+        def key(item: dict[str, Any]) -> tuple[Any, ...]:
+            by_id = (len(item["id"]), item["id"])
+            if attr == "id":
+                return by_id
+            if attr in ("created", "expiration"):
+                return (_instant(item[attr]), *by_id)
+            return (item[attr], *by_id)
+        return [i["id"] for i in sorted(filter(pred, everything), key=key, reverse=not asc)]
+
+    base: dict[str, Any] = {} if column is None else {"sortingColumn": column}
+    cases: list[tuple[list[dict[str, Any]], Callable[[dict[str, Any]], bool]]] = [
+        ([{"organizationIdFilter": {"id": acme["org_id"]}}],
+         lambda i: i["org_id"] == acme["org_id"]),
+        ([{"userIdFilter": {"id": user}}], lambda i: i["user_id"] == user),
+        ([{"organizationIdFilter": {"id": acme["org_id"]}}, {"userIdFilter": {"id": user}}],
+         lambda i: i["user_id"] == user),
+        ([{"organizationIdFilter": {"id": emu.org_ids["globex"]}},
+          {"userIdFilter": {"id": user}}], lambda i: False),  # ANDed: nothing
+        # no filter: what the caller may read (ORG_OWNER of acme: not globex)
+        ([], lambda i: i["org_id"] == acme["org_id"]),
+    ]
+    for (filters, pred), asc in itertools.product(cases, (False, True)):
+        wanted = reference(pred, asc)
+        ids, totals = _all_pages(emu, token, method, {**base, "filters": filters, "asc": asc},
+                                 limit=20)
+        assert ids == wanted, (filters, asc)
+        assert totals == {len(wanted)}
+
+
+def test_v2_lists_apply_timestamp_filters_and_the_documented_limits(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, _ = fleet
+    token = admin_token(emu)
+    keys = [k for k in emu.state()["keys"] if k["org_id"] == acme["org_id"]]
+    cutoff = in_days(10).isoformat()
+    soon = {k["id"] for k in keys if _instant(k["expiration"]) < _instant(cutoff)}
+    assert len(soon) == 6  # the keys added one by one, 3 and 9 days
+    body = {"filters": [{"organizationIdFilter": {"id": acme["org_id"]}},
+                        {"expirationDateFilter": {"timestamp": cutoff,
+                                                  "method": "TIMESTAMP_FILTER_METHOD_BEFORE"}}]}
+    ids, _ = _all_pages(emu, token, "ListKeys", body, limit=1000)
+    assert set(ids) == soon
+    default = connect(emu.issuer, "ListKeys", {}, token).json()
+    assert int(default["pagination"]["appliedLimit"]) == 100
+    assert len(default["result"]) == 100 < int(default["pagination"]["totalResult"])
+    too_many = connect(emu.issuer, "ListKeys", {"pagination": {"limit": 1001}}, token)
+    assert too_many.status_code == 400
+    assert too_many.json()["code"] == "invalid_argument"
+
+
+def test_a_caller_without_roles_lists_only_its_own_credentials(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, _ = fleet
+    me = acme["users"][4]
+    pat = me["pats"][0]["token"]
+    for method, own in (("ListKeys", set(me["keys"])),
+                        ("ListPersonalAccessTokens", {me["pats"][0]["id"]})):
+        listed = connect(emu.issuer, method, {"pagination": {"limit": 1000}}, pat).json()
+        assert {i["id"] for i in listed["result"]} >= own
+        assert {i["userId"] for i in listed["result"]} == {me["id"]}
+    users = connect(emu.issuer, "ListUsers", {}, pat).json()
+    assert [u["userId"] for u in users["result"]] == [me["id"]]
+
+
+def test_v2_list_users_narrows_by_ids_and_name_with_the_same_answer(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, globex = fleet
+    token = admin_token(emu)  # ORG_OWNER of acme only: globex users are not readable
+    wanted = [acme["users"][7]["id"], acme["users"][3]["id"], globex["users"][0]["id"]]
+    by_ids = connect(emu.issuer, "ListUsers", {"queries": [{"inUserIdsQuery": {
+        "userIds": wanted}}]}, token).json()
+    assert [u["userId"] for u in by_ids["result"]] == sorted(wanted[:2], key=int, reverse=True)
+    by_name = connect(emu.issuer, "ListUsers", {"queries": [{"userNameQuery": {
+        "userName": "FLEET-00011", "method": "TEXT_QUERY_METHOD_EQUALS_IGNORE_CASE"}}]},
+        token).json()
+    assert [u["userId"] for u in by_name["result"]] == [acme["users"][11]["id"]]
+
+
+def test_bulk_seeding_is_one_transaction_with_working_credentials(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, _ = fleet
+    before = len(emu.state()["users"])
+    with pytest.raises(EmulatorError, match="already exists"):
+        emu.bulk(80, prefix="fleet-")  # fleet-00060.. would be new, fleet-00000 is taken
+    assert len(emu.state()["users"]) == before  # nothing of it was written
+    user = acme["users"][0]
+    key_file = {"type": "serviceaccount", "keyId": user["keys"][1], "key": acme["private_key"],
+                "userId": user["id"]}
+    assert token_request(emu.issuer, sign_assertion(key_file, emu.issuer)).status_code == 200
+    whoami = connect(emu.issuer, "GetUserByID", {"userId": user["id"]},
+                     user["pats"][0]["token"])
+    assert whoami.json()["user"]["username"] == "fleet-00000"
+
+
+def test_a_rate_limit_answers_the_quota_error_past_n_requests_per_second(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, _ = fleet
+    pat = acme["users"][0]["pats"][0]["token"]
+    emu.reset_counters()
+    emu.set_faults(rate_limit=3)
+    try:
+        started = time.monotonic()
+        statuses = [connect(emu.issuer, "ListKeys", {}, pat).status_code for _ in range(8)]
+        oauth = token_request(emu.issuer, "not-even-a-jwt")
+        elapsed = time.monotonic() - started
+        limited = connect(emu.issuer, "ListKeys", {}, pat)
+    finally:
+        emu.set_faults()
+    assert statuses[:3] == [200, 200, 200]
+    if elapsed < 1.0:  # all within one window: only 3 of 10 admitted
+        assert statuses[3:] == [429] * 5
+        assert oauth.status_code == 429
+    assert limited.status_code == 429
+    assert limited.json() == {"code": "resource_exhausted",
+                              "message": "Quota.Access.Exhausted (QUERY-vjAy8)"}
+    counters = emu.counters()
+    rejected = statuses.count(429) + (oauth.status_code == 429) + 1
+    assert counters["rate_limited"] == rejected
+    assert counters["calls"]["ListKeys"] == 9
+    assert counters["calls"]["token"] == 1
+    assert connect(emu.issuer, "ListKeys", {}, pat).status_code == 200  # limit lifted
+
+
+def test_injected_latency_lets_concurrent_requests_overlap(emulator: Emulator) -> None:
+    emulator.set_faults(latency_ms=400)
+    emulator.reset_counters()
+    barrier = threading.Barrier(16)
+
+    def call() -> None:
+        barrier.wait()
+        httpx.get(f"{emulator.issuer}/.well-known/openid-configuration", timeout=10)
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counters = emulator.counters()
+    assert counters["calls"]["discovery"] == 16
+    # a lock held across the sleep would keep this at 1
+    assert counters["peak_concurrent_delays"] >= 8

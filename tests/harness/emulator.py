@@ -79,6 +79,8 @@ class Emulator:
     lag_ms: int = 0
     no_v2_keys: bool = False
     seed: Path | None = None
+    #: ``--rate-limit``: 429 past this many requests/s (0 = none).
+    rate_limit: int = 0
     #: (certificate chain PEM file, private key PEM file): serve TLS on both ports.
     tls: tuple[Path, Path] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -97,6 +99,7 @@ class Emulator:
         seed: Path | None = None,
         tls: tuple[Path, Path] | None = None,
         grpc_port: bool = True,
+        rate_limit: int = 0,
     ) -> Emulator:
         """``grpc_port=False``: no second port; everything on the issuer's, like ZITADEL."""
         owns = state_dir is None
@@ -109,6 +112,7 @@ class Emulator:
             no_v2_keys=no_v2_keys,
             seed=seed,
             tls=tls,
+            rate_limit=rate_limit,
             owns_dir=owns,
         )
         for attempt in range(3):
@@ -141,6 +145,8 @@ class Emulator:
             args += ["--lag-ms", str(self.lag_ms)]
         if self.no_v2_keys:
             args.append("--no-v2-keys")
+        if self.rate_limit:
+            args += ["--rate-limit", str(self.rate_limit)]
         if self.seed is not None:
             args += ["--seed", str(self.seed)]
         if self.tls is not None:
@@ -286,14 +292,15 @@ class Emulator:
 
     # -- admin API (/_emulator, not part of ZITADEL) ------------------------------
 
-    def _admin(self, method: str, path: str, payload: Any = None) -> Any:
+    def _admin(self, method: str, path: str, payload: Any = None, *,
+               timeout: float = 10) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
             self.issuer + path, data=data, method=method,
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=10,
+            with urllib.request.urlopen(request, timeout=timeout,
                                         context=self._admin_tls()) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
@@ -311,15 +318,19 @@ class Emulator:
         return context
 
     def set_faults(self, *, latency_ms: int = 0, rules: Sequence[dict[str, Any]] = (),
-                   seed: int | None = None, list_lag_ms: int = 0) -> dict[str, Any]:
+                   seed: int | None = None, list_lag_ms: int = 0,
+                   rate_limit: int | None = None) -> dict[str, Any]:
         """Replace the fault configuration.  A rule: ``{"method": "AddKey" | "token" | "*",
         "code": "unavailable" | "resource_exhausted" | "internal" | "deadline_exceeded",
         "rate": 1.0, "count": N (only the next N calls), "latency_ms": 0,
         "mode": "fail" | "slow" | "lost" | "drop"}`` (``slow``/``lost``/``drop``: ZITADEL
         acts, then answers late / with ``code`` / not at all).  ``list_lag_ms``: new
-        keys and PATs are missing from list answers for that long."""
+        keys and PATs are missing from list answers for that long.  ``rate_limit``:
+        429 past that many requests/s (0 = none; None = the ``--rate-limit``)."""
         spec: dict[str, Any] = {"latency_ms": latency_ms, "rules": list(rules),
                                 "list_lag_ms": list_lag_ms}
+        if rate_limit is not None:
+            spec["rate_limit"] = rate_limit
         if seed is not None:
             spec["seed"] = seed
         return dict(self._admin("POST", "/_emulator/faults", spec))
@@ -367,6 +378,27 @@ class Emulator:
         payload = {"username": username, "org": org, "roles": list(roles), "type": type,
                    "key": key, "secret": secret, "memberships": list(memberships), **extra}
         return dict(self._admin("POST", "/_emulator/users", payload))
+
+    def counters(self) -> dict[str, Any]:
+        """``{"calls": {method: n}, "total", "rate_limited", "peak_concurrent_delays"}``:
+        every request to ZITADEL's surfaces (not the admin API) since start or
+        ``reset_counters()``."""
+        return dict(self._admin("GET", "/_emulator/counters"))
+
+    def reset_counters(self) -> None:
+        self._admin("DELETE", "/_emulator/counters")
+
+    def bulk(self, users: int, *, org: str = "acme", prefix: str = "bulk-",
+             keys_per_user: int = 0, pats_per_user: int = 0, expiration: str | None = None,
+             roles: Sequence[str] = ()) -> dict[str, Any]:
+        """``users`` machine users ``<prefix>00000``... with credentials, in one
+        transaction -> ``{"org_id", "users": [{"id", "username", "login_name",
+        "keys": [id], "pats": [{"id", "token"}]}], ["private_key"]}`` (the keys
+        share one key pair).  ``expiration``: RFC 3339, default 9999-12-31."""
+        payload = {"users": users, "org": org, "prefix": prefix,
+                   "keys_per_user": keys_per_user, "pats_per_user": pats_per_user,
+                   "expiration": expiration, "roles": list(roles)}
+        return dict(self._admin("POST", "/_emulator/bulk", payload, timeout=120))
 
     def set_user_state(self, user_id: str, state: str) -> None:
         """``ACTIVE``, ``INACTIVE``, ``LOCKED``, ..."""

@@ -1,0 +1,378 @@
+"""Fleet scale through the real CLI: concurrency, rate budget, idle-pass cost,
+memory.  Starts the emulator (with injected round-trip latency) and OpenBao
+(with a file audit device, to count Vault calls), bulk-seeds ZITADEL, writes
+rotator configs and runs ``python -m rotator ...`` as subprocesses.  Prints
+figures and ratios; asserts nothing.
+
+    ./scripts/bench scale [--keys 1000] [--targets 10000] [--latency-ms 50]
+    ./scripts/bench scale --keys 100 --targets 1000        # quick, for development
+
+Measured (issue 16):
+- ``rotate --all`` of N key targets at --concurrency 1 and 16 with the latency;
+  their ratio; the ratio to the latency bound (N x ZITADEL calls per rotation x
+  RTT / concurrency) and to the CPU floor (N x rotator CPU per rotation / cores;
+  CPU from getrusage(RUSAGE_CHILDREN), the CLI process's start-up included);
+- ZITADEL calls (emulator counters) and Vault calls (audit log) per rotation
+  and per idle target;
+- idle ``run --once``, ``plan`` and ``status`` wall time at 1,000 and
+  --targets PAT targets (v2), adopted from bulk-seeded PATs;
+- daemon RSS (VmRSS) after its first pass at 10 and --targets targets;
+- requests/s with ``zitadel.rate_limit: 40``, and 429s / failed targets with an
+  emulator limit of 50 requests/s and no client limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.harness.emulator import Emulator
+from tests.harness.openbao import BAO_BINARY, OpenBao
+from tests.harness.processes import die_with_parent, free_port
+
+CORES = len(os.sched_getaffinity(0))
+
+
+@dataclass
+class Run:
+    """One CLI invocation and what it cost."""
+
+    label: str
+    wall: float
+    cpu: float
+    zitadel_calls: int
+    vault_calls: int
+    rate_limited: int
+    exit_code: int
+    failed: int
+    calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def zitadel_rps(self) -> float:
+        return self.zitadel_calls / self.wall if self.wall else 0.0
+
+
+@contextlib.contextmanager
+def audited_openbao(audit_log: Path) -> Iterator[OpenBao]:
+    """``bao server -dev`` like the test harness's, plus a file audit device
+    (OpenBao accepts audit devices only from its configuration file)."""
+    workdir = Path(tempfile.mkdtemp(prefix="openbao-bench-"))
+    (workdir / "audit.hcl").write_text(
+        f'audit "file" "bench" {{\n  options = {{ file_path = "{audit_log}" }}\n}}\n')
+    root_token = "root-" + secrets.token_hex(16)
+    port = free_port()
+    log_path = workdir / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(BAO_BINARY), "server", "-dev", f"-dev-root-token-id={root_token}",
+             f"-dev-listen-address=127.0.0.1:{port}", f"-config={workdir / 'audit.hcl'}",
+             "-log-level=warn"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir)},
+            cwd=workdir, preexec_fn=die_with_parent)  # noqa: PLW1509 - nothing else runs
+    bao = OpenBao(url=f"http://127.0.0.1:{port}", root_token=root_token, unseal_key="",
+                  process=process, workdir=workdir)
+    try:
+        bao._wait_ready(log_path)  # the harness's own readiness check
+        yield bao
+    finally:
+        bao.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class VaultAudit:
+    """Counts Vault requests from OpenBao's file audit device (one "response"
+    entry per request, the rotator's token lookups and renewals included)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def delta(self) -> int:
+        """Responses logged since the last call."""
+        with self.path.open("rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return chunk[:end].count(b'"type":"response"')
+
+
+class Bench:
+    def __init__(self, emu: Emulator, bao: OpenBao, mount: str, workdir: Path,
+                 audit: VaultAudit) -> None:
+        self.emu, self.bao, self.mount, self.workdir, self.audit = emu, bao, mount, workdir, audit
+        self.runs: list[Run] = []
+
+    # -- configs ------------------------------------------------------------------
+
+    def config(self, name: str, targets: Sequence[dict[str, Any]], *, concurrency: int = 16,
+               rate_limit: int = 0, listen_port: int | None = None) -> Path:
+        zitadel: dict[str, Any] = {"url": self.emu.issuer, "api": "v2",
+                                   "credentials": {"key_file": str(self.emu.admin_key_file)}}
+        if rate_limit:
+            zitadel["rate_limit"] = rate_limit
+        document = {
+            "zitadel": zitadel,
+            "vault": {"url": self.bao.url, "mount": self.mount,
+                      "auth": {"method": "token", "token_env": "VAULT_TOKEN"}},
+            "policy": {"lifetime": "30d", "renew_before": "10d", "grace": "1d"},
+            "daemon": {"listen": f"127.0.0.1:{listen_port or free_port()}",
+                       "concurrency": concurrency, "reconcile_interval": "1h", "jitter": "0s"},
+            "targets": list(targets),
+        }
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(json.dumps(document))  # JSON is YAML
+        return path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "VAULT_TOKEN": self.bao.root_token}
+
+    # -- running the CLI ----------------------------------------------------------------
+
+    def cli(self, label: str, config: Path, *args: str) -> Run:
+        self.emu.reset_counters()
+        self.audit.delta()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "rotator", "--config", str(config), *args],
+            capture_output=True, env=self.env(), check=False, stdin=subprocess.DEVNULL)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        counters = self.emu.counters()
+        run = Run(
+            label=label, wall=wall,
+            cpu=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            zitadel_calls=int(counters["total"]), vault_calls=self.audit.delta(),
+            rate_limited=int(counters["rate_limited"]), exit_code=proc.returncode,
+            failed=proc.stdout.count(b"rotation.failed"), calls=dict(counters["calls"]))
+        self.runs.append(run)
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+        print(f"  {label}: {wall:.2f}s wall, {run.cpu:.2f}s CPU, {run.zitadel_calls} ZITADEL "
+              f"calls, {run.vault_calls} Vault calls, {run.rate_limited} x 429, "
+              f"{run.failed} failed, {status}", flush=True)
+        if proc.returncode != 0:
+            errors = re.findall(rb'"error": ?"([^"]{0,200})', proc.stdout)[:2]
+            tail = proc.stderr.decode(errors="replace").strip().splitlines()[-2:]
+            print("    first errors: " + " | ".join(e.decode(errors="replace") for e in errors)
+                  + " || stderr: " + " | ".join(tail), flush=True)
+        return run
+
+    def daemon_rss(self, label: str, config: Path, targets: int, timeout: float) -> float:
+        """Start ``rotator run``, wait until every target has a next-rotation gauge
+        (its first pass is through), read VmRSS in MiB."""
+        port = json.loads(config.read_text())["daemon"]["listen"].rsplit(":", 1)[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rotator", "--config", str(config), "run"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env(),
+            stdin=subprocess.DEVNULL)
+        started = time.perf_counter()
+        seen = 0
+        try:
+            while time.perf_counter() - started < timeout:
+                time.sleep(1.0)
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                                timeout=10) as response:
+                        text = response.read().decode()
+                except OSError:
+                    continue
+                seen = len(re.findall(r"^rotator_next_rotation_timestamp_seconds\{", text,
+                                      re.MULTILINE))
+                if seen >= targets:
+                    break
+            wall = time.perf_counter() - started
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            rss_kib = int(re.search(r"^VmRSS:\s+(\d+)", status, re.MULTILINE)[1])  # type: ignore[index]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        note = "" if seen >= targets else f" (first pass NOT done: {seen}/{targets})"
+        print(f"  {label}: VmRSS {rss_kib / 1024:.0f} MiB after {wall:.1f}s{note}", flush=True)
+        return rss_kib / 1024
+
+    # -- fleets ---------------------------------------------------------------------------
+
+    def key_targets(self, prefix: str, count: int) -> list[dict[str, Any]]:
+        """``count`` machine users without credentials: each target's first
+        rotation creates its key."""
+        users = self.emu.bulk(count, prefix=prefix)["users"]
+        return [{"name": u["username"], "user": u["login_name"], "kind": "key",
+                 "vault_path": f"zitadel/{u['username']}"} for u in users]
+
+    def idle_targets(self, prefix: str, count: int) -> list[dict[str, Any]]:
+        """``count`` PAT targets whose PAT (25 days left: nothing due) is already
+        at the consumer path; the rotator adopts them on its first pass."""
+        expires = datetime.now(UTC) + timedelta(days=25)
+        users = self.emu.bulk(count, prefix=prefix, pats_per_user=1,
+                              expiration=expires.isoformat())["users"]
+        client = self.bao.client()
+
+        def write(u: dict[str, Any]) -> None:
+            pat = u["pats"][0]
+            client.secrets.kv.v2.create_or_update_secret(
+                path=f"zitadel/{u['username']}", mount_point=self.mount,
+                secret={"token": pat["token"], "token_id": pat["id"], "user_id": u["id"],
+                        "expires_at": expires.isoformat()})
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, users))
+        return [{"name": u["username"], "user": u["login_name"], "kind": "pat",
+                 "vault_path": f"zitadel/{u['username']}", "adopt": True} for u in users]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./scripts/bench scale",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=1000,
+                        help="key targets rotated per rotate --all run (default 1000)")
+    parser.add_argument("--targets", type=int, default=10_000,
+                        help="idle PAT targets for the large idle pass (default 10000)")
+    parser.add_argument("--latency-ms", type=int, default=50,
+                        help="injected ZITADEL round trip (default 50)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate-keys", type=int, default=None,
+                        help="key targets for each rate-limit run (default --keys)")
+    args = parser.parse_args(argv)
+    n, big, rtt = args.keys, args.targets, args.latency_ms / 1000
+    small = min(1000, big)
+    rate_keys = args.rate_keys or n
+    print(f"scale benchmark: {n} keys, idle {small} and {big} targets, RTT {args.latency_ms} ms, "
+          f"{CORES} cores", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
+            audited_openbao(Path(tmp) / "vault-audit.log") as bao, \
+            Emulator.running() as emu:
+        workdir = Path(tmp)
+        audit = VaultAudit(workdir / "vault-audit.log")
+        bench = Bench(emu, bao, bao.enable_kv(), workdir, audit)
+        fig: dict[str, float] = {}
+
+        print("rotate --all (keys):", flush=True)
+        emu.set_faults(latency_ms=args.latency_ms)
+        one = bench.cli("one key (start-up cost)", bench.config("one", bench.key_targets("k1-", 1)),
+                        "rotate", "--all")
+        c1 = bench.cli("concurrency 1", bench.config("c1", bench.key_targets("kc1-", n),
+                                                     concurrency=1),
+                       "rotate", "--all", "--concurrency", "1")
+        cn = bench.cli(f"concurrency {args.concurrency}",
+                       bench.config("cn", bench.key_targets("kcn-", n)),
+                       "rotate", "--all", "--concurrency", str(args.concurrency))
+        calls_per_rotation = cn.zitadel_calls / n
+        # the CLI's own start-up (imports, config, login) is paid once per run
+        cpu_per_rotation = max(cn.cpu - one.cpu, 0.0) / max(n - 1, 1)
+        latency_bound = n * calls_per_rotation * rtt / args.concurrency
+        cpu_floor = n * cpu_per_rotation / CORES
+        fig.update(c1_wall=c1.wall, cn_wall=cn.wall, speedup=c1.wall / cn.wall,
+                   calls_per_rotation=calls_per_rotation,
+                   vault_per_rotation=cn.vault_calls / n, cpu_ms=cpu_per_rotation * 1000,
+                   latency_bound=latency_bound, cpu_floor=cpu_floor,
+                   vs_bound=cn.wall / max(latency_bound, cpu_floor))
+
+        print("rate budget:", flush=True)
+        emu.set_faults(latency_ms=args.latency_ms, rate_limit=50)
+        rl40 = bench.cli("zitadel.rate_limit 40 (emulator limit 50/s)",
+                         bench.config("rl40", bench.key_targets("krl40-", rate_keys),
+                                      rate_limit=40),
+                         "rotate", "--all", "--concurrency", str(args.concurrency))
+        rl0 = bench.cli("no client limit (emulator limit 50/s)",
+                        bench.config("rl0", bench.key_targets("krl0-", rate_keys)),
+                        "rotate", "--all", "--concurrency", str(args.concurrency))
+        emu.set_faults(latency_ms=args.latency_ms)
+        fig.update(rl40_rps=rl40.zitadel_rps, rl40_429=rl40.rate_limited, rl40_failed=rl40.failed,
+                   rl0_rps=rl0.zitadel_rps, rl0_429=rl0.rate_limited, rl0_failed=rl0.failed)
+
+        print(f"idle passes (v2, PAT targets adopted from bulk seeding, RTT {args.latency_ms} ms):",
+              flush=True)
+        started = time.perf_counter()
+        idle = bench.idle_targets("idle-", big)
+        print(f"  seeded {big} users, PATs and consumer secrets in "
+              f"{time.perf_counter() - started:.1f}s", flush=True)
+        cfg_big = bench.config("idle-big", idle)
+        cfg_small = bench.config("idle-small", idle[:small])
+        cfg_ten = bench.config("idle-ten", idle[:10])
+        bench.cli(f"first pass, adopting {big}", cfg_big, "run", "--once")
+        for count, cfg in ((small, cfg_small), (big, cfg_big))[1 if small == big else 0:]:
+            once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
+            plan = bench.cli(f"plan over {count}", cfg, "plan")
+            status = bench.cli(f"status over {count}", cfg, "status")
+            fig.update({f"once_{count}": once.wall, f"plan_{count}": plan.wall,
+                        f"status_{count}": status.wall,
+                        f"idle_zitadel_{count}": once.zitadel_calls / count,
+                        f"idle_vault_{count}": once.vault_calls / count,
+                        f"plan_zitadel_{count}": plan.zitadel_calls / count})
+
+        print("daemon memory:", flush=True)
+        fig["rss_10"] = bench.daemon_rss("10 targets", cfg_ten, 10, timeout=120)
+        fig[f"rss_{big}"] = bench.daemon_rss(f"{big} targets", cfg_big, big, timeout=900)
+
+        summary(fig, n=n, small=small, big=big, conc=args.concurrency, rtt_ms=args.latency_ms,
+                rate_keys=rate_keys)
+    return 0
+
+
+def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, rtt_ms: int,
+            rate_keys: int) -> None:
+    rows = [
+        (f"rotate --all {n} keys, concurrency 1", f"{fig['c1_wall']:.1f} s"),
+        (f"rotate --all {n} keys, concurrency {conc}", f"{fig['cn_wall']:.1f} s"),
+        ("  speed-up", f"{fig['speedup']:.1f}x"),
+        (f"  latency bound (N x calls x {rtt_ms} ms / {conc})", f"{fig['latency_bound']:.1f} s"),
+        (f"  CPU floor (N x CPU / {CORES} cores)", f"{fig['cpu_floor']:.1f} s"),
+        ("  wall / max(bound, floor)", f"{fig['vs_bound']:.2f}x"),
+        ("  ZITADEL calls per rotation", f"{fig['calls_per_rotation']:.2f}"),
+        ("  Vault calls per rotation", f"{fig['vault_per_rotation']:.2f}"),
+        ("  rotator CPU per rotation (start-up excl.)", f"{fig['cpu_ms']:.0f} ms"),
+        (f"rate_limit 40, {rate_keys} keys: ZITADEL requests/s", f"{fig['rl40_rps']:.1f}"),
+        ("  429s / failed targets", f"{fig['rl40_429']:.0f} / {fig['rl40_failed']:.0f}"),
+        (f"no client limit, emulator 50/s, {rate_keys} keys: requests/s",
+         f"{fig['rl0_rps']:.1f}"),
+        ("  429s / failed targets", f"{fig['rl0_429']:.0f} / {fig['rl0_failed']:.0f}"),
+    ]
+    for count in sorted({small, big}):
+        rows += [
+            (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
+            ("  ZITADEL / Vault calls per idle target",
+             f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
+            (f"plan over {count} (ZITADEL calls per target)",
+             f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
+            (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
+        ]
+    rows += [("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
+             (f"daemon RSS, {big} targets", f"{fig[f'rss_{big}']:.0f} MiB"),
+             ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB")]
+    width = max(len(k) for k, _ in rows)
+    print("\nsummary")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:>14}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
