@@ -45,7 +45,7 @@ class Engine:
         self.transport, self.store, self.clock, self.audit = transport, store, clock, audit
         self.state_prefix = state_prefix.strip("/")
         self.backoff = backoff or Backoff()
-        self.failures = FailureBook(store, self.backoff, self.state_path)
+        self.failures = FailureBook(store, self.backoff, self.state_path, clock)
         self.rotation = Rotation(
             transport,
             store,
@@ -166,7 +166,7 @@ class Engine:
                 error=str(exc),
                 next_run_at=self.clock.now() + self.backoff.base,
             )
-        state, failure = self.failures.record(run.target, exc, self.clock.now())
+        state, failure = self.failures.record(run.target, exc)
         self._emit_failure(failure, exc, run.emit)
         outcome = Outcome.STUCK if failure.stuck else Outcome.FAILED
         return self._result(run, state, outcome, error=str(exc))
@@ -174,7 +174,7 @@ class Engine:
     def _early_failure(self, target: Target, exc: RotatorError) -> RotationResult:
         """Failed before the target's state could be read (user unknown, foreign
         secret, Vault sealed): recorded all the same."""
-        state, failure = self.failures.record(target, exc, self.clock.now(), early=True)
+        state, failure = self.failures.record(target, exc, early=True)
 
         def emit(event: str, **fields: Any) -> None:
             self.audit.emit(

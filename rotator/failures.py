@@ -29,7 +29,7 @@ from enum import StrEnum
 from rotator import policy as rules
 from rotator.errors import CasConflict, RotatorError, VerificationError
 from rotator.model import Target
-from rotator.ports import SecretStore
+from rotator.ports import Clock, SecretStore
 from rotator.state import TargetState
 
 
@@ -114,9 +114,13 @@ class FailureBook:
     written (sealed, unreachable), keyed by the target as configured."""
 
     def __init__(
-        self, store: SecretStore, backoff: Backoff, state_path: Callable[[Target], str]
+        self,
+        store: SecretStore,
+        backoff: Backoff,
+        state_path: Callable[[Target], str],
+        clock: Clock,
     ) -> None:
-        self.store, self.backoff, self.state_path = store, backoff, state_path
+        self.store, self.backoff, self.state_path, self.clock = store, backoff, state_path, clock
         self._memory: dict[Target, TargetState] = {}
 
     def waiting(self, target: Target, now: datetime) -> TargetState | None:
@@ -136,7 +140,7 @@ class FailureBook:
         self._memory.pop(target, None)
 
     def record(
-        self, target: Target, exc: RotatorError, now: datetime, *, early: bool = False
+        self, target: Target, exc: RotatorError, *, early: bool = False
     ) -> tuple[TargetState, Failure]:
         """Count ``exc`` for ``target`` (not for a conflict: see :func:`classify`).
 
@@ -147,14 +151,15 @@ class FailureBook:
             raw = self.store.read(self.state_path(target))
             state = TargetState.from_dict(dict(raw.data)) if raw else _blank(target)
             forgive_if_changed(state, target)
-            failure = record(state, exc, target, now, self.backoff)
+            failure = record(state, exc, target, self.clock.now(), self.backoff)
             version = raw.version if raw else 0
             self.store.write(self.state_path(target), state.to_dict(), cas=version)
         except RotatorError:
             # Vault is what failed, or another replica moved on: keep it here
             state = self._memory.get(target) or _blank(target)
             forgive_if_changed(state, target)
-            failure = record(state, exc, target, now, self.backoff)
+            # now, not before the Vault calls that just failed: their retries take time
+            failure = record(state, exc, target, self.clock.now(), self.backoff)
             early = True
         if early:
             self._memory[target] = state
