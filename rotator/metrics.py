@@ -31,7 +31,7 @@ from rotator import __version__
 from rotator.report import Outcome, RotationResult, TargetStatus
 
 #: Engine states in which the consumer finds a valid credential and nothing failed.
-READY_STATES = frozenset({"ready", "grace", "due", "rotating"})
+READY_STATES = frozenset({"ready", "grace", "due", "rotating", "interrupted"})
 
 #: Audit event -> ``outcome`` label of rotator_rotations_total.
 _OUTCOME_EVENTS = {
@@ -120,8 +120,8 @@ class Metrics:
     def observe_result(self, result: RotationResult) -> None:
         """Set the gauges from a reconcile result."""
         name = result.target
-        if result.outcome is Outcome.DRY_RUN:
-            return
+        if result.outcome in (Outcome.DRY_RUN, Outcome.REFUSED):
+            return  # nothing happened: the gauges stand
         if result.expires_at is not None:
             self.expiration.labels(target=name).set(result.expires_at.timestamp())
         ok = result.outcome in (Outcome.ROTATED, Outcome.RETIRED, Outcome.UP_TO_DATE)

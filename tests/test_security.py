@@ -413,7 +413,7 @@ def test_an_existing_audit_file_keeps_its_mode(tmp_path: Path) -> None:
         path = tmp_path / f"audit-{mode:o}.jsonl"
         path.write_text("")
         path.chmod(mode)
-        AuditLog(stream=open(os.devnull, "w"), file=path).emit("x", target="t")  # noqa: SIM115
+        AuditLog(stream=open(os.devnull, "w"), file=path).emit("rotation.started", target="t")  # noqa: SIM115
         assert stat.S_IMODE(path.stat().st_mode) == mode
 
 

@@ -117,7 +117,7 @@ def choose_api(
     verify: bool | str = True,
 ) -> ApiVersion:
     """The API for the ``zitadel.api`` setting: ``v1``/``v2`` as given, ``auto``
-    probed with :func:`detect_api` and reported as a ``zitadel_api_detected`` event."""
+    probed with :func:`detect_api` and reported as a ``zitadel.api_detected`` event."""
     if setting == "v1":
         return "v1"
     if setting == "v2":
@@ -126,5 +126,5 @@ def choose_api(
         raise ConfigError(f"must be v1, v2 or auto, not {setting!r}", field="zitadel.api")
     api = detect_api(issuer, token_source(), timeout=timeout, verify=verify)
     if audit is not None:
-        audit.emit("zitadel_api_detected", api=api, issuer=issuer, probe=PROBE_PATH)
+        audit.emit("zitadel.api_detected", api=api, issuer=issuer, probe=PROBE_PATH)
     return api
