@@ -52,6 +52,7 @@ from zitadel_client.models import (
 )
 from zitadel_client.transport_options import TransportOptions
 
+from rotator import netcause
 from rotator.errors import (
     ConfigError,
     RotatorError,
@@ -438,8 +439,10 @@ def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> 
         cause, urllib3.exceptions.NewConnectionError
     ):
         return error_for("deadline_exceeded", f"{context}: timed out", method=method)
+    pool = getattr(exc, "pool", None)  # MaxRetryError knows the host it tried
+    at = f" at {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
     return error_for(
-        "unavailable", f"{context}: unreachable ({type(cause).__name__})", method=method
+        "unavailable", f"{context}: unreachable{at}: {netcause.cause(exc)}", method=method
     )
 
 
