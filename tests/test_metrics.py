@@ -186,3 +186,22 @@ def test_labels_hold_only_target_names_and_outcomes() -> None:
     body = m.render()[0].decode()
     assert "k9" not in body
     assert "zitadel/x" not in body
+
+
+def test_declared_targets_have_an_info_series_and_every_counter_at_0() -> None:
+    from tests.enginekit import key_target
+
+    m = Metrics()
+    m.declare_targets([key_target(org_id="o1")], api="v2")
+    samples = scrape(m)
+    info = (
+        ("api", "v2"), ("kind", "key"), ("org_id", "o1"), ("target", "billing"),
+        ("user", "svc-billing"), ("vault_path", "zitadel/billing"),
+    )
+    assert samples[("rotator_target_info", info)] == 1
+    for outcome in ("rotated", "retired", "failed", "stuck", "rolled_back"):
+        key = ("rotator_rotations_total", (("outcome", outcome), ("target", "billing")))
+        assert samples[key] == 0
+    assert samples[("rotator_failures_total", (("target", "billing"),))] == 0
+    assert samples[("rotator_retries_total", (("target", "billing"),))] == 0
+    assert not [name for name, _ in samples if name.endswith("_created")]
