@@ -99,15 +99,23 @@ def assert_one_clean_line(run: Run) -> str:
 # --------------------------------------------------------------------------- validate, usage
 
 
-def test_validate_accepts_the_example_config() -> None:
-    run = rotator(
-        "--config",
-        "config/rotator.example.yaml",
-        "validate",
-        env={"VAULT_ADDR": "http://127.0.0.1:8200"},
+def test_validate_accepts_the_example_config(tmp_path: Path) -> None:
+    example = tmp_path / "rotator.yaml"
+    example.write_text((ROOT / "config" / "rotator.example.yaml").read_text())
+    env = {"VAULT_ADDR": "http://127.0.0.1:8200"}
+    # validate reads the key file the example names (next to it): absent first
+    missing = rotator("--config", str(example), "validate", env=env)
+    assert missing.code == 2
+    assert missing.stderr == (
+        f"rotator: error: {example}: zitadel.credentials.key_file: "
+        f"{tmp_path / 'admin-key.json'} does not exist\n"
     )
+    pair = generate_key_pair()
+    key_file = build_key_file("1", "2", pair.private_key_pem, datetime.now(UTC) + timedelta(1))
+    (tmp_path / "admin-key.json").write_text(key_file_json(key_file))
+    run = rotator("--config", str(example), "validate", env=env)
     assert run.code == 0, run.output
-    assert run.stdout == "config OK: 2 targets\n"
+    assert run.stdout == "config OK: 2 targets, 1 file checked\n"
 
 
 def test_config_option_after_the_subcommand_and_from_the_environment(tmp_path: Path) -> None:
