@@ -104,6 +104,8 @@ def test_a_bad_key_file_is_a_configuration_error_whatever_is_wrong(
         f"rotator: error: {path}: zitadel.credentials.key_file: {key} {problem}\n"
     )
     assert "bm90IGEga2V5" not in run.output  # never the file's content
+    config_only = rotator("--config", str(path), "validate", "--config-only")
+    assert (config_only.code, config_only.stdout) == (0, "config OK: 2 targets\n")
 
     as_json = rotator("--config", str(path), "validate", "--json")
     assert as_json.code == 2
