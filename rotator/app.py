@@ -130,7 +130,12 @@ def key_file_provider(config: Config, store: VaultStore) -> KeyFileProvider:
                     file=config.source,
                     field="zitadel.credentials.key_file",
                 ) from None
-            return _checked(data, f"key file {path}")
+            try:
+                return _checked(data, f"key file {path}")
+            except InvalidKeyFile as exc:  # a bad key file is a configuration error (exit 2)
+                raise ConfigError(
+                    str(exc), file=config.source, field="zitadel.credentials.key_file"
+                ) from None
 
         return from_file
 

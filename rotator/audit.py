@@ -1,8 +1,12 @@
 """Structured audit events: one JSON object per rotation step.
 
-The audit trail is the record a person reads after the fact, so every event
-carries the same identifying fields (target, rotation id, credential ids,
-vault path and version, trigger, outcome).  Events go through a structlog
+The audit trail is the record a person (or a SIEM) reads after the fact, so
+every event has one shape, audit schema v1 (``config/audit.md``,
+``config/audit.schema.json``): ``timestamp`` (RFC 3339, UTC, ``Z``),
+``level``, ``event`` (dotted), ``target``, ``rotation_id``, ``outcome`` (null
+when they do not apply) and ``actor`` (trigger, OS user, host, pid, and the
+Kubernetes pod, namespace and service account when the environment names
+them), then the event's own fields.  Events go through a structlog
 processor chain that ends in a JSON line on a stream (stdout for the daemon;
 structlog's console rendering instead with ``console=True``) and, optionally,
 a JSON line in an append-only file.
@@ -15,7 +19,9 @@ replaces any field whose name says it could hold secret material.
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, MutableMapping
@@ -32,6 +38,54 @@ _SAFE_FIELDS = frozenset(
 
 EventDict = MutableMapping[str, Any]
 Listener = Callable[[dict[str, Any]], None]
+
+#: The ``schema_version`` of every audit line (bumped on an incompatible change).
+SCHEMA_VERSION = 1
+
+#: Events that are not routine; every other event is ``info``.  A SIEM pages
+#: on ``critical`` (automatic rotation stopped) and tickets ``error``.
+LEVELS: dict[str, str] = {
+    "rotation.failed": "error",
+    "daemon.start_failed": "error",
+    "target.stuck": "critical",
+    "rotation.rolled_back": "warning",
+    "config.cleartext_url": "warning",
+    "daemon.standby": "warning",
+}
+
+#: The fields every line carries, in this order (null when they do not apply).
+CORE_FIELDS = ("timestamp", "level", "event", "target", "rotation_id", "outcome", "actor")
+
+#: Environment variables naming the Kubernetes pod (the chart sets them from
+#: the downward API) -> key in ``actor``.
+_KUBERNETES_ENV = {
+    "POD_NAME": "pod",
+    "POD_NAMESPACE": "namespace",
+    "POD_SERVICE_ACCOUNT": "service_account",
+}
+
+
+def _os_user() -> str:
+    """The OS user; a container's uid may have no passwd entry."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def actor(trigger: str | None) -> dict[str, Any]:
+    """Who acts: what triggered it, and which process, user and host (and pod)."""
+    found: dict[str, Any] = {
+        "trigger": trigger,
+        "user": _os_user(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    for variable, key in _KUBERNETES_ENV.items():
+        value = os.environ.get(variable)
+        if value:
+            found[key] = value
+    return found
 
 
 def redact(_logger: object, _method: str, event_dict: EventDict) -> EventDict:
@@ -65,8 +119,11 @@ _CONSOLE = structlog.dev.ConsoleRenderer(colors=False, sort_keys=False)
 
 def _console_line(event: EventDict) -> str:
     """``HH:MM:SS event key=value ...`` for people (``--log-format console``)."""
-    shown = {k: v for k, v in event.items() if k not in ("audit", "level")}
+    hidden = ("audit", "level", "schema_version", "actor")
+    shown = {k: v for k, v in event.items() if k not in hidden and v is not None}
     shown["timestamp"] = str(shown.get("timestamp", ""))[11:19]
+    if event.get("level", "info") != "info":
+        shown["level"] = event["level"]  # rendered "[error    ]" after the time
     return str(_CONSOLE(None, "info", shown))
 
 
@@ -98,7 +155,9 @@ class AuditLog:
     """Emits audit events as JSON lines to a stream and, optionally, a file.
 
     ``console=True`` renders the stream's lines for people (structlog's
-    console renderer); the file always gets JSON lines.
+    console renderer); the file always gets JSON lines.  ``trigger`` is the
+    ``actor.trigger`` of events that do not name their own (``schedule`` for
+    the daemon, ``cli`` for a command).
     """
 
     def __init__(
@@ -107,14 +166,15 @@ class AuditLog:
         file: str | Path | None = None,
         *,
         console: bool = False,
+        trigger: str | None = None,
     ) -> None:
         path = Path(file) if file else None
         self._listeners: list[Listener] = []
+        self._trigger = trigger
         self._logger = structlog.wrap_logger(
             _Sink(stream if stream is not None else sys.stdout, path, console=console),
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-                structlog.processors.add_log_level,
                 redact,
                 self._remember,
                 _to_sink,
@@ -143,8 +203,23 @@ class AuditLog:
             self.unsubscribe(events.append)
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Record ``event``; ``None`` fields are left out.  Returns the event as written."""
-        self._logger.info(event, audit=True, **{k: v for k, v in fields.items() if v is not None})
+        """Record ``event`` (a dotted name); its level comes from :data:`LEVELS`.
+
+        ``target``, ``rotation_id`` and ``outcome`` are always written (null
+        if not given); other ``None`` fields are left out; a ``trigger``
+        field goes into ``actor``.  Returns the event as written.
+        """
+        trigger = fields.pop("trigger", None) or self._trigger
+        core = {name: fields.pop(name, None) for name in ("target", "rotation_id", "outcome")}
+        self._logger.info(
+            event,
+            level=LEVELS.get(event, "info"),
+            **core,
+            actor=actor(trigger),
+            audit=True,
+            schema_version=SCHEMA_VERSION,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
         record: dict[str, Any] = self._local.last
         # listeners hear of an event only once it is on record
         for listener in self._listeners:
@@ -152,8 +227,11 @@ class AuditLog:
         return record
 
     def _remember(self, _logger: object, _method: str, event_dict: EventDict) -> EventDict:
-        self._local.last = dict(event_dict)
-        return event_dict
+        # the core fields first, in schema order: a person reads them left to right
+        ordered = {name: event_dict.pop(name, None) for name in CORE_FIELDS}
+        ordered.update(event_dict)
+        self._local.last = dict(ordered)
+        return ordered
 
 
 def _to_sink(

@@ -29,6 +29,8 @@ from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import IO, TYPE_CHECKING, Any, TextIO, TypeVar
 
+import argcomplete
+
 from rotator.config import DEFAULT_CONFIG_PATH, Config, format_duration, load_config, parse_duration
 from rotator.errors import (
     ConfigError,
@@ -39,7 +41,7 @@ from rotator.errors import (
 )
 from rotator.model import Target, Trigger
 from rotator.progress import progress, terminal_stream
-from rotator.report import Outcome, RotationResult, TargetStatus
+from rotator.report import Outcome, RotationResult, StatusLabel, TargetStatus
 from rotator.windows import ScheduledTarget, project, unsatisfiable
 
 if TYPE_CHECKING:  # imported where used: `validate` and `--help` need neither Vault nor logging
@@ -64,7 +66,8 @@ class Exit(IntEnum):
 EPILOG = """\
 exit codes:
   0  success (nothing failed)
-  1  at least one target failed (it will be retried; see `rotator status`)
+  1  at least one target failed (it will be retried; see `rotator status`),
+     or `rotate` refused to remove a credential still in grace (--force does)
   2  configuration or usage error (nothing was done), or `plan` found a
      schedule that cannot be kept
   3  Vault or ZITADEL unreachable or refusing the rotator's credentials at
@@ -79,9 +82,11 @@ The configuration file is --config FILE, else $ROTATOR_CONFIG, else
 ROTATE_HELP = """\
 Rotate now: every named target (or all with --all) gets a new credential,
 whether or not it is due, through the same code path as the schedule
-(an interrupted rotation is finished first; a credential still in grace
-from an earlier rotation is retired). A stuck target is left alone unless
---force is given, which clears its stuck state and failure count first.
+(an interrupted rotation is finished first). A target whose previous
+credential is still in grace is refused: rotating would remove that
+credential at once, under consumers that may still use it; --force does it.
+A stuck target is left alone unless --force is given, which clears its
+stuck state and failure count first.
 --dry-run prints what would happen and changes nothing.
 """
 
@@ -127,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(root, top=True)
+    from rotator import __version__  # noqa: PLC0415 - the package metadata, looked up once
+
+    root.add_argument("--version", action="version", version=f"rotator {__version__}")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -146,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     rotate = command("rotate", "rotate now", ROTATE_HELP)
-    rotate.add_argument("targets", nargs="*", metavar="TARGET")
+    _target_names(rotate.add_argument("targets", nargs="*", metavar="TARGET"))
     rotate.add_argument("--all", action="store_true", help="every configured target")
     rotate.add_argument(
         "--force", action="store_true", help="also rotate stuck targets (clears stuck)"
@@ -163,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
     )
 
     status = command("status", "current credential, expiry, next rotation and state per target")
-    status.add_argument("targets", nargs="*", metavar="TARGET", help="default: all")
+    _target_names(status.add_argument("targets", nargs="*", metavar="TARGET", help="default: all"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     plan = command(
@@ -181,11 +189,58 @@ def parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
 
-    command("validate", "check the configuration (no network)")
+    validate = command(
+        "validate",
+        "check the configuration and the files it names (no network)",
+        "Check the configuration file, and read the files it names as the rotator "
+        "will: the own key file (JSON, fields, PEM private key), CA bundles (PEM "
+        "certificates) and Vault auth files. Nothing connects. Exit 2 on any problem.",
+    )
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.add_argument(
+        "--config-only",
+        action="store_true",
+        help="do not read the files it names (a config meant for another machine, "
+        "e.g. one rendered from the Helm chart)",
+    )
 
-    verify = command("verify", "prove the credential stored in Vault for TARGET works")
-    verify.add_argument("target", metavar="TARGET")
+    verify = command(
+        "verify",
+        "prove the credentials stored in Vault work",
+        "Read each target's credential from Vault and prove it at ZITADEL: a "
+        "jwt-bearer token exchange for a key, userinfo for a PAT. Changes nothing.",
+    )
+    _target_names(verify.add_argument("targets", nargs="*", metavar="TARGET"))
+    verify.add_argument("--all", action="store_true", help="every configured target")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+    completion = command(
+        "completion",
+        "print the shell completion script (bash, zsh or fish)",
+        "Print a completion script for SHELL. Install it with, for example:\n"
+        "  bash: rotator completion bash > /etc/bash_completion.d/rotator\n"
+        "  zsh:  rotator completion zsh > \"${fpath[1]}/_rotator\"\n"
+        "  fish: rotator completion fish > ~/.config/fish/completions/rotator.fish",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return root
+
+
+def _target_names(action: argparse.Action) -> None:
+    """Complete TARGET with the names in the configuration (when it loads)."""
+
+    def names(parsed_args: argparse.Namespace, **_: Any) -> list[str]:
+        path = (
+            getattr(parsed_args, "config", None)
+            or os.environ.get("ROTATOR_CONFIG")
+            or DEFAULT_CONFIG_PATH
+        )
+        try:
+            return [t.name for t in load_config(path).targets]
+        except Exception:  # completion must never fail loudly
+            return []
+
+    action.completer = names  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- output helpers
@@ -240,7 +295,8 @@ def _setup_logging(fmt: str, debug: bool) -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                # the audit lines' format (``...Z``): one timestamp shape per stream
+                structlog.processors.TimeStamper(fmt=_RFC3339_UTC, utc=True, key="timestamp"),
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
                 structlog.stdlib.ExtraAdder(),
@@ -259,6 +315,9 @@ def _setup_logging(fmt: str, debug: bool) -> None:
     # webhook URL is a secret (Slack), an Authorization header always is.
     for chatty in _WIRE_LOGGERS:
         logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
+_RFC3339_UTC = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def _drop_keys(keys: Sequence[str]) -> structlog.types.Processor:
@@ -281,7 +340,7 @@ def exit_code(results: Iterable[RotationResult]) -> Exit:
     outcomes = {r.outcome for r in results}
     if Outcome.STUCK in outcomes:
         return Exit.STUCK
-    if Outcome.FAILED in outcomes:
+    if Outcome.FAILED in outcomes or Outcome.REFUSED in outcomes:
         return Exit.FAILED
     return Exit.OK
 
@@ -314,7 +373,7 @@ def _targets_of(config: Config, args: argparse.Namespace) -> list[Target]:
     if args.command == "status" and args.targets:
         return _select(config, args.targets, all_=False, command="status")
     if args.command == "verify":
-        return [config.target(args.target)]
+        return _select(config, args.targets, all_=args.all, command="verify")
     return list(config.targets)
 
 
@@ -332,10 +391,15 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     targets = _targets_of(app.config, args)
 
     def one(target: Target) -> RotationResult:
-        if args.dry_run:
-            return _forced_plan(app.engine.reconcile(target, trigger=Trigger.CLI, dry_run=True))
+        # Without --force, a credential still in grace is not removed early
+        # (outcome refused): consumers still on it would lose it unwarned.
         result = app.engine.reconcile(
-            target, trigger=Trigger.CLI, rotate_now=True, unstick=args.force
+            target,
+            trigger=Trigger.CLI,
+            rotate_now=True,
+            unstick=args.force,
+            supersede=args.force,
+            dry_run=args.dry_run,
         )
         if result.outcome is Outcome.STUCK:
             hint = f"`rotator rotate --force {target.name}` once the cause is fixed"
@@ -346,7 +410,14 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     with progress("rotate", len(targets), failed=_failed) as advance:
         results = _each(one, targets, concurrency, progress=advance)
     _print_results(results, sys.stdout, as_json=args.json)
+    for r in results:
+        if r.error:  # one line each on stderr too: the table may go to a file or a pipe
+            sys.stderr.write(f"rotator: {r.target}: {r.outcome.value}: {_one_line(r.error)}\n")
     return exit_code(results)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 T = TypeVar("T")
@@ -377,41 +448,87 @@ def _each(
 
 
 def _failed(result: RotationResult) -> bool:
-    return result.outcome in (Outcome.FAILED, Outcome.STUCK)
-
-
-def _forced_plan(result: RotationResult) -> RotationResult:
-    """A dry run of ``rotate``: it rotates now, due or not, instead of at the due time."""
-    if any(a.startswith("rotate now") for a in result.actions):
-        return result
-    kept = tuple(a for a in result.actions if not a.startswith("rotate at "))
-    return replace(result, actions=(*kept, "rotate now (requested)"))
+    return result.outcome in (Outcome.FAILED, Outcome.STUCK, Outcome.REFUSED)
 
 
 def _is_stuck(status: TargetStatus) -> bool:
     return status.state == "stuck"
 
 
+def relative(value: datetime, now: datetime) -> str:
+    """``in 29d``, ``in 5h``, ``in 12m``, ``3d ago``, ``now``: one unit, rounded down."""
+    seconds = (value - now).total_seconds()
+    span = abs(seconds)
+    if span < 60:
+        return "now"
+    if span >= 2 * 86400:
+        text = f"{int(span // 86400)}d"
+    elif span >= 2 * 3600:
+        text = f"{int(span // 3600)}h"
+    else:
+        text = f"{int(span // 60)}m"
+    return f"in {text}" if seconds > 0 else f"{text} ago"
+
+
+def _when_rel(value: datetime | None, now: datetime) -> str:
+    """``2024-06-01 00:00 UTC (in 29d)``."""
+    return "-" if value is None else f"{_when(value)} ({relative(value, now)})"
+
+
+def _state_text(s: TargetStatus, now: datetime) -> str:
+    if s.state is StatusLabel.FAILING:
+        return f"failing ({s.failures} failure{'' if s.failures == 1 else 's'})"
+    if s.state is StatusLabel.INTERRUPTED:
+        return "interrupted (resumes on next run)"
+    if s.state is StatusLabel.ROTATING and s.rotating_until is not None:
+        return f"rotating (by {s.rotating_owner}, deadline {relative(s.rotating_until, now)})"
+    return str(s.state)
+
+
+def _next_text(s: TargetStatus, now: datetime) -> str:
+    text = _when_rel(s.next_rotation_at, now)
+    if s.next_rotation_at is not None and s.next_action in ("retry", "resume"):
+        text = text[:-1] + f", {s.next_action})"
+    return text
+
+
 def _failing(status: TargetStatus) -> bool:
     return _is_stuck(status) or bool(status.failures)
 
 
-def _status_rows(statuses: Sequence[TargetStatus]) -> list[list[str]]:
+def _status_rows(statuses: Sequence[TargetStatus], now: datetime) -> list[list[str]]:
     rows = [["TARGET", "KIND", "CREDENTIAL", "EXPIRES", "NEXT ROTATION", "VAULT", "STATE"]]
     for s in statuses:
-        state = s.state + (f" ({s.failures} failures)" if s.failures and s.state != "stuck" else "")
         rows.append(
             [
                 s.target,
                 s.kind,
                 s.credential_id or "-",
-                _when(s.expires_at),
-                _when(s.next_rotation_at),
+                _when_rel(s.expires_at, now),
+                _next_text(s, now),
                 str(s.vault_version) if s.vault_version else "-",
-                state,
+                _state_text(s, now),
             ]
         )
     return rows
+
+
+def status_notes(s: TargetStatus, now: datetime) -> list[str]:
+    """The lines under the status table for ``s``: what the table cannot say."""
+    notes = []
+    if s.previous_credential_id and s.retire_at:
+        notes.append(
+            f"{s.target}: previous {s.kind} {s.previous_credential_id} stays valid until "
+            f"it is retired at {_when_rel(s.retire_at, now)}"
+        )
+    if s.state is StatusLabel.MISSING and s.last_success_at is None and not s.failures:
+        notes.append(
+            f"{s.target}: nothing rotated yet; `rotator rotate {s.target}` creates its first "
+            f"{s.kind} now (the daemon does on its next pass)"
+        )
+    if s.last_error:
+        notes.append(f"{s.target}: last error: {s.last_error}")
+    return notes
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
@@ -421,10 +538,11 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
     else:
-        _table(_status_rows(statuses), sys.stdout)
+        now = app.clock.now()
+        _table(_status_rows(statuses, now), sys.stdout)
         for s in statuses:
-            if s.last_error:
-                sys.stdout.write(f"{s.target}: last error: {s.last_error}\n")
+            for note in status_notes(s, now):
+                sys.stdout.write(note + "\n")
     if any(_is_stuck(s) for s in statuses):
         return Exit.STUCK
     if any(s.failures or s.state == "expired" for s in statuses):
@@ -489,23 +607,98 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def cmd_verify(app: App, args: argparse.Namespace) -> int:
-    target = app.config.target(args.target)
-    secret = app.store.read(target.vault_path)
-    if secret is None:
-        sys.stderr.write(f"rotator: {target.name}: no secret at {target.vault_path}\n")
-        return Exit.FAILED
-    data = {k: v for k, v in secret.data.items() if k != "previous"}
-    from rotator.kinds import ops_for  # noqa: PLC0415
+def verify_one(app: App, target: Target) -> dict[str, Any]:
+    """Prove the credential stored for ``target`` works; the verdict as a record."""
+    from rotator.kinds import ops_for  # noqa: PLC0415 - not for validate or --help
 
     ops = ops_for(target.kind)
+    record: dict[str, Any] = {
+        "target": target.name,
+        "kind": target.kind.value,
+        "vault_path": target.vault_path,
+        "vault_version": None,
+        "credential_id": None,
+        "ok": False,
+        "error": None,
+    }
+    secret = app.store.read(target.vault_path)
+    if secret is None:
+        record["error"] = f"no secret at {target.vault_path}"
+        return record
+    data = {k: v for k, v in secret.data.items() if k != "previous"}
+    record["vault_version"] = secret.version
     try:
+        record["credential_id"] = ops.credential_id(data)
         ops.verify(app.oidc, data)
-        what = f"{ops.label} {ops.credential_id(data)} works ({ops.proof})"
     except (VerificationError, ZitadelError) as exc:
-        sys.stderr.write(f"rotator: {target.name}: verification failed: {exc}\n")
-        return Exit.FAILED
-    sys.stdout.write(f"{target.name}: {what}; Vault {target.vault_path} version {secret.version}\n")
+        record["error"] = f"verification failed: {exc}"
+        return record
+    except (KeyError, TypeError, ValueError):
+        record["error"] = f"the secret at {target.vault_path} is not a {ops.label} record"
+        return record
+    record["ok"] = True
+    record["proof"] = ops.proof
+    return record
+
+
+def cmd_verify(app: App, args: argparse.Namespace) -> int:
+    targets = _targets_of(app.config, args)
+    records = _each(lambda t: verify_one(app, t), targets, _READ_CONCURRENCY)
+    if args.json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+    for r, target in zip(records, targets, strict=True):
+        if not r["ok"]:
+            sys.stderr.write(f"rotator: {r['target']}: {r['error']}\n")
+        elif not args.json:
+            from rotator.kinds import ops_for  # noqa: PLC0415 - not for validate or --help
+
+            label = ops_for(target.kind).label
+            sys.stdout.write(
+                f"{r['target']}: {label} {r['credential_id']} works ({r['proof']}); "
+                f"Vault {r['vault_path']} version {r['vault_version']}\n"
+            )
+    return Exit.OK if all(r["ok"] for r in records) else Exit.FAILED
+
+
+def cmd_validate(config: Config, args: argparse.Namespace) -> int:
+    """The configuration loaded (or we would not be here); now the files it names."""
+    checks = []
+    if not args.config_only:
+        from rotator.preflight import local_checks  # noqa: PLC0415 - reads the key file (PEM)
+
+        checks = local_checks(config)
+    errors = [c for c in checks if not c.ok and not c.warning_only]
+    if args.json:
+        document = {
+            "ok": not errors,
+            "config": config.source,
+            "targets": [t.name for t in config.targets],
+            "warnings": list(config.warnings),
+            "files": [
+                {"field": c.field, "path": c.path, "ok": c.ok, "problem": c.problem}
+                for c in checks
+            ],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return Exit.USAGE if errors else Exit.OK
+    for warning in config.warnings:
+        sys.stderr.write(f"rotator: warning: {config.source}: {warning}\n")
+    for c in checks:
+        if not c.ok:
+            kind = "warning" if c.warning_only else "error"
+            sys.stderr.write(f"rotator: {kind}: {config.source}: {c.field}: {c.path} {c.problem}\n")
+    if errors:
+        return Exit.USAGE
+    noun = "target" if len(config.targets) == 1 else "targets"
+    files = f", {len(checks)} file{'' if len(checks) == 1 else 's'} checked" if checks else ""
+    sys.stdout.write(f"config OK: {len(config.targets)} {noun}{files}\n")
+    return Exit.OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from argcomplete.shell_integration import shellcode  # noqa: PLC0415 - completion only
+
+    sys.stdout.write(shellcode(["rotator"], shell=args.shell))
     return Exit.OK
 
 
@@ -564,7 +757,11 @@ def _fail(message: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    root = parser()
+    argcomplete.autocomplete(root)  # answers a shell's completion request, then exits
+    args = root.parse_args(argv)
+    if args.command == "completion":
+        return cmd_completion(args)
     if args.command != "validate":  # it logs nothing: spare it structlog's import
         _setup_logging(args.log_format, args.debug)
     if not args.debug:
@@ -582,7 +779,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.USAGE
     except ConfigError as exc:
         # Errors raised below the config layer know the field, not the file.
-        _fail(str(exc) if exc.file else f"{config_path}: {exc}")
+        message = str(exc) if exc.file else f"{config_path}: {exc}"
+        if args.command == "validate" and args.json:
+            sys.stdout.write(json.dumps({"ok": False, "config": config_path, "error": message}))
+            sys.stdout.write("\n")
+        _fail(message)
         return Exit.USAGE
     except KeyboardInterrupt:
         _fail("interrupted")
@@ -598,11 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(args: argparse.Namespace, config_path: str) -> int:
     config = load_config(config_path)
     if args.command == "validate":
-        for warning in config.warnings:
-            sys.stderr.write(f"rotator: warning: {config.source}: {warning}\n")
-        noun = "target" if len(config.targets) == 1 else "targets"
-        sys.stdout.write(f"config OK: {len(config.targets)} {noun}\n")
-        return Exit.OK
+        return cmd_validate(config, args)
 
     # Imported only by the commands that connect: Vault, HTTP and crypto clients.
     from rotator.app import build  # noqa: PLC0415
@@ -614,7 +811,12 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     # one-shot commands: audit lines share stderr with the progress bar (if any)
     stream: IO[str] = sys.stdout if args.command == "run" else terminal_stream(sys.stderr)
-    audit = AuditLog(stream=stream, file=config.audit.file, console=args.log_format == "console")
+    audit = AuditLog(
+        stream=stream,
+        file=config.audit.file,
+        console=args.log_format == "console",
+        trigger="schedule" if args.command == "run" else "cli",
+    )
     connect = functools.partial(
         build,
         config,

@@ -152,6 +152,7 @@ class Daemon:
         self.clock = app.clock
         self.lease = lease
         self.metrics = metrics or Metrics()
+        self.metrics.declare_targets(config.targets, api=app.api)
         self.webhook = webhook
         self.stop_event = stop_event or threading.Event()
         #: Set only after the last job finished: the lease is renewed until then,

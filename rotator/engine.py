@@ -14,7 +14,7 @@ from typing import Any
 
 from rotator import consumer, failures, planner, report
 from rotator.audit import AuditLog
-from rotator.errors import RotatorError
+from rotator.errors import GraceNotOver, RotatorError
 from rotator.failures import Backoff, FailureBook, FailureClass
 from rotator.kinds import ops_for
 from rotator.model import Target, Trigger, User
@@ -72,11 +72,14 @@ class Engine:
         rotate_now: bool = False,
         unstick: bool = False,
         dry_run: bool = False,
+        supersede: bool = True,
     ) -> RotationResult:
         """Bring ``target`` to its desired state (see :mod:`rotator.rotation`).
 
         ``rotate_now`` starts a rotation whether due or not, windows or not;
-        ``unstick`` clears ``stuck`` (a person fixed the cause).  Errors do not
+        ``unstick`` clears ``stuck`` (a person fixed the cause); ``supersede=False``
+        refuses (outcome REFUSED) a rotation that would remove a previous
+        credential still in grace.  Errors do not
         propagate: they are recorded and returned as ``FAILED`` / ``STUCK``.
         """
         now = self.clock.now()
@@ -86,16 +89,17 @@ class Engine:
         try:
             state, version, user = self._load(target)
         except RotatorError as exc:
-            return self._early_failure(target, exc)
+            return self._early_failure(target, exc, record=not dry_run)
         self.failures.forget(target)
         if dry_run:
             reason = self.rotation.rotation_reason(target, state, user)
-            return report.plan(target, state, reason, now)
+            reason = "requested" if rotate_now else reason
+            return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
 
         run = Run(target, trigger, user, ops_for(target.kind), self.audit, started=now)
         try:
             state, version, stopped = self.rotation.converge(
-                run, state, version, rotate_now=rotate_now, unstick=unstick
+                run, state, version, rotate_now=rotate_now, unstick=unstick, supersede=supersede
             )
         except RotatorError as exc:
             return self._fail(run, exc)
@@ -155,6 +159,8 @@ class Engine:
     # ------------------------------------------------------------ failures
 
     def _fail(self, run: Run, exc: RotatorError) -> RotationResult:
+        if isinstance(exc, GraceNotOver):  # a refusal, not a failure: nothing recorded
+            return RotationResult(target=run.target.name, outcome=Outcome.REFUSED, error=str(exc))
         if failures.classify(exc) is FailureClass.CONFLICT:
             # Another rotator acts on this target: it owns the rotation, and
             # writing our failure would only make it fail too.
@@ -171,9 +177,14 @@ class Engine:
         outcome = Outcome.STUCK if failure.stuck else Outcome.FAILED
         return self._result(run, state, outcome, error=str(exc))
 
-    def _early_failure(self, target: Target, exc: RotatorError) -> RotationResult:
+    def _early_failure(
+        self, target: Target, exc: RotatorError, *, record: bool = True
+    ) -> RotationResult:
         """Failed before the target's state could be read (user unknown, foreign
-        secret, Vault sealed): recorded all the same."""
+        secret, Vault sealed): recorded all the same, unless ``record=False``
+        (a dry run is read-only: no failure written, no audit event)."""
+        if not record:
+            return RotationResult(target=target.name, outcome=Outcome.FAILED, error=str(exc))
         state, failure = self.failures.record(target, exc, early=True)
 
         def emit(event: str, **fields: Any) -> None:

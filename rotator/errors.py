@@ -128,6 +128,11 @@ class RotationInFlight(CasConflict):
     """Another rotator runs this target's rotation and may until its deadline."""
 
 
+class GraceNotOver(RotatorError):
+    """A rotation would remove a previous credential still in its grace
+    period (consumers may still use it); ``rotate --force`` does it anyway."""
+
+
 class VerificationReason(StrEnum):
     """Why a new credential did not verify (``VerificationError.reason``)."""
 

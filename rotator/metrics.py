@@ -20,18 +20,29 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from rotator import __version__
+from rotator.model import Target
 from rotator.report import Outcome, RotationResult, TargetStatus
 
+# No `*_created` series: they double the counters' cardinality and no alert
+# or dashboard of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 #: Engine states in which the consumer finds a valid credential and nothing failed.
-READY_STATES = frozenset({"ready", "grace", "due", "rotating"})
+READY_STATES = frozenset({"ready", "grace", "due", "rotating", "interrupted"})
 
 #: Audit event -> ``outcome`` label of rotator_rotations_total.
 _OUTCOME_EVENTS = {
@@ -102,10 +113,32 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=version).set(1)
+        self.target_info = Gauge(
+            "rotator_target_info",
+            "Always 1; what each target is (join on `target` for kind, user, org, path, API).",
+            ["target", "kind", "user", "org_id", "vault_path", "api"], registry=r,
+        )
         self._failing: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ inputs
+
+    def declare_targets(self, targets: Iterable[Target], *, api: str) -> None:
+        """Every configured target's info series, and its counters at 0: the
+        first failure is then an increase from 0, which ``increase()`` sees."""
+        for t in targets:
+            self.target_info.labels(
+                target=t.name,
+                kind=t.kind.value,
+                user=t.user,
+                org_id=t.org_id or "",
+                vault_path=t.vault_path,
+                api=api,
+            ).set(1)
+            for outcome in _OUTCOME_EVENTS.values():
+                self.rotations.labels(target=t.name, outcome=outcome)
+            self.retries.labels(target=t.name)
+            self.failures.labels(target=t.name)
 
     def observe_status(self, status: TargetStatus) -> None:
         """Set the gauges from an engine status read."""
@@ -120,8 +153,8 @@ class Metrics:
     def observe_result(self, result: RotationResult) -> None:
         """Set the gauges from a reconcile result."""
         name = result.target
-        if result.outcome is Outcome.DRY_RUN:
-            return
+        if result.outcome in (Outcome.DRY_RUN, Outcome.REFUSED):
+            return  # nothing happened: the gauges stand
         if result.expires_at is not None:
             self.expiration.labels(target=name).set(result.expires_at.timestamp())
         ok = result.outcome in (Outcome.ROTATED, Outcome.RETIRED, Outcome.UP_TO_DATE)

@@ -94,6 +94,7 @@ def from_audit(event: Mapping[str, Any]) -> Notification | None:
     # are scrubbed once more on the way out, as a webhook leaves our hands.
     error = redact(str(event.get("error") or "unknown error"))
     fields = {k: event.get(k) for k in _SAFE_FIELDS}
+    fields["trigger"] = (event.get("actor") or {}).get("trigger")  # audit schema v1
     if fields.get("error") is not None:
         fields["error"] = error
     if name == "rotation.failed":

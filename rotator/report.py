@@ -22,6 +22,8 @@ class Outcome(StrEnum):
     DRY_RUN = "dry_run"
     FAILED = "failed"
     STUCK = "stuck"
+    #: Not done, on purpose: it needs ``--force`` (nothing recorded as a failure).
+    REFUSED = "refused"
 
 
 class StatusLabel(StrEnum):
@@ -29,8 +31,10 @@ class StatusLabel(StrEnum):
     MISSING = "missing"
     STUCK = "stuck"
     FAILING = "failing"
-    #: A rotation was under way when its process stopped; the next run finishes it.
+    #: A rotation is under way in a live process (its intent's deadline has not passed).
     ROTATING = "rotating"
+    #: A rotation was under way when its process stopped; the next run finishes it.
+    INTERRUPTED = "interrupted"
     EXPIRED = "expired"
     DUE = "due"
     #: Rotated; the previous credential is still valid for consumers that lag.
@@ -72,6 +76,13 @@ class TargetStatus:
     failures: int
     last_error: str | None
     last_success_at: datetime | None
+    #: When reconcile acts next, and what it does then (retire, resume, retry,
+    #: rotate; None when only a person can act).
+    next_run_at: datetime | None = None
+    next_action: str | None = None
+    #: The owner of a rotation under way, and when its intent lapses.
+    rotating_owner: str | None = None
+    rotating_until: datetime | None = None
 
 
 def label(state: TargetState, policy: Policy, now: datetime) -> StatusLabel:
@@ -80,13 +91,26 @@ def label(state: TargetState, policy: Policy, now: datetime) -> StatusLabel:
     ladder = (
         (state.stuck, StatusLabel.STUCK),
         (state.failures > 0, StatusLabel.FAILING),
-        (state.pending is not None, StatusLabel.ROTATING),
+        (state.pending is not None and _live(state, now), StatusLabel.ROTATING),
+        (state.pending is not None, StatusLabel.INTERRUPTED),
         (current is None, StatusLabel.MISSING),
         (current is not None and current.expires_at <= now, StatusLabel.EXPIRED),
         (current is not None and now >= rules.due_at(current.expires_at, policy), StatusLabel.DUE),
         (state.previous is not None, StatusLabel.GRACE),
     )
     return next((name for applies, name in ladder if applies), StatusLabel.READY)
+
+
+def _live(state: TargetState, now: datetime) -> bool:
+    """Whether a process is still running the pending rotation: its intent has
+    an owner and a deadline not yet passed (after it, any rotator resumes it)."""
+    pending = state.pending
+    return bool(
+        pending is not None
+        and pending.owner
+        and pending.deadline is not None
+        and now < pending.deadline
+    )
 
 
 def status(
@@ -96,13 +120,16 @@ def status(
     planned = next_run(state, target.policy, target.schedule, now) if state else None
     current = state.current if state else None
     previous = state.previous if state else None
+    live = state is not None and _live(state, now)
+    pending = state.pending if state and live else None
     return TargetStatus(
         target=target.name,
         kind=target.kind.value,
         user_id=state.user_id if state else None,
         credential_id=current.id if current else None,
         expires_at=current.expires_at if current else None,
-        next_rotation_at=planned.rotation_at if planned and current else None,
+        # a retry or a resumed rotation counts even when there is no credential yet
+        next_rotation_at=planned.rotation_at if planned else None,
         previous_credential_id=previous.id if previous else None,
         retire_at=previous.retire_at if previous else None,
         vault_path=target.vault_path,
@@ -111,32 +138,62 @@ def status(
         failures=state.failures if state else 0,
         last_error=state.last_error if state else None,
         last_success_at=state.last_success_at if state else None,
+        next_run_at=planned.at if planned else None,
+        next_action=planned.what.value if planned and planned.at else None,
+        rotating_owner=pending.owner if pending else None,
+        rotating_until=pending.deadline if pending else None,
     )
 
 
-def plan(target: Target, state: TargetState, reason: str | None, now: datetime) -> RotationResult:
+def plan(
+    target: Target,
+    state: TargetState,
+    reason: str | None,
+    now: datetime,
+    *,
+    supersede: bool = True,
+    unstick: bool = False,
+) -> RotationResult:
     """The dry run: what the next reconcile of ``target`` would do, in words.
 
-    ``reason`` is why a rotation would start now (None: it would not).
+    ``reason`` is why a rotation would start now (None: it would not).  A
+    rotation while the previous credential is still in grace removes it at
+    once (superseded): the plan says so, or, with ``supersede=False``
+    (``rotate`` without ``--force``), that the rotation would be refused.
     """
     actions: list[str] = []
+    kind = target.kind.value
     if state.pending is not None:
         resumable = state.pending.phase in (Phase.CREATED, Phase.VERIFIED)
         verb = "finish" if resumable else "clean up"
         actions.append(f"{verb} interrupted rotation {state.pending.rotation_id}")
-    if state.previous is not None:
-        retire = state.previous.retire_at
-        when = "now" if now >= retire else retire.isoformat()
-        actions.append(f"retire {target.kind.value} {state.previous.id} at {when}")
+    stuck = state.stuck and not unstick
+    rotates = reason is not None and not stuck
+    previous = state.previous
+    in_grace = previous is not None and now < previous.retire_at
+    refused = False
+    if previous is not None and rotates and in_grace:
+        until = previous.retire_at.isoformat()
+        if not supersede:
+            actions.append(
+                f"refuse to rotate: previous {kind} {previous.id} is still in grace until "
+                f"{until}; `rotator rotate --force {target.name}` removes it now"
+            )
+            rotates, refused = False, True
+        else:
+            actions.append(f"removes {kind} {previous.id} now; it is still in grace until {until}")
+    elif previous is not None:
+        when = "now" if not in_grace else previous.retire_at.isoformat()
+        actions.append(f"retire {kind} {previous.id} at {when}")
     planned = next_run(state, target.policy, target.schedule, now)
-    if state.stuck:
+    if stuck:
         actions.append("stuck: waits for `rotator rotate --force`")
-    elif reason is not None:
+    elif rotates and reason is not None:
         expiry = rules.new_expiry(now, target.policy.lifetime)
         actions.append(
-            f"rotate now ({reason}): new {target.kind.value} expiring {expiry.isoformat()}"
+            f"rotate now ({reason}): new {kind} expiring {expiry.isoformat()}"
         )
-    elif state.current is not None and planned.rotation_at is not None:
+    elif not refused and state.current is not None and planned.rotation_at is not None:
         actions.append(f"rotate at {planned.rotation_at.isoformat()}")
     return RotationResult(
         target=target.name,

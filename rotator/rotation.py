@@ -44,6 +44,7 @@ from rotator import consumer, failures, planner
 from rotator import policy as rules
 from rotator.audit import AuditLog
 from rotator.errors import (
+    GraceNotOver,
     RotationInFlight,
     RotatorError,
     VaultError,
@@ -120,7 +121,14 @@ class Rotation:
         self.own_key_id = own_key_id
 
     def converge(
-        self, run: Run, state: TargetState, version: int, *, rotate_now: bool, unstick: bool
+        self,
+        run: Run,
+        state: TargetState,
+        version: int,
+        *,
+        rotate_now: bool,
+        unstick: bool,
+        supersede: bool = True,
     ) -> tuple[TargetState, int, Outcome | None]:
         """One pass of the protocol; returns an outcome when it stopped early."""
         # Retiring and sweeping are never held back, not by a stuck target,
@@ -138,7 +146,7 @@ class Rotation:
         state, version = self.resume(run, state, version)
         reason = "forced" if rotate_now else self.rotation_reason(run.target, state, run.user)
         if reason is not None:
-            state, version = self.rotate(run, state, version, reason)
+            state, version = self.rotate(run, state, version, reason, supersede=supersede)
         return state, version, None
 
     def rotation_reason(self, target: Target, state: TargetState, user: User) -> str | None:
@@ -160,9 +168,19 @@ class Rotation:
     # ------------------------------------------------------- the protocol
 
     def rotate(
-        self, run: Run, state: TargetState, version: int, reason: str
+        self, run: Run, state: TargetState, version: int, reason: str, *, supersede: bool = True
     ) -> tuple[TargetState, int]:
+        """``supersede=False``: refuse (GraceNotOver) rather than remove a
+        previous credential whose grace has not ended."""
         target = run.target
+        previous = state.previous
+        if previous is not None and not supersede and self.clock.now() < previous.retire_at:
+            raise GraceNotOver(
+                f"{target.name}: previous {target.kind.value} {previous.id} is still in grace "
+                f"until {previous.retire_at.isoformat()} (consumers may still use it); "
+                f"rotating now would remove it at once: `rotator rotate --force {target.name}` "
+                "to do it anyway"
+            )
         if state.previous is not None:
             # Still in grace from an earlier rotation, and two generations old
             # once this one is promoted: consumers have had `current` since.

@@ -46,6 +46,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from rotator import netcause
 from rotator.clock import Clock, SystemClock
 from rotator.errors import (
     CasConflict,
@@ -118,9 +119,12 @@ def translate(exc: BaseException, *, action: str, path: str | None) -> RotatorEr
     if isinstance(exc, RotatorError):
         return exc
     if isinstance(exc, requests.exceptions.Timeout):
-        return VaultUnavailable(f"{action}: timed out", path=path)
+        return VaultUnavailable(f"{action}: Vault{_at(exc)} timed out", path=path)
     if isinstance(exc, requests.exceptions.ConnectionError):
-        return VaultUnavailable(f"{action}: cannot connect to Vault", path=path)
+        # the address and the cause: refused, DNS, TLS (which problem), reset
+        return VaultUnavailable(
+            f"{action}: cannot connect to Vault{_at(exc)}: {netcause.cause(exc)}", path=path
+        )
     if isinstance(exc, requests.exceptions.RequestException):
         return VaultUnavailable(f"{action}: {type(exc).__name__}", path=path)
     if isinstance(exc, hvac.exceptions.VaultError):
@@ -139,6 +143,12 @@ def translate(exc: BaseException, *, action: str, path: str | None) -> RotatorEr
             return VaultUnavailable(detail, path=path, status=status)
         return VaultError(detail, path=path, status=status)
     return VaultError(f"{action}: unexpected {type(exc).__name__}", path=path)
+
+
+def _at(exc: requests.exceptions.RequestException) -> str:
+    """`` at scheme://host:port`` of the request that failed (never its path or query)."""
+    url = getattr(getattr(exc, "request", None), "url", None)
+    return f" at {netcause.address(url)}" if url else ""
 
 
 def call_vault(action: str, path: str | None, fn: Callable[[], T]) -> T:

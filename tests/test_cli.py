@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from rotator.keys import build_key_file, generate_key_pair, key_file_json
+from tests.harness.audit_schema import problems
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import OpenBao
 from tests.harness.processes import free_port
@@ -98,15 +99,23 @@ def assert_one_clean_line(run: Run) -> str:
 # --------------------------------------------------------------------------- validate, usage
 
 
-def test_validate_accepts_the_example_config() -> None:
-    run = rotator(
-        "--config",
-        "config/rotator.example.yaml",
-        "validate",
-        env={"VAULT_ADDR": "http://127.0.0.1:8200"},
+def test_validate_accepts_the_example_config(tmp_path: Path) -> None:
+    example = tmp_path / "rotator.yaml"
+    example.write_text((ROOT / "config" / "rotator.example.yaml").read_text())
+    env = {"VAULT_ADDR": "http://127.0.0.1:8200"}
+    # validate reads the key file the example names (next to it): absent first
+    missing = rotator("--config", str(example), "validate", env=env)
+    assert missing.code == 2
+    assert missing.stderr == (
+        f"rotator: error: {example}: zitadel.credentials.key_file: "
+        f"{tmp_path / 'admin-key.json'} does not exist\n"
     )
+    pair = generate_key_pair()
+    key_file = build_key_file("1", "2", pair.private_key_pem, datetime.now(UTC) + timedelta(1))
+    (tmp_path / "admin-key.json").write_text(key_file_json(key_file))
+    run = rotator("--config", str(example), "validate", env=env)
     assert run.code == 0, run.output
-    assert run.stdout == "config OK: 2 targets\n"
+    assert run.stdout == "config OK: 2 targets, 1 file checked\n"
 
 
 def test_config_option_after_the_subcommand_and_from_the_environment(tmp_path: Path) -> None:
@@ -398,6 +407,39 @@ def test_dry_run_and_plan_change_nothing(setup: Setup, emulator: Emulator) -> No
     assert {r["target"] for r in plan["rotations"]} == {"billing", "reports"}
 
 
+def test_rotate_refuses_to_remove_a_credential_still_in_grace_unless_forced(
+    setup: Setup,
+) -> None:
+    assert setup.run("rotate", "billing").code == 0
+    second = setup.run("rotate", "billing", "--json")
+    assert second.code == 0, second.output
+    [result] = json.loads(second.stdout)
+    in_grace = result["previous_credential_id"]
+    retire_at = json.loads(setup.run("status", "billing", "--json").stdout)[0]["retire_at"]
+
+    dry = setup.run("rotate", "billing", "--dry-run")
+    assert dry.code == 0, dry.output
+    assert (
+        f"refuse to rotate: previous key {in_grace} is still in grace until {retire_at}; "
+        "`rotator rotate --force billing` removes it now"
+    ) in dry.stdout
+    forced_dry = setup.run("rotate", "billing", "--dry-run", "--force")
+    assert f"removes key {in_grace} now; it is still in grace until {retire_at}" in (
+        forced_dry.stdout
+    )
+
+    before = setup.versions()
+    refused = setup.run("rotate", "billing")
+    assert refused.code == 1
+    assert refused.stderr.splitlines()[-1] == (
+        f"rotator: billing: refused: billing: previous key {in_grace} is still in grace "
+        f"until {retire_at} (consumers may still use it); rotating now would remove it at "
+        "once: `rotator rotate --force billing` to do it anyway"
+    )
+    assert setup.versions() == before
+    assert setup.run("rotate", "billing", "--force").code == 0
+
+
 def test_verify_proves_the_stored_credentials_work(setup: Setup) -> None:
     assert setup.run("rotate", "--all").code == 0
     for name, what in (("billing", "key"), ("reports", "PAT")):
@@ -447,7 +489,7 @@ def test_a_failing_target_exits_1_then_stuck_exits_4_until_force(
 def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emulator) -> None:
     outputs = [
         setup.run("rotate", "--all"),
-        setup.run("--log-format", "console", "rotate", "--all"),
+        setup.run("--log-format", "console", "rotate", "--all", "--force"),
         setup.run("status"),
         setup.run("status", "--json"),
         setup.run("plan", "--json"),
@@ -455,7 +497,7 @@ def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emula
         setup.run("verify", "reports"),
         setup.run("run", "--once"),
         # debug logging turns on every library logger but the wire-level ones
-        setup.run("--debug", "rotate", "--all"),
+        setup.run("--debug", "rotate", "--all", "--force"),
     ]
     assert all(run.code == 0 for run in outputs), [run.output for run in outputs]
     captured = "".join(run.output for run in outputs) + setup.audit_file.read_text()
@@ -477,6 +519,10 @@ def test_no_secret_in_any_output_or_the_audit_file(setup: Setup, emulator: Emula
         body = "".join(pem.strip().splitlines()[1:-1])
         assert body[:40] not in captured.replace("\n", "")
     assert "audit" in setup.audit_file.read_text()  # the file is really written
+    # every event these processes wrote is audit schema v1
+    events = [json.loads(line) for line in setup.audit_file.read_text().splitlines()]
+    assert {e["actor"]["trigger"] for e in events} == {"cli", "schedule"}
+    assert [(e["event"], problems(e)) for e in events if problems(e)] == []
 
 
 def test_plan_exits_2_when_windows_cannot_be_kept(setup: Setup) -> None:
@@ -538,7 +584,8 @@ def test_the_rotator_rotates_its_own_key_kept_in_vault(setup: Setup, emulator: E
     assert setup.secret("zitadel/rotator")["keyId"] == second_key
 
     # A new process: its identity is now the rotated key, read from Vault.
-    second = setup.run("rotate", "self", "--json")
+    # (--force: the first key is still in grace, and this rotation removes it.)
+    second = setup.run("rotate", "self", "--force", "--json")
     assert second.code == 0, second.output
     [result] = json.loads(second.stdout)
     assert result["previous_credential_id"] == second_key

@@ -109,18 +109,18 @@ def test_counters_follow_audit_events_and_count_retries() -> None:
     audit = AuditLog(stream=io.StringIO())
     audit.subscribe(m.on_audit)
     # attempt 1 fails, attempt 2 (a retry) fails, attempt 3 (a retry) succeeds
-    audit.emit("rotation.started", target="billing")
-    audit.emit("rotation.failed", target="billing", attempt=1, error="ZITADEL: down (unavailable)")
-    audit.emit("rotation.started", target="billing")
-    audit.emit("rotation.failed", target="billing", attempt=2, error="ZITADEL: down (unavailable)")
-    audit.emit("rotation.started", target="billing")
-    audit.emit("rotation.completed", target="billing", outcome="success")
+    audit.emit("rotation.started", target="billing", rotation_id="r1")
+    audit.emit("rotation.failed", target="billing", outcome="failure", attempt=1, error="down")
+    audit.emit("rotation.started", target="billing", rotation_id="r1")
+    audit.emit("rotation.failed", target="billing", outcome="failure", attempt=2, error="down")
+    audit.emit("rotation.started", target="billing", rotation_id="r1")
+    audit.emit("rotation.completed", target="billing", rotation_id="r1", outcome="success")
     audit.emit("credential.retired", target="billing", old_credential_id="k1")
     # after a success, the next rotation is not a retry
-    audit.emit("rotation.started", target="billing")
-    audit.emit("rotation.completed", target="billing", outcome="success")
-    audit.emit("rotation.failed", target="reports", attempt=5, error="e")
-    audit.emit("target.stuck", target="reports", attempt=5, error="e")
+    audit.emit("rotation.started", target="billing", rotation_id="r1")
+    audit.emit("rotation.completed", target="billing", rotation_id="r1", outcome="success")
+    audit.emit("rotation.failed", target="reports", outcome="failure", attempt=5, error="e")
+    audit.emit("target.stuck", target="reports", outcome="stuck", attempt=5, error="e")
     s = scrape(m)
 
     def rotations(target: str, outcome: str) -> float:
@@ -174,7 +174,11 @@ def test_labels_hold_only_target_names_and_outcomes() -> None:
     audit = AuditLog(stream=io.StringIO())
     audit.subscribe(m.on_audit)
     audit.emit(
-        "rotation.completed", target="billing", new_credential_id="k9", vault_path="zitadel/x"
+        "rotation.completed",
+        target="billing",
+        rotation_id="r1",
+        new_credential_id="k9",
+        vault_path="zitadel/x",
     )
     m.observe_status(status())
     label_names = {name for (_, labels) in scrape(m) for name, _ in labels}
@@ -182,3 +186,22 @@ def test_labels_hold_only_target_names_and_outcomes() -> None:
     body = m.render()[0].decode()
     assert "k9" not in body
     assert "zitadel/x" not in body
+
+
+def test_declared_targets_have_an_info_series_and_every_counter_at_0() -> None:
+    from tests.enginekit import key_target
+
+    m = Metrics()
+    m.declare_targets([key_target(org_id="o1")], api="v2")
+    samples = scrape(m)
+    info = (
+        ("api", "v2"), ("kind", "key"), ("org_id", "o1"), ("target", "billing"),
+        ("user", "svc-billing"), ("vault_path", "zitadel/billing"),
+    )
+    assert samples[("rotator_target_info", info)] == 1
+    for outcome in ("rotated", "retired", "failed", "stuck", "rolled_back"):
+        key = ("rotator_rotations_total", (("outcome", outcome), ("target", "billing")))
+        assert samples[key] == 0
+    assert samples[("rotator_failures_total", (("target", "billing"),))] == 0
+    assert samples[("rotator_retries_total", (("target", "billing"),))] == 0
+    assert not [name for name, _ in samples if name.endswith("_created")]

@@ -92,7 +92,7 @@ def test_rotation_failure_reaches_the_webhook_as_generic_json(receiver: Receiver
     audit = AuditLog(stream=io.StringIO())
     audit.subscribe(hook.on_audit)
     failure_event(audit)
-    audit.emit("rotation.completed", target="reports")  # not a notification
+    audit.emit("rotation.completed", target="reports", rotation_id="r2")  # not a notification
     hook.close()
     [body] = receiver.wait(1)
     assert body["event"] == "rotation.failed"
@@ -110,7 +110,11 @@ def test_slack_form_is_a_single_text_field(receiver: Receiver) -> None:
     audit = AuditLog(stream=io.StringIO())
     audit.subscribe(hook.on_audit)
     audit.emit(
-        "target.stuck", target="billing", attempt=5, error="ZITADEL: denied (permission_denied)"
+        "target.stuck",
+        target="billing",
+        outcome="stuck",
+        attempt=5,
+        error="ZITADEL: denied (permission_denied)",
     )
     hook.close()
     [body] = receiver.wait(1)

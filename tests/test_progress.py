@@ -106,12 +106,17 @@ def test_rotate_shows_progress_on_a_terminal_and_nothing_otherwise(
     on_terminal = {r["target"]: r["outcome"] for r in json.loads(stdout)}
     assert on_terminal == {"billing": "rotated", "reports": "rotated", "ghost": "failed"}
 
-    code, stdout, stderr = run([*argv, "--all", "--json"], env, stderr_tty=False)
+    # --force: the credentials rotated above are still in grace
+    code, stdout, stderr = run([*argv, "--all", "--force", "--json"], env, stderr_tty=False)
     assert code == 1
     assert "targets/s" not in stderr
     assert "\r" not in stderr
-    # stderr is the audit trail, one JSON object per line, as before
-    events = [json.loads(line) for line in stderr.splitlines()]
+    # stderr is the audit trail, one JSON object per line, and one line per error
+    lines = stderr.splitlines()
+    assert [line for line in lines if not line.startswith("{")] == [
+        line for line in lines if line.startswith("rotator: ghost:")
+    ]
+    events = [json.loads(line) for line in lines if line.startswith("{")]
     assert {e["event"] for e in events} >= {"rotation.started", "rotation.completed"}
     assert [r["target"] for r in json.loads(stdout)] == ["billing", "reports", "ghost"]
 

@@ -215,13 +215,62 @@ def test_plan_and_dry_run_change_nothing(kit: FastKit) -> None:
     writes = kit.store.calls["write"]
     dry = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, dry_run=True)
     assert dry.outcome is Outcome.DRY_RUN
-    assert any(a.startswith("rotate at") for a in dry.actions)
+    # rotate_now: the dry run of `rotator rotate` rotates now, not when due
+    assert any(a.startswith("rotate now (requested)") for a in dry.actions)
+    assert any(a.startswith("rotate at") for a in kit.engine.plan(target).actions)
     assert kit.zitadel.state() == snapshot
     assert kit.store.calls["write"] == writes
     assert (
         kit.store.read(target.vault_path).version,  # type: ignore[union-attr]
         kit.store.read(kit.engine.state_path(target)).version,  # type: ignore[union-attr]
     ) == versions
+
+
+def test_a_credential_in_grace_is_superseded_only_by_force_and_the_plan_says_so(
+    kit: FastKit,
+) -> None:
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    second = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    assert second.previous_credential_id == first.credential_id  # in grace now
+    retire_at = second.status.retire_at  # type: ignore[union-attr]
+    assert retire_at is not None
+    assert retire_at > kit.clock.now()
+
+    # What the schedule's plan and `rotate --dry-run --force` say: removed now, in grace.
+    forced = kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, supersede=True, dry_run=True
+    )
+    assert forced.actions[0] == (
+        f"removes key {first.credential_id} now; it is still in grace until "
+        f"{retire_at.isoformat()}"
+    )
+    # `rotate --dry-run` without --force: it would be refused.
+    dry = kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, supersede=False, dry_run=True
+    )
+    assert dry.actions == (
+        f"refuse to rotate: previous key {first.credential_id} is still in grace until "
+        f"{retire_at.isoformat()}; `rotator rotate --force {target.name}` removes it now",
+    )
+
+    snapshot, events = kit.zitadel.state(), len(kit.events())
+    refused = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, supersede=False)
+    assert refused.outcome is Outcome.REFUSED
+    assert refused.error == (
+        f"{target.name}: previous key {first.credential_id} is still in grace until "
+        f"{retire_at.isoformat()} (consumers may still use it); rotating now would remove "
+        f"it at once: `rotator rotate --force {target.name}` to do it anyway"
+    )
+    assert kit.zitadel.state() == snapshot
+    assert kit.events()[events:] == []  # not a failure: nothing recorded, nothing audited
+    assert kit.engine.status(target).failures == 0
+
+    forced_run = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    assert forced_run.outcome is Outcome.ROTATED
+    removed = [e for e in kit.events() if e["event"] == "credential.retired"]
+    assert removed[-1]["reason"] == "superseded"
+    assert removed[-1]["old_credential_id"] == first.credential_id
 
 
 # ------------------------------------------------------ failures / rollback

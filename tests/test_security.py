@@ -401,11 +401,11 @@ def test_the_audit_file_is_created_private(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "audit.jsonl"
     old_umask = os.umask(0o022)
     try:
-        AuditLog(stream=open(os.devnull, "w"), file=path).emit("rotation.started", target="t")  # noqa: SIM115
+        AuditLog(stream=open(os.devnull, "w"), file=path).emit("credential.stored", target="t")  # noqa: SIM115
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert json.loads(path.read_text())["event"] == "rotation.started"
+    assert json.loads(path.read_text())["event"] == "credential.stored"
 
 
 def test_an_existing_audit_file_keeps_its_mode(tmp_path: Path) -> None:
@@ -413,7 +413,7 @@ def test_an_existing_audit_file_keeps_its_mode(tmp_path: Path) -> None:
         path = tmp_path / f"audit-{mode:o}.jsonl"
         path.write_text("")
         path.chmod(mode)
-        AuditLog(stream=open(os.devnull, "w"), file=path).emit("x", target="t")  # noqa: SIM115
+        AuditLog(stream=open(os.devnull, "w"), file=path).emit("credential.stored", target="t")  # noqa: SIM115
         assert stat.S_IMODE(path.stat().st_mode) == mode
 
 

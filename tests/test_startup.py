@@ -14,12 +14,14 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from rotator.keys import build_key_file, generate_key_pair
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import OpenBao
 
@@ -111,8 +113,15 @@ def test_validate_loads_neither_the_sdk_nor_grpc_nor_any_network_client(tmp_path
             "targets": [{"name": "reports", "user": "svc-reports", "kind": "pat"}],
         },
     )
-    modules = run_cli(tmp_path, "--config", str(config), "validate")
+    modules = run_cli(tmp_path, "--config", str(config), "validate", "--config-only")
     for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "requests", "cryptography"):
+        assert loaded(modules, heavy) == [], heavy
+    # the full validate also reads the key file (JSON, PEM): cryptography, still no client
+    pair = generate_key_pair()
+    key_file = build_key_file("1", "2", pair.private_key_pem, datetime(2030, 1, 1, tzinfo=UTC))
+    (tmp_path / "admin-key.json").write_text(json.dumps(key_file))
+    modules = run_cli(tmp_path, "--config", str(config), "validate")
+    for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "requests"):
         assert loaded(modules, heavy) == [], heavy
 
 

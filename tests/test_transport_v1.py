@@ -371,7 +371,7 @@ def test_auto_detects_v2_on_a_v4_instance(emulator: Emulator, admin_source: Toke
             events.append((event, fields))
 
     assert choose_api("auto", emulator.issuer, admin_source, audit=Audit()) == "v2"
-    assert events == [("zitadel_api_detected",
+    assert events == [("zitadel.api_detected",
                        {"api": "v2", "issuer": emulator.issuer, "probe": PROBE_PATH})]
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from rotator import netcause
 from rotator.errors import ConfigError
 from rotator.zitadel.codes import error_for, http_status_code_name
 from rotator.zitadel.oidc import tls_verify
@@ -93,8 +94,10 @@ def detect_api(
         message = "API detection probe timed out"
         raise error_for("deadline_exceeded", message, method=_METHOD) from None
     except httpx.HTTPError as exc:
-        # httpx messages name the URL only, but keep to the exception type anyway.
-        message = f"API detection probe failed ({type(exc).__name__})"
+        # the address and the cause, never httpx's message (it repeats the URL)
+        message = (
+            f"API detection probe failed at {netcause.address(url)}: {netcause.cause(exc)}"
+        )
         raise error_for("unavailable", message, method=_METHOD) from None
     finally:
         if own_client:
@@ -117,7 +120,7 @@ def choose_api(
     verify: bool | str = True,
 ) -> ApiVersion:
     """The API for the ``zitadel.api`` setting: ``v1``/``v2`` as given, ``auto``
-    probed with :func:`detect_api` and reported as a ``zitadel_api_detected`` event."""
+    probed with :func:`detect_api` and reported as a ``zitadel.api_detected`` event."""
     if setting == "v1":
         return "v1"
     if setting == "v2":
@@ -126,5 +129,5 @@ def choose_api(
         raise ConfigError(f"must be v1, v2 or auto, not {setting!r}", field="zitadel.api")
     api = detect_api(issuer, token_source(), timeout=timeout, verify=verify)
     if audit is not None:
-        audit.emit("zitadel_api_detected", api=api, issuer=issuer, probe=PROBE_PATH)
+        audit.emit("zitadel.api_detected", api=api, issuer=issuer, probe=PROBE_PATH)
     return api

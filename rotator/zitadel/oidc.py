@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from rotator import netcause
 from rotator.clock import Clock, SystemClock
 from rotator.errors import (
     ConfigError,
@@ -160,8 +161,17 @@ def connection_error(exc: httpx.HTTPError, what: str) -> ZitadelError:
     if why is not None:
         # Not "unreachable": the server answered, and the fix is trust, not the network.
         return error_for("unavailable", untrusted_detail(why), method=what)
-    reason = "timed out" if isinstance(exc, httpx.TimeoutException) else "unreachable"
-    return error_for("unavailable", f"{reason} ({type(exc).__name__})", method=what)
+    where = netcause.address(_url_of(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return error_for("unavailable", f"timed out at {where}", method=what)
+    return error_for("unavailable", f"unreachable at {where}: {netcause.cause(exc)}", method=what)
+
+
+def _url_of(exc: httpx.HTTPError) -> str | None:
+    try:
+        return str(exc.request.url)
+    except RuntimeError:  # httpx raises when the error has no request
+        return None
 
 
 def tls_verify(verify_tls: bool | str) -> bool | ssl.SSLContext:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from pydantic import ValidationError
 
+from rotator import netcause
 from rotator.errors import (
     ConfigError,
     RotatorError,
@@ -529,8 +530,10 @@ def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> 
         cause, urllib3.exceptions.NewConnectionError
     ):
         return error_for("deadline_exceeded", f"{context}: timed out", method=method)
+    pool = getattr(exc, "pool", None)  # MaxRetryError knows the host it tried
+    at = f" at {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
     return error_for(
-        "unavailable", f"{context}: unreachable ({type(cause).__name__})", method=method
+        "unavailable", f"{context}: unreachable{at}: {netcause.cause(exc)}", method=method
     )
 
 

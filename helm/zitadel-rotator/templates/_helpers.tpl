@@ -194,6 +194,9 @@ containers:
         valueFrom: {fieldRef: {fieldPath: metadata.name}}
       - name: POD_NAMESPACE
         valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+      # the audit events' actor (config/audit.md)
+      - name: POD_SERVICE_ACCOUNT
+        valueFrom: {fieldRef: {fieldPath: spec.serviceAccountName}}
       {{- with $v.notify.webhookUrlSecret.name }}
       # Referenced by the config as ${ROTATOR_WEBHOOK_URL}.
       - name: ROTATOR_WEBHOOK_URL
