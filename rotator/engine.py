@@ -105,7 +105,7 @@ class Engine:
             return self._fail(run, exc)
         if stopped is not None:
             return self._result(run, state, stopped, error=state.last_error)
-        if failures.clear(state):
+        if failures.clear(state) or (state.dirty and state.current is not None):
             state, version = self.rotation.save(target, state, version)
         outcome = Outcome.UP_TO_DATE
         if run.rotated:
@@ -153,7 +153,10 @@ class Engine:
                 listed = ops_for(target.kind).list(self.transport, user)
                 state.current = consumer.adopt(target, existing, listed)
                 state.consumer_version = existing.version
+        known = (state.user_id, state.org_id, state.user_ref)
         state.user_id, state.org_id, state.user_ref = user.id, user.org_id, _user_ref(target)
+        # what was learned (an adopted credential, the user) is kept for the next run
+        state.dirty = raw is None or known != (state.user_id, state.org_id, state.user_ref)
         return state, raw.version if raw else 0, user
 
     # ------------------------------------------------------------ failures

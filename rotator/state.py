@@ -112,6 +112,9 @@ class TargetState:
     #: The consumer secret's version after the rotator's last write to it.
     consumer_version: int | None = None
 
+    #: Changed since read and worth writing back (not stored).
+    dirty: bool = field(default=False, compare=False, repr=False, metadata={"transient": True})
+
     def is_blank(self) -> bool:
         """Nothing but failures recorded: no credential was ever handled."""
         return (
@@ -123,7 +126,11 @@ class TargetState:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, **_encode(asdict(self))}
+        data = asdict(self)
+        for f in fields(self):
+            if f.metadata.get("transient"):
+                data.pop(f.name)
+        return {"schema": SCHEMA_VERSION, **_encode(data)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TargetState:

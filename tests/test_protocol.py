@@ -543,3 +543,39 @@ def test_two_engines_racing_on_a_due_target_rotate_it_once(
         assert len(rotated) == 1, results
         assert live_ids(one, target.kind, target.user) == {rotated[0].credential_id}
         assert secret(one, target.vault_path)[ID_FIELD[kind]] == rotated[0].credential_id
+
+
+# ------------------------------------------------------------------ cost at scale
+
+
+def test_an_idle_target_costs_one_vault_read_and_no_zitadel_call_per_pass(kit: FastKit) -> None:
+    """After the first pass the user comes from the state, the presence check from
+    a listing reused for presence_interval, the status from the run itself."""
+    targets = [key_target(), pat_target()]
+    for target in targets:
+        kit.engine.reconcile(target, trigger=Trigger.CLI)
+    for target in targets:  # first idle pass: one presence listing per org and kind
+        kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.zitadel.domain.faults.reset_counters()
+    before = dict(kit.store.calls)
+    for target in targets:
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert result.outcome is Outcome.UP_TO_DATE
+        assert result.status is not None
+        assert result.status.state == "ready"
+    assert kit.zitadel.domain.faults.counters()["total"] == 0
+    spent = {k: v - before.get(k, 0) for k, v in kit.store.calls.items() if v != before.get(k, 0)}
+    assert spent == {"read": 2}
+
+
+def test_an_adopted_credential_is_recorded_so_later_passes_need_not_adopt_again(
+    kit: FastKit,
+) -> None:
+    target = key_target()
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.store.delete_all(kit.engine.state_path(target))  # the state is lost
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)  # adopts from the consumer secret
+    assert kit.store.read(kit.engine.state_path(target)) is not None
+    before = dict(kit.store.calls)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert kit.store.calls["read"] - before.get("read", 0) == 1
