@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from rotator.clock import OffsetClock
 from rotator.config import VaultAuthConfig, VaultConfig
 from rotator.errors import ConfigError, VaultPermissionDenied
+from rotator.ports import VaultAuthMethod
 from rotator.vault import RetryPolicy, VaultStore
 from rotator.vault_auth import (
     AppRoleMethod,
     Authenticator,
-    AuthMethod,
     KubernetesMethod,
     SecretSource,
     TokenMethod,
@@ -41,7 +41,7 @@ FAST = RetryPolicy(attempts=2, initial_delay=0.01)
 
 
 def authed_store(
-    openbao: OpenBao, mount: str, method: AuthMethod, clock: OffsetClock | None = None
+    openbao: OpenBao, mount: str, method: VaultAuthMethod, clock: OffsetClock | None = None
 ) -> tuple[VaultStore, Authenticator]:
     auth = Authenticator(method, clock=clock or OffsetClock())
     store = VaultStore.connect(openbao.url, mount, auth=auth, retry=FAST, clock=clock)
