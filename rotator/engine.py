@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from rotator import consumer, failures, planner, report
+from rotator import consumer, failures, report
 from rotator.audit import AuditLog
 from rotator.errors import GraceNotOver, RotatorError
 from rotator.failures import Backoff, FailureBook, FailureClass
@@ -239,21 +239,9 @@ class Engine:
     def _result(
         self, run: Run, state: TargetState, outcome: Outcome, *, error: str | None = None
     ) -> RotationResult:
-        now = self.clock.now()
-        planned = planner.next_run(state, run.target.policy, run.target.schedule, now)
-        return RotationResult(
-            target=run.target.name,
-            outcome=outcome,
-            rotation_id=run.rotation_id,
-            credential_id=state.current.id if state.current else None,
-            previous_credential_id=state.previous.id if state.previous else None,
-            expires_at=state.current.expires_at if state.current else None,
-            next_run_at=planned.at,
-            next_rotation_at=planned.rotation_at,
-            error=error,
-            status=report.status(run.target, state, state.consumer_version, now),
+        return report.result(
+            run.target, state, outcome, self.clock.now(), rotation_id=run.rotation_id, error=error
         )
-
 
 def _user_ref(target: Target) -> str:
     return f"{target.org_id or ''}/{target.user}"

@@ -195,13 +195,32 @@ def plan(
         )
     elif not refused and state.current is not None and planned.rotation_at is not None:
         actions.append(f"rotate at {planned.rotation_at.isoformat()}")
+    return result(target, state, Outcome.DRY_RUN, now, actions=tuple(actions), with_status=False)
+
+
+def result(
+    target: Target,
+    state: TargetState,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    rotation_id: str | None = None,
+    error: str | None = None,
+    actions: tuple[str, ...] = (),
+    with_status: bool = True,
+) -> RotationResult:
+    """The result of a run that ended with ``state``: its credentials and what comes next."""
+    planned = next_run(state, target.policy, target.schedule, now)
     return RotationResult(
         target=target.name,
-        outcome=Outcome.DRY_RUN,
+        outcome=outcome,
+        rotation_id=rotation_id,
         credential_id=state.current.id if state.current else None,
         previous_credential_id=state.previous.id if state.previous else None,
         expires_at=state.current.expires_at if state.current else None,
         next_run_at=planned.at,
         next_rotation_at=planned.rotation_at,
-        actions=tuple(actions),
+        error=error,
+        actions=actions,
+        status=status(target, state, state.consumer_version, now) if with_status else None,
     )
