@@ -21,7 +21,6 @@ calls per method (for cost tests); ``fail_next`` injects errors.
 from __future__ import annotations
 
 import copy
-import json
 import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -52,18 +51,8 @@ class _Secret:
         return max(self.versions, default=0)
 
 
-def _normalise(path: str) -> str:
-    # the same paths VaultStore accepts
-    clean = path.strip("/")
-    if not clean or any(part in ("", ".", "..") for part in clean.split("/")):
-        raise ValueError(f"invalid Vault secret path {path!r}")
-    return clean
-
-
-def _as_json(data: Mapping[str, Any]) -> dict[str, Any]:
-    """``data`` as it reads back from Vault (tuples become lists, a copy)."""
-    result: dict[str, Any] = json.loads(json.dumps(dict(data)))
-    return result
+# the same paths VaultStore accepts, and data as it reads back from Vault
+from rotator.vault import _as_json, _normalise  # noqa: E402
 
 
 class MemoryStore:
