@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from rotator.errors import RotatorError
+from rotator.failures import Backoff
 from rotator.model import CredentialKind, Schedule, Target, Trigger
 from rotator.report import Outcome
 from rotator.windows import RotationWindow
@@ -579,3 +580,69 @@ def test_an_adopted_credential_is_recorded_so_later_passes_need_not_adopt_again(
     before = dict(kit.store.calls)
     kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     assert kit.store.calls["read"] - before.get("read", 0) == 1
+
+
+# ------------------------------------------------------------------ outages
+
+
+def _daemon_loop(kit: FastKit, target: Target, minutes: float) -> list[Outcome]:
+    """Run the target whenever the engine asks to be run next, for ``minutes``."""
+    end = kit.clock.now() + timedelta(minutes=minutes)
+    outcomes = []
+    while kit.clock.now() < end:
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        outcomes.append(result.outcome)
+        wait = (result.next_run_at - kit.clock.now()).total_seconds() if result.next_run_at else 60
+        kit.advance(min(max(wait, 1), (end - kit.clock.now()).total_seconds() + 1))
+    return outcomes
+
+
+@pytest.mark.parametrize("method", ["*", "token", "AddKey", "ListKeys"])
+def test_a_30_minute_zitadel_outage_leaves_nothing_stuck_and_nothing_expired(
+    kit: FastKit, method: str
+) -> None:
+    kit.engine.failures.backoff = Backoff(  # the daemon's defaults
+        max_attempts=5, base=timedelta(minutes=1), cap=timedelta(hours=1)
+    )
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)  # due
+    kit.zitadel.set_faults(rules=[{"method": method, "code": "unavailable", "rate": 1.0}])
+    outcomes = _daemon_loop(kit, target, minutes=30)
+    kit.zitadel.clear_faults()
+    assert Outcome.STUCK not in outcomes
+    assert kit.engine.status(target).state != "stuck"
+    recovered = _daemon_loop(kit, target, minutes=90)
+    assert Outcome.ROTATED in outcomes + recovered  # (a ListKeys outage does not hold it up)
+    status = kit.engine.status(target)
+    assert status.state in ("grace", "ready")
+    assert status.credential_id != first.credential_id
+    assert status.failures == 0
+
+
+def test_close_to_expiry_the_expiry_wins_over_the_backoff(kit: FastKit) -> None:
+    """A two-day outage has pushed the backoff to waits of many hours; with two
+    hours left before the retire margin, attempts still come often enough that
+    the new credential exists in time once ZITADEL is back (the plain backoff
+    would wait past it: this test fails without the expiry bound)."""
+    kit.engine.failures.backoff = Backoff(  # a long cap: the plain backoff would miss it
+        max_attempts=5, base=timedelta(minutes=1), cap=timedelta(hours=12)
+    )
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    kit.advance((first.expires_at - kit.clock.now()).total_seconds() - 48 * 3600)
+    kit.zitadel.set_faults(rules=[{"method": "*", "code": "unavailable", "rate": 1.0}])
+    _daemon_loop(kit, target, minutes=45 * 60)  # waits of many hours by now; 3 h remain
+    deadline = first.expires_at - target.policy.retire_margin
+    assert kit.clock.now() < deadline
+    kit.zitadel.clear_faults()
+    result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    if result.outcome is not Outcome.ROTATED:  # still backing off: its retry comes in time
+        assert result.next_run_at is not None
+        assert result.next_run_at < deadline
+        kit.advance((result.next_run_at - kit.clock.now()).total_seconds() + 1)
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert result.outcome is Outcome.ROTATED
+    assert kit.clock.now() < deadline
+    assert kit.engine.status(target).state != "stuck"
