@@ -733,3 +733,45 @@ def test_a_failed_attempt_is_retried_at_the_engines_backoff_time(setup: Setup) -
     assert metrics[("rotator_rotations_total", (("outcome", "rotated"), *label))] == 1
     assert metrics[("rotator_target_ready", label)] == 1
     assert len(setup.live_keys(user)) == 1
+
+
+def test_rotator_run_survives_a_sealed_vault_at_start_and_starts_once_unsealed(
+    setup: Setup, processes: list[Daemon]
+) -> None:
+    """Under Kubernetes an exit would be a crash loop: the daemon stays up, alive
+    but not ready (with the reason), and starts as soon as Vault can be used."""
+    user = setup.user("pat")
+    port = free_port()
+    config = setup.config(
+        "sealed-start",
+        [{"name": "reports", "user": user, "kind": "pat", "vault_path": "apps/r"}],
+        port=port,
+    )
+
+    def get(path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+        except httpx.HTTPError:
+            return None
+
+    with setup.openbao.sealed():
+        daemon = start_daemon(setup, config, "sealed-start", port)
+        processes.append(daemon)
+        ready = wait_for(
+            lambda: (r := get("/readyz")) is not None
+            and "sealed" in r.json()["checks"]["startup"] and r,
+            30, "/readyz to give the reason",
+        )
+        assert ready.status_code == 503
+        assert ready.json()["role"] == "starting"
+        alive = get("/healthz")
+        assert alive is not None
+        assert alive.status_code == 200
+        wait_for(lambda: any(e.get("event") == "daemon.start_failed" for e in daemon.events()),
+                 30, "a start_failed audit event")
+        assert daemon.process.poll() is None  # still running
+    wait_for(lambda: (r := get("/readyz")) is not None and r.status_code == 200, 90, "ready")
+    wait_for(lambda: any(e.get("event") == "rotation.completed" for e in daemon.events()),
+             60, "the first rotation")
+    daemon.process.terminate()
+    assert daemon.process.wait(30) == 0
