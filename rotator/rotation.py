@@ -465,6 +465,8 @@ class Rotation:
                 )
 
     def save(self, target: Target, state: TargetState, version: int) -> tuple[TargetState, int]:
-        return state, self.store.write(self.state_path(target), state.to_dict(), cas=version)
+        version = self.store.write(self.state_path(target), state.to_dict(), cas=version)
+        state.dirty = False
+        return state, version
 
     # ------------------------------------------------------------ failures

@@ -646,3 +646,11 @@ def test_close_to_expiry_the_expiry_wins_over_the_backoff(kit: FastKit) -> None:
     assert result.outcome is Outcome.ROTATED
     assert kit.clock.now() < deadline
     assert kit.engine.status(target).state != "stuck"
+
+
+def test_a_first_rotation_writes_vault_no_more_than_the_protocol_needs(kit: FastKit) -> None:
+    """Intent, stored secret, consumer secret (data with its metadata), final state:
+    four writes; plus the destroy of the versions that held the secret."""
+    kit.engine.reconcile(key_target(), trigger=Trigger.CLI)
+    assert kit.store.calls["write"] == 4
+    assert kit.store.calls["destroy_versions"] == 1
