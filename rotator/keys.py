@@ -12,8 +12,9 @@ Nothing in this module writes to disk.
 from __future__ import annotations
 
 import base64
-import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,7 +49,7 @@ class KeyPair:
 def generate_key_pair() -> KeyPair:
     """A new RSA 2048 key pair in the PEM encodings ZITADEL uses."""
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
-    return KeyPair(
+    pair = KeyPair(
         private_key_pem=private_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.TraditionalOpenSSL,  # PKCS#1 for RSA
@@ -59,6 +60,8 @@ def generate_key_pair() -> KeyPair:
             serialization.PublicFormat.SubjectPublicKeyInfo,
         ),
     )
+    _remember(pair.private_key_pem.decode("ascii"), private_key)  # signed with at once
+    return pair
 
 
 def format_go_time(instant: datetime) -> str:
@@ -100,12 +103,30 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-@functools.lru_cache(maxsize=256)
+#: Parsed private keys by PEM.  Parsing validates an RSA key (~70-150 ms of
+#: CPU); the rotator signs with the same few keys again and again (its own on
+#: every token refresh, each new one while verifying it), so each is parsed
+#: once, and a key the rotator generated itself is never parsed at all.
+_PARSED: OrderedDict[str, Any] = OrderedDict()
+_PARSED_MAX = 256
+_PARSED_LOCK = threading.Lock()
+
+
+def _remember(pem: str, key: Any) -> None:
+    with _PARSED_LOCK:
+        _PARSED[pem] = key
+        _PARSED.move_to_end(pem)
+        while len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+
+
 def _parse_pem(pem: str) -> Any:
-    """Parsing validates the RSA key, ~70 ms of CPU; the rotator signs with the
-    same few keys again and again (its own on every token refresh, each new
-    one while verifying), so each is parsed once."""
-    return serialization.load_pem_private_key(pem.encode("ascii"), None)
+    with _PARSED_LOCK:
+        key = _PARSED.get(pem)
+    if key is None:
+        key = serialization.load_pem_private_key(pem.encode("ascii"), None)
+        _remember(pem, key)
+    return key
 
 
 def _load_private_key(key_file: Mapping[str, Any]) -> rsa.RSAPrivateKey:
