@@ -227,6 +227,10 @@ class Rotation:
 
         pending.phase, pending.credential_id, pending.secret = Phase.CREATED, credential.id, secret
         pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
+        # A create retried below us (a 429 answered after ZITADEL acted, a
+        # transparent transport retry) leaves a twin with this rotation's
+        # expiry instant: watch for it like for any orphan.
+        state.orphans.append(self._orphan(pending, credential_id=None))
         try:
             state, version = self.save(target, state, version)  # store
         except VaultError as exc:
@@ -372,17 +376,9 @@ class Rotation:
         write, so a rotator that lost the race cannot also promote it), then sweep."""
         pending = state.pending
         assert pending is not None
-        now = self.clock.now()
+        self.clock.now()
         state.pending = None
-        state.orphans.append(
-            Orphan(
-                rotation_id=pending.rotation_id,
-                expires_at=pending.expires_at,
-                created_after=pending.started_at - _ORPHAN_SKEW,
-                watch_until=now + self.orphan_watch,
-                credential_id=pending.credential_id,
-            )
-        )
+        state.orphans.append(self._orphan(pending, credential_id=pending.credential_id))
         state, version = self.save(run.target, state, version)
         self.forget_secret(run.target, pending, version)
         run.emit(
@@ -399,6 +395,8 @@ class Rotation:
             return state, version
         now = self.clock.now()
         live = {c.id for c in (state.current, state.previous) if c is not None}
+        if state.pending is not None and state.pending.credential_id:
+            live.add(state.pending.credential_id)
         try:
             listed = [c for c in run.ops.list(self.transport, run.user) if c.id not in live]
             kept: list[Orphan] = []
@@ -454,6 +452,15 @@ class Rotation:
         return self.verify_and_promote(run, state, version)
 
     # ------------------------------------------------------------ state
+
+    def _orphan(self, pending: Pending, *, credential_id: str | None) -> Orphan:
+        return Orphan(
+            rotation_id=pending.rotation_id,
+            expires_at=pending.expires_at,
+            created_after=pending.started_at - _ORPHAN_SKEW,
+            watch_until=self.clock.now() + self.orphan_watch,
+            credential_id=credential_id,
+        )
 
     def forget_secret(self, target: Target, pending: Pending, version: int) -> None:
         """Destroy the state versions that held the pending secret (they are

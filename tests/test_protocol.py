@@ -350,9 +350,10 @@ def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(kit: F
     assert live_ids(kit, target.kind, target.user) == set(created)  # could not be removed yet
     raw = kit.store.read(kit.engine.state_path(target))
     assert raw is not None
-    # ... but it is not forgotten: an orphan record holds it until ZITADEL removed it
+    # ... but it is not forgotten: orphan records hold it until ZITADEL removed it
+    # (by its id, and by its rotation's expiry instant, for a twin a retried create left)
     assert raw.data["pending"] is None
-    assert [o["credential_id"] for o in raw.data["orphans"]] == created
+    assert {o["credential_id"] for o in raw.data["orphans"]} == {None, *created}
 
     assert failed.next_run_at is not None
     kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
@@ -555,6 +556,7 @@ def test_an_idle_target_costs_one_vault_read_and_no_zitadel_call_per_pass(kit: F
     targets = [key_target(), pat_target()]
     for target in targets:
         kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(3600)  # past orphan_watch: no rotation's twin left to look for
     for target in targets:  # first idle pass: one presence listing per org and kind
         kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
     kit.zitadel.domain.faults.reset_counters()
@@ -654,3 +656,27 @@ def test_a_first_rotation_writes_vault_no_more_than_the_protocol_needs(kit: Fast
     kit.engine.reconcile(key_target(), trigger=Trigger.CLI)
     assert kit.store.calls["write"] == 4
     assert kit.store.calls["destroy_versions"] == 1
+
+
+def test_a_create_retried_below_the_engine_leaves_no_twin(kit: FastKit) -> None:
+    """A create that ZITADEL performed but answered with an error, retried by a
+    layer below the engine (here: the rate limiter after a 429), makes two
+    credentials with the rotation's expiry instant; the one not promoted is
+    removed as an orphan and audited."""
+    target = pat_target()
+    real_add = kit.transport.add_pat
+
+    def add_twice(user: Any, expires_at: Any) -> Any:
+        real_add(user, expires_at)  # acted, answer lost; the retry:
+        return real_add(user, expires_at)
+
+    kit.transport.add_pat = add_twice  # type: ignore[method-assign]
+    result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert result.outcome is Outcome.ROTATED
+    kit.transport.add_pat = real_add  # type: ignore[method-assign]
+    assert len(live_ids(kit, target.kind, target.user)) == 2
+    kit.advance(60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert live_ids(kit, target.kind, target.user) == {result.credential_id}
+    removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
+    assert [e["found_by"] for e in removed] == ["expiry_instant"]
