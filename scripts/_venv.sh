@@ -6,8 +6,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
-  rm -f .venv/.installed-* && touch "$stamp"
+  # the stamp only after a complete install: an interrupted one is redone next time
+  .venv/bin/python -m pip install -q --upgrade pip &&
+    .venv/bin/python -m pip install -q -e '.[test]' &&
+    rm -f .venv/.installed-* && touch "$stamp"
 fi
 export PATH="$PWD/.venv/bin:$PATH"
