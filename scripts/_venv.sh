@@ -9,6 +9,7 @@ if [ ! -f "$stamp" ]; then
   # the stamp only after a complete install: an interrupted one is redone next time
   .venv/bin/python -m pip install -q --upgrade pip &&
     .venv/bin/python -m pip install -q -e '.[test]' &&
-    rm -f .venv/.installed-* && touch "$stamp"
+    rm -f .venv/.installed-* && touch "$stamp" ||
+    { echo "scripts/_venv.sh: installing the project into .venv failed" >&2; exit 1; }
 fi
 export PATH="$PWD/.venv/bin:$PATH"
