@@ -39,7 +39,7 @@ class Profile:
 
 
 CI = Profile(steps=24, hours=(4.0, 12.0), targets_per_kind=1)
-LONG = Profile(steps=400, hours=(8.0, 16.0), targets_per_kind=2)  # ~200 days
+LONG = Profile(steps=420, hours=(8.0, 16.0), targets_per_kind=2)  # ~210 days
 
 
 @dataclass
