@@ -246,7 +246,7 @@ def test_a_user_is_found_by_id_login_name_and_user_name(backend: Backend) -> Non
     transport = backend.transport
     acme = backend.org_ids["acme"]
     expected = User(id=backend.user_ids["svc-billing"], org_id=acme, username="svc-billing",
-                    active=True, machine=True)
+                    active=True, machine=True, has_secret=False)
     assert transport.resolve_user(expected.id) == expected
     assert transport.resolve_user("svc-billing@acme.localhost") == expected
     assert transport.resolve_user("svc-billing") == expected
