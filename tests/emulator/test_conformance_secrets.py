@@ -181,7 +181,8 @@ def test_generate_machine_secret_answers_client_id_and_secret(
     first = grpc_call("GenerateMachineSecret", m.GenerateMachineSecretRequest(user_id=user["id"]))
     assert first.client_id == "svc-secret-v1"
     assert SECRET_SHAPE.fullmatch(first.client_secret)
-    assert first.details.HasField("creation_date") and first.details.resource_owner
+    assert first.details.HasField("creation_date")
+    assert first.details.resource_owner
     second = grpc_call("GenerateMachineSecret", m.GenerateMachineSecretRequest(user_id=user["id"]))
     assert token_status(emulator.issuer, second.client_id, second.client_secret)[0] == 200
     assert token_status(emulator.issuer, first.client_id, first.client_secret)[0] == 400
@@ -195,7 +196,8 @@ def test_generate_machine_secret_answers_client_id_and_secret(
     assert isinstance(call, grpc.Call)
     assert call.code() == grpc.StatusCode.FAILED_PRECONDITION
     detail = error_detail(call)
-    assert detail is not None and detail[2] == "COMMAND-coi82n"
+    assert detail is not None
+    assert detail[2] == "COMMAND-coi82n"
 
 
 def test_v1_secret_calls_are_scoped_to_the_ctx_org(
