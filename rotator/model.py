@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,12 @@ class User:
     username: str
     active: bool = True
     machine: bool = True
+    has_secret: bool | None = None
+
+
+#: ZITADEL's v1 "no expiry" default; a secret has no expiration, so a Credential
+#: describing a secret carries this expiry.
+NEVER_EXPIRES = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,8 @@ from zitadel_client.models.user_service_search_query import UserServiceSearchQue
 from zitadel_client.models.user_service_text_query_method import (  # noqa: E402
     UserServiceTextQueryMethod,
 )
+from zitadel_client.models.user_service_type import UserServiceType  # noqa: E402
+from zitadel_client.models.user_service_type_query import UserServiceTypeQuery  # noqa: E402
 from zitadel_client.models.user_service_user import UserServiceUser  # noqa: E402
 from zitadel_client.models.user_service_user_name_query import (  # noqa: E402
     UserServiceUserNameQuery,
@@ -170,6 +172,8 @@ __all__ = [
     "UserServiceRemovePersonalAccessTokenRequest",
     "UserServiceSearchQuery",
     "UserServiceTextQueryMethod",
+    "UserServiceType",
+    "UserServiceTypeQuery",
     "UserServiceUser",
     "UserServiceUserNameQuery",
     "UserServiceUserState",

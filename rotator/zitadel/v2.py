@@ -21,6 +21,7 @@ import importlib
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -67,6 +68,8 @@ from rotator.zitadel.sdk import (
     UserServiceRemovePersonalAccessTokenRequest,
     UserServiceSearchQuery,
     UserServiceTextQueryMethod,
+    UserServiceType,
+    UserServiceTypeQuery,
     UserServiceUser,
     UserServiceUserNameQuery,
     UserServiceUserState,
@@ -463,7 +466,6 @@ class UserServiceTransport:
             lambda z: z.users.remove_personal_access_token(request, _request_timeout=self._timeout),
         )
 
-
     # -- listings ---------------------------------------------------------------------
 
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
@@ -515,6 +517,61 @@ class UserServiceTransport:
             return list(response.result or []), int(total) if total is not None else None
 
         return [_credential(kind, item, user_id or "") for item in _paginate(page, size)]
+
+    # -- inventory ---------------------------------------------------------------------
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        """Machine users of ``org_id`` (or of every readable org), 1,000 a page."""
+        queries = [
+            UserServiceSearchQuery(
+                type_query=UserServiceTypeQuery(type=UserServiceType.TYPE_MACHINE)
+            )
+        ]
+        if org_id:
+            queries.append(
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            )
+        where = f"org {org_id}" if org_id else "every readable org"
+
+        def page(offset: int) -> tuple[list[Any], int | None]:
+            request = UserServiceListUsersRequest(
+                query=UserServiceListQuery(offset=offset, limit=MAX_PAGE_SIZE, asc=True),
+                queries=queries,
+            )
+            response = self._call(
+                "ListUsers",
+                f"list machine users of {where}",
+                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            )
+            total = response.details.total_result if response.details else None
+            return list(response.result or []), int(total) if total is not None else None
+
+        return [
+            replace(
+                _to_user(found, found.user_id or "?"), has_secret=bool(found.machine.has_secret)
+            )
+            for found in _paginate(page, MAX_PAGE_SIZE)
+            if found.machine is not None
+        ]
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=0, limit=1, asc=True),
+            queries=[
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            ],
+        )
+        response = self._call(
+            "ListUsers",
+            f"probe users of org {org_id}",
+            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        )
+        return bool(response.result)
+
 
 def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).

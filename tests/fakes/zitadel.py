@@ -35,6 +35,7 @@ import copy
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +57,7 @@ from tests.emulator.domain import (
     LoginNameQ,
     OrgIdQ,
     ResourceFilter,
+    TypeQ,
     UserNameQ,
 )
 from tests.emulator.domain import User as DomainUser
@@ -313,6 +315,30 @@ class FakeTransport:
                              0, 1000, True),
         )
         return [_credential(kind, item) for item in items]
+
+
+    # -- inventory -------------------------------------------------------------------------------
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        queries: list[Any] = [TypeQ("machine")]
+        if org_id:
+            queries.append(OrgIdQ(org_id))
+        users: list[DomainUser] = []
+        while True:  # 1,000 a page, as the v2 transport asks
+            offset = len(users)
+            _, page = self._call(
+                "ListUsers", f"list machine users of org {org_id or 'any'}",
+                lambda c: self._domain.list_users_v2(c, queries, offset, 1000, True),  # noqa: B023
+            )
+            users += page
+            if len(page) < 1000:
+                break
+        return [replace(_to_user(u, u.id), has_secret=u.has_secret) for u in users]
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        _, users = self._call("ListUsers", f"probe users of org {org_id}",
+                              lambda c: self._domain.list_users_v2(c, [OrgIdQ(org_id)], 0, 1, True))
+        return bool(users)
 
 
 def _to_user(found: DomainUser, asked: str) -> User:
