@@ -172,7 +172,8 @@ def test_by_default_its_own_org_and_suggest_adopts_an_existing_secret(world: Wor
     orgs = [json.loads(line) for line in lines if line.startswith("{") and '"org"' in line]
     assert [o["org_id"] for o in orgs] == [acme]
     stanzas = run.stdout[run.stdout.index("# targets to paste"):]
-    assert "kind: secret" in stanzas and "kind: pat" in stanzas
+    assert "kind: secret" in stanzas
+    assert "kind: pat" in stanzas
     assert "- name: billing" not in stanzas  # a managed credential gets no suggestion
     adopted = stanzas[stanzas.index(f"- name: {world.console}-key"):].split("\n  #")[0]
     assert f"vault_path: zitadel/{acme}/{world.console}/key" in adopted
