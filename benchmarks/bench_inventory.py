@@ -38,7 +38,8 @@ def run_inventory(emu: Emulator, bao: OpenBao, mount: str, workdir: Path, api: s
                     "credentials": {"key_file": str(emu.admin_key_file)}},
         "vault": {"url": bao.url, "mount": mount},
         # a configuration needs a target; it never ran, so it manages nothing
-        "targets": [{"name": "x", "user": "rotator-admin", "kind": "pat", "vault_path": "zitadel/x"}],
+        "targets": [{"name": "x", "user": "rotator-admin", "kind": "pat",
+                     "vault_path": "zitadel/x"}],
     }))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **bao.env()}
     emu.reset_counters()
