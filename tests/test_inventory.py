@@ -153,3 +153,29 @@ _PAIR = generate_key_pair()
 
 def _pem() -> bytes:
     return _PAIR.public_key_pem
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _config(inventory: object) -> dict[str, object]:
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "config/rotator.example.yaml").read_text())
+    raw["inventory"] = inventory
+    return dict(raw)
+
+
+def test_the_inventory_section_is_off_by_default_and_validated() -> None:
+    from rotator.config import parse_config
+    from rotator.errors import ConfigError
+
+    assert parse_config(_config(None), source="r.yaml").inventory.interval is None
+    on = parse_config(_config({"interval": "6h", "orgs": ["42", 43], "expiring": "7d"}),
+                      source="r.yaml").inventory
+    assert (on.interval, on.orgs, on.expiring) == (timedelta(hours=6), ("42", "43"),
+                                                   timedelta(days=7))
+    with pytest.raises(ConfigError, match=r"r.yaml: inventory.interval: must be at least 1m"):
+        parse_config(_config({"interval": "5s"}), source="r.yaml")
+    with pytest.raises(ConfigError, match=r"inventory.orgs\[0\]: must be an organization id"):
+        parse_config(_config({"interval": "1h", "orgs": [{"a": 1}]}), source="r.yaml")
