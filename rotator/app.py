@@ -38,7 +38,7 @@ from rotator.errors import (
 )
 from rotator.failures import Backoff
 from rotator.keys import check_key_file
-from rotator.ports import ZitadelTransport
+from rotator.ports import InventoryTransport, ZitadelTransport
 from rotator.ratelimit import LimitedTransport, RateLimiter
 from rotator.vault import VaultStore
 from rotator.zitadel.detect import choose_api
@@ -216,7 +216,10 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
 
 
 _TRANSPORT_METHODS = frozenset(
-    name for name in vars(ZitadelTransport) if not name.startswith("_") and name != "close"
+    name
+    for protocol in (ZitadelTransport, InventoryTransport)
+    for name in vars(protocol)
+    if not name.startswith("_") and name != "close"
 )
 
 

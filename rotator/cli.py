@@ -214,6 +214,10 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--all", action="store_true", help="every configured target")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
 
+    from rotator import inventory_cli  # noqa: PLC0415 - keeps this function's imports local
+
+    inventory_cli.add_parser(command)
+
     completion = command(
         "completion",
         "print the shell completion script (bash, zsh or fish)",
@@ -374,6 +378,12 @@ def _targets_of(config: Config, args: argparse.Namespace) -> list[Target]:
         return _select(config, args.targets, all_=False, command="status")
     if args.command == "verify":
         return _select(config, args.targets, all_=args.all, command="verify")
+    if args.command == "inventory":
+        from rotator.inventory_cli import check_args  # noqa: PLC0415
+
+        problem = check_args(args)
+        if problem:
+            raise UsageError(problem)
     return list(config.targets)
 
 
@@ -732,6 +742,12 @@ def _serve(config: Config, audit: AuditLog, connect: Callable[[], App]) -> int:
 # --------------------------------------------------------------------------- main
 
 
+def _inventory(app: App, args: argparse.Namespace) -> int:
+    from rotator.inventory_cli import cmd_inventory  # noqa: PLC0415
+
+    return cmd_inventory(app, args)
+
+
 Handler = Callable[["App", argparse.Namespace], int]
 _HANDLERS: dict[str, Handler] = {
     "run": cmd_run,
@@ -739,6 +755,7 @@ _HANDLERS: dict[str, Handler] = {
     "status": cmd_status,
     "plan": cmd_plan,
     "verify": cmd_verify,
+    "inventory": _inventory,
 }
 #: Commands that only read Vault keep working while ZITADEL is unreachable.
 _VAULT_ONLY = frozenset({"status"})

@@ -182,6 +182,19 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class InventoryConfig:
+    """The daemon's periodic ``rotator inventory`` (off unless ``interval`` is set)."""
+
+    interval: timedelta | None = None
+    #: Org ids; empty: the rotator's own org.
+    orgs: tuple[str, ...] = ()
+    expiring: timedelta = timedelta(days=14)
+    horizon: timedelta = timedelta(days=1825)
+    #: At most this many per-credential expiry series (the soonest first).
+    max_series: int = 500
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     zitadel: ZitadelConfig
@@ -191,6 +204,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    inventory: InventoryConfig = field(default_factory=InventoryConfig)
     #: The default schedule (``schedule:``); see :meth:`schedule_for`.
     schedule: Schedule = field(default_factory=Schedule)
     #: Per-target schedules, in target order: (target name, effective schedule).
@@ -576,6 +590,7 @@ def parse_config(
     daemon = _daemon(root.section("daemon"))
     audit = _audit(root.section("audit"))
     notify = _notify(root.section("notify"))
+    inventory = _inventory(root.section("inventory"))
     root.done()
     return Config(
         source=source,
@@ -586,6 +601,7 @@ def parse_config(
         daemon=daemon,
         audit=audit,
         notify=notify,
+        inventory=inventory,
         schedule=schedule,
         target_schedules=schedules,
         warnings=tuple(warnings),
@@ -1005,6 +1021,31 @@ def _audit(section: _Section) -> AuditConfig:
     audit = AuditConfig(file=section.file("file"))
     section.done()
     return audit
+
+
+def _inventory(section: _Section) -> InventoryConfig:
+    interval: timedelta | None = None
+    section.used.add("interval")
+    if section.has("interval"):
+        interval = section.duration("interval", None, minimum=timedelta(minutes=1))
+    orgs: list[str] = []
+    for item, where in section.items("orgs"):
+        if not isinstance(item, str | int) or isinstance(item, bool) or not str(item).strip():
+            section.ctx.fail(where, f"must be an organization id (got {_type_name(item)})")
+        orgs.append(str(item).strip())
+    inventory = InventoryConfig(
+        interval=interval,
+        orgs=tuple(dict.fromkeys(orgs)),
+        expiring=section.duration("expiring", _default(InventoryConfig, "expiring")),
+        horizon=section.duration(
+            "horizon", _default(InventoryConfig, "horizon"), minimum=timedelta(days=1)
+        ),
+        max_series=section.integer(
+            "max_series", _default(InventoryConfig, "max_series"), minimum=0, maximum=100_000
+        ),
+    )
+    section.done()
+    return inventory
 
 
 def _notify(section: _Section) -> NotifyConfig:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from multiprocessing.pool import ThreadPool
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -65,8 +65,11 @@ from rotator.metrics import Metrics
 from rotator.model import Target, Trigger
 from rotator.notify import Webhook
 from rotator.planner import with_jitter
-from rotator.ports import Lease
+from rotator.ports import InventoryTransport, Lease
 from rotator.report import Outcome, RotationResult, TargetStatus
+
+if TYPE_CHECKING:
+    from rotator.inventory_watch import InventoryWatch
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,7 @@ class Daemon:
         app.audit.subscribe(self.metrics.on_audit)
         if webhook is not None:
             app.audit.subscribe(webhook.on_audit)
+        self.inventory = _inventory_watch(app, config, self.metrics, webhook)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -196,6 +200,14 @@ class Daemon:
             id="reconcile",
             next_run_time=datetime.now(UTC),  # reconcile at once: whatever became due while down
         )
+        if self.inventory is not None and self.config.inventory.interval is not None:
+            self.scheduler.add_job(
+                self.inventory_pass,
+                "interval",
+                seconds=self.config.inventory.interval.total_seconds(),
+                id="inventory",
+                next_run_time=datetime.now(UTC),
+            )
         if self.lease is not None:
             self.metrics.set_leader(False)
             self._lease_tick()
@@ -289,6 +301,11 @@ class Daemon:
             names = [t.name for t in self.config.targets]
             self.dispatcher.add_pass(names, on_done=self._check_expiry)
 
+    def inventory_pass(self) -> None:
+        """The periodic inventory (leader only): metrics and notices for every credential."""
+        if self.inventory is not None and self._active():
+            self.inventory.run()
+
     def reconcile_all(self) -> list[RotationResult]:
         """``run --once``: every target once on the worker pool, then the expiry notices."""
         with ThreadPool(self.workers) as pool:
@@ -360,6 +377,25 @@ class Daemon:
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def _inventory_watch(
+    app: App, config: Config, metrics: Metrics, webhook: Webhook | None
+) -> InventoryWatch | None:
+    if config.inventory.interval is None:
+        return None
+    from rotator.inventory_cli import own_org, read_managed  # noqa: PLC0415
+    from rotator.inventory_watch import InventoryWatch  # noqa: PLC0415
+
+    return InventoryWatch(
+        cast("InventoryTransport", app.transport),
+        app.clock,
+        config.inventory,
+        registry=metrics.registry,
+        managed=lambda: read_managed(app),
+        own_org=lambda: own_org(app),
+        webhook=webhook,
+    )
 
 
 def _webhook(config: Config) -> Webhook | None:

@@ -96,6 +96,14 @@ class Credential:
     created_at: datetime | None = None
 
 
+def secret_credential(user_id: str) -> Credential:
+    """A user's client secret as a Credential: one per user, so the user id names
+    it; it never expires."""
+    return Credential(
+        id=user_id, kind=CredentialKind.SECRET, user_id=user_id, expires_at=NEVER_EXPIRES
+    )
+
+
 @dataclass(frozen=True)
 class IssuedPat:
     """A PAT as returned once by ZITADEL.  ``token`` is secret: kept out of repr."""

@@ -101,6 +101,31 @@ class ZitadelTransport(Protocol):
     def close(self) -> None: ...
 
 
+class InventoryTransport(ZitadelTransport, Protocol):
+    """A transport that can also list an org's machine users (``rotator inventory``).
+
+    Implemented by both real transports, :class:`rotator.ratelimit.LimitedTransport`
+    and the in-memory fake; separate from :class:`ZitadelTransport` so that
+    stand-ins used only for rotation need not implement it.
+    """
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        """Every machine user of ``org_id`` the caller may read, in pages of up to 1,000
+        (v2 ListUsers / v1 ListUsers with a machine type query), ``has_secret`` filled.
+
+        ``None``: every org the caller may read (v2 only; v1 raises ZitadelRejected).
+        v1 raises ZitadelRejected/ZitadelNotFound when the caller has no
+        ``user.read`` in the org; v2 answers only what the caller may read
+        (ZITADEL filters, never refuses), so an unreadable org looks empty.
+        """
+        ...
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        """Whether ListUsers over ``org_id`` (any user type, one item) answers anything:
+        tells "no machine users" from "cannot read" on v2, where both list nothing."""
+        ...
+
+
 class Verifier(Protocol):
     """Proves a credential works at ZITADEL's token or userinfo endpoint.
 
@@ -196,6 +221,7 @@ class VaultAuthMethod(Protocol):
 
 __all__ = [
     "Clock",
+    "InventoryTransport",
     "Lease",
     "SecretStore",
     "VaultAuthMethod",

@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from rotator.errors import ZitadelUnavailable
 from rotator.model import Credential, CredentialKind, IssuedPat, IssuedSecret, User
-from rotator.ports import ZitadelTransport
+from rotator.ports import InventoryTransport, ZitadelTransport
 
 T = TypeVar("T")
 
@@ -142,5 +142,18 @@ class LimitedTransport:
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
         return self.limiter.call(lambda: self.inner.list_org_credentials(kind, org_id))
 
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        return self.limiter.call(lambda: _inventory(self.inner).list_machine_users(org_id))
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        return self.limiter.call(lambda: _inventory(self.inner).org_has_readable_users(org_id))
+
     def close(self) -> None:
         self.inner.close()
+
+
+def _inventory(transport: ZitadelTransport) -> InventoryTransport:
+    """The inner transport's inventory listings (both real transports have them)."""
+    if not hasattr(transport, "list_machine_users"):
+        raise TypeError(f"{type(transport).__name__} cannot list machine users")
+    return cast("InventoryTransport", transport)

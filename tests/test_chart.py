@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from rotator.config import Config, load_config
+from rotator.inventory_watch import InventoryMetrics
 from rotator.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(900)  # a first run installs the tools (~1 min)
@@ -547,7 +548,9 @@ def test_the_network_policy_allows_dns_zitadel_vault_and_the_api_server_only(
 
 def _exported_metric_names() -> set[str]:
     names = {"up"}
-    for family in Metrics().registry.collect():
+    registry = Metrics().registry
+    InventoryMetrics(registry)  # the daemon's inventory exports into the same registry
+    for family in registry.collect():
         names.add(family.name)
         if family.type == "counter":
             names.add(f"{family.name}_total")
@@ -606,6 +609,9 @@ def test_prometheus_operator_objects_scrape_the_service_and_alert_on_real_metric
     assert {o for o in _outcomes_of("rotation.completed", "credential.retired")
             if re.fullmatch(pattern, o)} == set()
     assert "RotatorNoLeader" in alerts  # HA is on in this scenario
+    assert {"UnmanagedCredentialExpiring", "InventoryOrgUnreadable"} <= set(alerts)
+    # 14d, metrics.prometheusRule.unmanagedExpiringThreshold's default
+    assert alerts["UnmanagedCredentialExpiring"]["expr"].endswith("- time() < 1209600")
 
 
 def test_durations_in_alert_thresholds_follow_the_rotator_syntax(tools: Tools) -> None:

@@ -21,6 +21,7 @@ import importlib
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -37,12 +38,12 @@ from rotator.errors import (
     ZitadelUnauthenticated,
 )
 from rotator.model import (
-    NEVER_EXPIRES,
     Credential,
     CredentialKind,
     IssuedPat,
     IssuedSecret,
     User,
+    secret_credential,
 )
 from rotator.redact import server_text
 from rotator.zitadel.codes import error_for, http_status_code_name, is_secret_not_existing
@@ -566,14 +567,24 @@ class UserServiceTransport:
 
     def _org_secrets(self, org_id: str) -> list[Credential]:
         """The org's machine users that have a secret (ListUsers, ``machine.hasSecret``)."""
+        return [secret_credential(u.id) for u in self.list_machine_users(org_id) if u.has_secret]
+
+    # -- inventory ---------------------------------------------------------------------
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        """Machine users of ``org_id`` (or of every readable org), 1,000 a page."""
         queries = [
             UserServiceSearchQuery(
-                organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
-            ),
-            UserServiceSearchQuery(
                 type_query=UserServiceTypeQuery(type=UserServiceType.TYPE_MACHINE)
-            ),
+            )
         ]
+        if org_id:
+            queries.append(
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            )
+        where = f"org {org_id}" if org_id else "every readable org"
 
         def page(offset: int) -> tuple[list[Any], int | None]:
             request = UserServiceListUsersRequest(
@@ -582,25 +593,36 @@ class UserServiceTransport:
             )
             response = self._call(
                 "ListUsers",
-                f"list machine users of org {org_id}",
+                f"list machine users of {where}",
                 lambda z: z.users.list_users(request, _request_timeout=self._timeout),
             )
             total = response.details.total_result if response.details else None
             return list(response.result or []), int(total) if total is not None else None
 
         return [
-            secret_credential(u.user_id)
-            for u in _paginate(page, MAX_PAGE_SIZE)
-            if u.machine is not None and u.machine.has_secret and u.user_id
+            replace(
+                _to_user(found, found.user_id or "?"), has_secret=bool(found.machine.has_secret)
+            )
+            for found in _paginate(page, MAX_PAGE_SIZE)
+            if found.machine is not None
         ]
 
+    def org_has_readable_users(self, org_id: str) -> bool:
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=0, limit=1, asc=True),
+            queries=[
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            ],
+        )
+        response = self._call(
+            "ListUsers",
+            f"probe users of org {org_id}",
+            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        )
+        return bool(response.result)
 
-def secret_credential(user_id: str) -> Credential:
-    """A user's client secret as a Credential: one per user, so the user id names it;
-    it never expires."""
-    return Credential(
-        id=user_id, kind=CredentialKind.SECRET, user_id=user_id, expires_at=NEVER_EXPIRES
-    )
 
 def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).

@@ -25,12 +25,14 @@ from zitadel_client.models import (
     UserServiceKeysSearchFilter,
     UserServiceListKeysRequest,
     UserServiceListPersonalAccessTokensRequest,
+    UserServiceListQuery,
     UserServiceListUserMetadataRequest,
     UserServiceListUsersRequest,
     UserServiceLoginNameQuery,
     UserServiceMetadata,
     UserServiceMetadataKeyFilter,
     UserServiceMetadataSearchFilter,
+    UserServiceOrganizationIdQuery,
     UserServicePaginationRequest,
     UserServicePersonalAccessTokensSearchFilter,
     UserServiceRemoveKeyRequest,
@@ -535,6 +537,41 @@ def test_list_users_shows_what_the_caller_may_read(
             loginName="svc-billing@acme.localhost"))]))
     assert [u.user_id for u in by_login.result] == [ids["svc-billing"]]
     assert by_login.details.total_result == "1"
+
+
+def test_inventory_listings_page_machine_users_and_filter_unreadable_orgs_to_nothing(
+    emulator: Emulator, admin: Zitadel, ids: dict[str, str]
+) -> None:
+    """What ``rotator inventory`` relies on (§4.2): a type + org query pages with
+    ``total_result`` and reports ``has_secret``; an org the caller may not read
+    answers an empty list (ZITADEL filters, never refuses), for users and keys."""
+    acme, globex = emulator.org_ids["acme"], emulator.org_ids["globex"]
+    emulator.add_user("inv-secretive", secret=True)
+
+    def machines(org: str, offset: int, limit: int) -> Any:
+        return admin.users.list_users(UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=offset, limit=limit, asc=True),
+            queries=[UserServiceSearchQuery(typeQuery=UserServiceTypeQuery(type="TYPE_MACHINE")),
+                     UserServiceSearchQuery(organizationIdQuery=UserServiceOrganizationIdQuery(
+                         organizationId=org))]))
+
+    first, rest = machines(acme, 0, 2), machines(acme, 2, 1000)
+    total = int(first.details.total_result)
+    assert total == len(first.result) + len(rest.result) >= 5
+    assert len(first.result) == 2
+    paged = [u.user_id for u in first.result + rest.result]
+    assert len(set(paged)) == total  # no user twice, none lost across pages
+    secrets = {u.username: bool(u.machine.has_secret) for u in first.result + rest.result}
+    assert secrets["inv-secretive"] is True
+    assert secrets["svc-billing"] is False
+
+    hidden = machines(globex, 0, 1000)  # rotator-admin has no role in globex
+    assert hidden.result in (None, [])
+    assert int(hidden.details.total_result or 0) == 0
+    keys = admin.users.list_keys(UserServiceListKeysRequest(
+        pagination=UserServicePaginationRequest(limit=1000),
+        filters=[UserServiceKeysSearchFilter(organizationIdFilter=UserServiceIDFilter(id=globex))]))
+    assert keys.result in (None, [])
 
 
 # --- metadata ---------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import copy
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,12 +49,12 @@ import httpx
 
 from rotator.errors import ZitadelNotFound, ZitadelRejected
 from rotator.model import (
-    NEVER_EXPIRES,
     Credential,
     CredentialKind,
     IssuedPat,
     IssuedSecret,
     User,
+    secret_credential,
 )
 from rotator.ports import Clock
 from rotator.zitadel.codes import error_for, is_secret_not_existing
@@ -358,7 +359,7 @@ class FakeTransport:
                 lambda c: self._domain.list_users_v2(
                     c, [OrgIdQ(org_id), TypeQ("machine")], 0, 0, True),
             )
-            return [_secret_credential(u.id) for u in users if u.has_secret]
+            return [secret_credential(u.id) for u in users if u.has_secret]
         key = kind is CredentialKind.KEY
         method = "ListKeys" if key else "ListPersonalAccessTokens"
         lister = self._domain.list_keys_v2 if key else self._domain.list_pats_v2
@@ -370,6 +371,30 @@ class FakeTransport:
         return [_credential(kind, item) for item in items]
 
 
+    # -- inventory -------------------------------------------------------------------------------
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        queries: list[Any] = [TypeQ("machine")]
+        if org_id:
+            queries.append(OrgIdQ(org_id))
+        users: list[DomainUser] = []
+        while True:  # 1,000 a page, as the v2 transport asks
+            offset = len(users)
+            _, page = self._call(
+                "ListUsers", f"list machine users of org {org_id or 'any'}",
+                lambda c: self._domain.list_users_v2(c, queries, offset, 1000, True),  # noqa: B023
+            )
+            users += page
+            if len(page) < 1000:
+                break
+        return [replace(_to_user(u, u.id), has_secret=u.has_secret) for u in users]
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        _, users = self._call("ListUsers", f"probe users of org {org_id}",
+                              lambda c: self._domain.list_users_v2(c, [OrgIdQ(org_id)], 0, 1, True))
+        return bool(users)
+
+
 def _to_user(found: DomainUser, asked: str) -> User:
     if found.type != "machine":
         raise ZitadelRejected(
@@ -379,11 +404,6 @@ def _to_user(found: DomainUser, asked: str) -> User:
     return User(id=found.id, org_id=found.org_id, username=found.username,
                 active=found.state == "ACTIVE", machine=True, has_secret=found.has_secret)
 
-
-def _secret_credential(user_id: str) -> Credential:
-    """One secret per user: the user id identifies it; it never expires."""
-    return Credential(id=user_id, kind=CredentialKind.SECRET, user_id=user_id,
-                      expires_at=NEVER_EXPIRES)
 
 
 def _credential(kind: CredentialKind, item: Any) -> Credential:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -36,12 +36,12 @@ from rotator.errors import (
     ZitadelRejected,
 )
 from rotator.model import (
-    NEVER_EXPIRES,
     Credential,
     CredentialKind,
     IssuedPat,
     IssuedSecret,
     User,
+    secret_credential,
 )
 from rotator.ports import ZitadelTransport
 from rotator.redact import server_text
@@ -276,16 +276,19 @@ class ManagementTransport:
         method: str,
         make_request: Callable[[Any], Any],
         org_id: str | None,
+        *,
+        page_size: int | None = None,
     ) -> Iterator[Any]:
         """Every result of a v1 list call, page by page (v1 sends all without a limit,
         but an explicit limit keeps each answer small)."""
+        size = page_size or self._page_size
         offset = 0
         for _ in range(_MAX_PAGES):
-            query = object_pb.ListQuery(offset=offset, limit=self._page_size, asc=True)
+            query = object_pb.ListQuery(offset=offset, limit=size, asc=True)
             response = self._call(method, make_request(query), org_id)
             yield from response.result
             offset += len(response.result)
-            if len(response.result) < self._page_size or offset >= response.details.total_result:
+            if len(response.result) < size or offset >= response.details.total_result:
                 return
         raise ZitadelRejected(f"more than {_MAX_PAGES} pages", code="out_of_range", method=method)
 
@@ -445,21 +448,36 @@ class ManagementTransport:
         ``Machine.has_secret`` in one ListUsers of the org's machine users."""
         if kind is not CredentialKind.SECRET:
             return None
+        return [secret_credential(u.id) for u in self.list_machine_users(org_id) if u.has_secret]
+
+    # -- inventory ------------------------------------------------------------
+
+    def list_machine_users(self, org_id: str | None) -> list[User]:
+        """ListUsers in ``org_id`` with a machine type query, 1,000 a page.  The
+        interceptor checks ``user.read`` in that org, so an unreadable org raises."""
+        if not org_id:
+            raise ZitadelRejected(
+                "the v1 Management API lists users per organization only: name the orgs "
+                "(--org) or use the v2 API",
+                code="unimplemented",
+                method="ListUsers",
+            )
         query = user_pb.SearchQuery(type_query=user_pb.TypeQuery(type=user_pb.TYPE_MACHINE))
-        return [
-            Credential(
-                id=found.id,
-                kind=CredentialKind.SECRET,
-                user_id=found.id,
-                expires_at=NEVER_EXPIRES,
-            )
-            for found in self._pages(
-                "ListUsers",
-                lambda page: mgmt_pb.ListUsersRequest(query=page, queries=[query]),
-                org_id,
-            )
-            if found.WhichOneof("type") == "machine" and found.machine.has_secret
-        ]
+        users = self._pages(
+            "ListUsers",
+            lambda page: mgmt_pb.ListUsersRequest(query=page, queries=[query]),
+            org_id,
+            page_size=1000,
+        )
+        return [replace(_user(u), has_secret=u.machine.has_secret) for u in users]
+
+    def org_has_readable_users(self, org_id: str) -> bool:
+        found = self._call(
+            "ListUsers",
+            mgmt_pb.ListUsersRequest(query=object_pb.ListQuery(offset=0, limit=1, asc=True)),
+            org_id,
+        )
+        return bool(found.result)
 
     def close(self) -> None:
         self._channel.close()
