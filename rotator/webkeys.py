@@ -65,21 +65,34 @@ class WebKeyTarget:
 
 
 def check_target(target: WebKeyTarget, *, file: str | None = None,
-                 force: bool = False) -> list[str]:
-    """Warnings for a web key target; raises ConfigError for what is refused."""
-    where = f"targets.{target.name}"
+                 force: bool = False, where: str | None = None) -> list[str]:
+    """Warnings for a web key target; raises ConfigError (naming ``file`` and
+    the field under ``where``, default ``targets.<name>``) for what is refused.
+    ``force`` (``force_short_retain: true``) accepts a ``retain`` below 12h."""
+    where = where or f"targets.{target.name}"
     warnings = []
     if target.publish_ahead < JWKS_MAX_AGE:
-        warnings.append(f"{where}.publish_ahead is below the JWKS cache max-age of 5 min: "
-                        "relying parties may reject tokens signed by the new key")
+        warnings.append(f"{where}.publish_ahead ({_dur(target.publish_ahead)}) is below the "
+                        "JWKS cache max-age of 5m: relying parties with a cached JWKS may "
+                        "reject tokens signed by the new key")
     if target.retain < TOKEN_LIFETIME and not force:
-        raise ConfigError(f"{where}.retain must be at least 12h (ZITADEL's longest token "
-                          "lifetime), or tokens the previous key signed stop verifying; "
-                          "force to accept", file=file, field=f"{where}.retain")
+        raise ConfigError(f"must be at least 12h, ZITADEL's longest token lifetime "
+                          f"(got {_dur(target.retain)}): tokens the previous key signed would "
+                          "stop verifying; set force_short_retain: true to accept that",
+                          file=file, field=f"{where}.retain")
     if target.every <= target.publish_ahead:
-        raise ConfigError(f"{where}.every must be longer than publish_ahead", file=file,
-                          field=f"{where}.every")
+        raise ConfigError(f"must be longer than publish_ahead ({_dur(target.every)} <= "
+                          f"{_dur(target.publish_ahead)})", file=file, field=f"{where}.every")
     return warnings
+
+
+def _dur(value: timedelta) -> str:
+    total, parts = int(value.total_seconds()), []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
 
 
 class WebKeyApi(Protocol):

@@ -306,6 +306,6 @@ def test_a_caching_relying_party_never_fails_across_a_normal_rotation(world: Wor
 def test_validate_rules() -> None:
     assert check_target(WebKeyTarget("t", publish_ahead=timedelta(minutes=1)))
     assert check_target(WebKeyTarget("t")) == []
-    with pytest.raises(ConfigError, match="retain must be at least 12h"):
+    with pytest.raises(ConfigError, match="retain: must be at least 12h"):
         check_target(WebKeyTarget("t", retain=timedelta(hours=1)))
     check_target(WebKeyTarget("t", retain=timedelta(hours=1)), force=True)
