@@ -251,6 +251,13 @@ class WebKeyRotation:
             state.active_since = _iso(run.now)
             self._write(run)
         self._retire(run)
+        if emergency and state.step in ("creating", "created", "published") \
+                and not state.emergency:
+            # a normal cycle is under way: its new key is activated now, as an emergency
+            state.emergency, state.warning = True, EMERGENCY_WARNING
+            if state.next_at is not None:
+                state.next_at = _iso(run.now)
+            self._write(run)
         if state.step == "idle":
             due = _at(state.active_since)
             if not (rotate_now or emergency
@@ -407,9 +414,113 @@ class WebKeyRotation:
             self._write(run)
 
 
+# --- what comes next (status, plan, the daemon's schedule): pure -----------------------------
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """The next thing reconcile will do for a target, and when."""
+
+    #: create | confirm | activate | resume | delete
+    step: str
+    at: datetime | None
+    key_id: str | None = None
+    #: why it waits (a window, a retry), for status and plan
+    note: str | None = None
+
+
+def _retry_at(state: WebKeyState, now: datetime, base: timedelta, cap: timedelta) -> datetime:
+    delay: timedelta = min(cap, base * 2 ** max(0, state.attempts - 1))
+    return now + delay
+
+
+def _activation_at(target: WebKeyTarget, due: datetime) -> datetime | None:
+    return windows.next_allowed(due, target.schedule.windows, target.schedule.freeze)
+
+
+def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
+               retry_base: timedelta = timedelta(minutes=1),
+               retry_cap: timedelta = timedelta(hours=1)) -> list[NextStep]:
+    """The cycle step and the deletions to come, soonest first.  A failed
+    step is retried after a doubling delay (``retry_base`` .. ``retry_cap``)."""
+    steps: list[NextStep] = []
+    at: datetime | None
+    if state.current is None and state.step == "idle":
+        steps.append(NextStep("create", now, note="first run: learns the active key"))
+    elif state.step in ("creating", "created", "activating"):
+        what = {"creating": "create", "created": "confirm", "activating": "activate"}[state.step]
+        at = _retry_at(state, now, retry_base, retry_cap) if state.attempts else now
+        steps.append(NextStep(what, at, state.new,
+                              note=f"retry after: {state.last_error}" if state.attempts else None))
+    elif state.step == "published":
+        due = _at(state.next_at) or now
+        at = due if state.emergency else _activation_at(target, due)
+        if state.attempts:
+            at = max(at or now, _retry_at(state, now, retry_base, retry_cap))
+        steps.append(NextStep("activate", at, state.new,
+                              note=None if at == due else "held by windows or a freeze"))
+    else:
+        since = _at(state.active_since) or now
+        steps.append(NextStep("create", since + target.every))
+    steps += [NextStep("delete", _at(r.delete_at), r.kid,
+                       note=None if r.owned or target.adopt else "kept: not created by the "
+                       "rotator (adopt: false)")
+              for r in state.retiring]
+    return sorted(steps, key=lambda s: s.at or datetime.max.replace(tzinfo=now.tzinfo))
+
+
+def next_run_at(target: WebKeyTarget, state: WebKeyState, now: datetime, **retry: timedelta
+                ) -> datetime | None:
+    """When reconcile has something to do next: the daemon's time for the target."""
+    times = [s.at for s in next_steps(target, state, now, **retry) if s.at is not None]
+    return min(times) if times else None
+
+
+def project(target: WebKeyTarget, state: WebKeyState, now: datetime, horizon: timedelta
+            ) -> list[NextStep]:
+    """Every step of the coming cycles up to ``now + horizon`` (plan --horizon),
+    assuming each step succeeds on time."""
+    end = now + horizon
+    out = [s for s in next_steps(target, state, now) if s.at is not None and s.at <= end]
+    cycle = next((s for s in out if s.step in ("create", "confirm", "activate")), None)
+    at = cycle.at if cycle is not None else None
+    step = cycle.step if cycle is not None else None
+    while at is not None and at <= end and len(out) < 100:
+        if step in ("create", "confirm"):
+            activate = _activation_at(target, at + target.publish_ahead)
+            if activate is None or activate > end:
+                break
+            out.append(NextStep("activate", activate, note="new key signs"))
+            at = activate
+        out.append(NextStep("delete", at + target.retain, note="previous key, after retain"))
+        at, step = at + target.every, "create"
+        out.append(NextStep("create", at, note="new key published"))
+    return sorted((s for s in out if s.at is not None and s.at <= end),
+                  key=lambda s: s.at or now)
+
+
+def emergency_applies(state: WebKeyState, now: datetime) -> bool:
+    """An emergency activation whose cached-JWKS danger may still hold."""
+    since = _at(state.active_since)
+    return state.emergency and since is not None and now < since + JWKS_MAX_AGE \
+        and state.step == "idle"
+
+
 def _schedule_open(target: WebKeyTarget, now: datetime) -> bool:
     return windows.is_allowed(now, target.schedule.windows, target.schedule.freeze)
 
 
-__all__ = ["EMERGENCY_WARNING", "Retiring", "WebKeyResult", "WebKeyRotation", "WebKeyState",
-           "WebKeyTarget", "check_target"]
+__all__ = [
+    "EMERGENCY_WARNING",
+    "NextStep",
+    "Retiring",
+    "WebKeyResult",
+    "WebKeyRotation",
+    "WebKeyState",
+    "WebKeyTarget",
+    "check_target",
+    "emergency_applies",
+    "next_run_at",
+    "next_steps",
+    "project",
+]
