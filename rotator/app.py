@@ -65,6 +65,8 @@ class App:
     api: str
     #: Why ZITADEL could not be used (only with ``build(require_zitadel=False)``).
     zitadel_error: ZitadelError | None = None
+    #: The rotator's own key file, read afresh (web keys: its own id_token exchange).
+    key_file: KeyFileProvider | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -379,6 +381,7 @@ def build(
         clock=clock,
         api=api,
         zitadel_error=zitadel_error,
+        key_file=provider,
         _closers=closers,
     )
 

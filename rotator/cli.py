@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import io
 import json
 import logging
 import os
@@ -163,6 +164,13 @@ def parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="show what would happen; change nothing"
     )
     rotate.add_argument("--json", action="store_true", help="machine-readable output")
+    rotate.add_argument(
+        "--emergency",
+        action="store_true",
+        help="web key targets only: create and activate a new key at once and delete the "
+        "compromised one (relying parties with a cached JWKS reject new tokens until they "
+        "refresh it)",
+    )
     rotate.add_argument(
         "--concurrency",
         type=int,
@@ -373,6 +381,16 @@ def _print_results(results: Sequence[RotationResult], out: TextIO, *, as_json: b
 def _targets_of(config: Config, args: argparse.Namespace) -> list[Target]:
     """The targets a command acts on; a usage error (exit 2) before anything connects."""
     if args.command == "rotate":
+        if args.emergency:
+            from rotator.webkey_cli import Refused, check_emergency  # noqa: PLC0415
+
+            try:
+                check_emergency(config, args.targets, all_=args.all)
+            except Refused as exc:
+                raise UsageError(str(exc)) from None
+            if not args.targets:
+                raise UsageError("rotate --emergency: name the web key target(s)")
+            return []
         return _select(config, args.targets, all_=args.all, command="rotate")
     if args.command == "status" and args.targets:
         return _select(config, args.targets, all_=False, command="status")
@@ -394,11 +412,18 @@ def _select(config: Config, names: Sequence[str], *, all_: bool, command: str) -
         return list(config.targets)
     if not names:
         raise UsageError(f"{command}: name at least one TARGET, or --all")
-    return [config.target(name) for name in dict.fromkeys(names)]
+    if command == "verify" and any(config.webkey_target(n) for n in names):
+        raise UsageError("verify: web key targets keep nothing in Vault to verify; "
+                         "`rotator status` shows them")
+    # web key targets are rotator/webkey_cli.py's
+    return [config.target(n) for n in dict.fromkeys(names) if config.webkey_target(n) is None]
 
 
 def cmd_rotate(app: App, args: argparse.Namespace) -> int:
-    targets = _targets_of(app.config, args)
+    from rotator import webkey_cli  # noqa: PLC0415
+
+    targets = [] if args.emergency else _targets_of(app.config, args)
+    webkeys = webkey_cli.selected(app.config, args.targets, all_=args.all)
 
     def one(target: Target) -> RotationResult:
         # Without --force, a credential still in grace is not removed early
@@ -419,6 +444,7 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     concurrency = args.concurrency or app.config.daemon.concurrency
     with progress("rotate", len(targets), failed=_failed) as advance:
         results = _each(one, targets, concurrency, progress=advance)
+    results += webkey_cli.rotate(app, webkeys, emergency=args.emergency, dry_run=args.dry_run)
     _print_results(results, sys.stdout, as_json=args.json)
     for r in results:
         if r.error:  # one line each on stderr too: the table may go to a file or a pipe
@@ -542,17 +568,26 @@ def status_notes(s: TargetStatus, now: datetime) -> list[str]:
 
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
+    from rotator import webkey_cli  # noqa: PLC0415
+
     targets = _targets_of(app.config, args)
     with progress("status", len(targets), failed=_failing, delay=_QUIET_SECONDS) as advance:
         statuses = _each(app.engine.status, targets, _READ_CONCURRENCY, progress=advance)
+    webkeys = webkey_cli.status(app, webkey_cli.selected(app.config, args.targets, all_=False))
     if args.json:
-        sys.stdout.write(json.dumps([_jsonable(s) for s in statuses], indent=2) + "\n")
+        everything = [_jsonable(s) for s in [*statuses, *webkeys]]
+        sys.stdout.write(json.dumps(everything, indent=2) + "\n")
     else:
         now = app.clock.now()
-        _table(_status_rows(statuses, now), sys.stdout)
+        if targets:
+            _table(_status_rows(statuses, now), sys.stdout)
         for s in statuses:
             for note in status_notes(s, now):
                 sys.stdout.write(note + "\n")
+        if webkeys:
+            webkey_cli.print_status(webkeys, sys.stdout, _table)
+    if webkey_cli.failing(webkeys) and not any(_is_stuck(s) for s in statuses):
+        return Exit.FAILED
     if any(_is_stuck(s) for s in statuses):
         return Exit.STUCK
     if any(s.failures or s.state == "expired" for s in statuses):
@@ -561,6 +596,8 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
+    from rotator import webkey_cli  # noqa: PLC0415
+
     now = app.clock.now()
     targets = app.config.targets
     with progress("plan", len(targets), failed=_failed, delay=_QUIET_SECONDS) as advance:
@@ -582,6 +619,7 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
             "horizon": format_duration(args.horizon),
             "targets": [_jsonable(r) for r in results],
             "rotations": [_jsonable(p) for p in projected],
+            "webkeys": webkey_cli.plan(app, args.horizon, io.StringIO()),
         }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
@@ -607,6 +645,9 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
                 for p in projected
             ]
             _table(rows, sys.stdout)
+        if app.config.webkey_targets:
+            sys.stdout.write(f"\nweb key steps in the next {format_duration(args.horizon)}:\n")
+            webkey_cli.plan(app, args.horizon, sys.stdout)
         for p in problems:
             for problem in p.problems:
                 sys.stderr.write(f"rotator: plan: {p.target} at {_when(p.at)}: {problem}\n")
@@ -682,7 +723,7 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
         document = {
             "ok": not errors,
             "config": config.source,
-            "targets": [t.name for t in config.targets],
+            "targets": [t.name for t in config.targets] + [t.name for t in config.webkey_targets],
             "warnings": list(config.warnings),
             "files": [
                 {"field": c.field, "path": c.path, "ok": c.ok, "problem": c.problem}
@@ -699,9 +740,10 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
             sys.stderr.write(f"rotator: {kind}: {config.source}: {c.field}: {c.path} {c.problem}\n")
     if errors:
         return Exit.USAGE
-    noun = "target" if len(config.targets) == 1 else "targets"
+    count = len(config.targets) + len(config.webkey_targets)
+    noun = "target" if count == 1 else "targets"
     files = f", {len(checks)} file{'' if len(checks) == 1 else 's'} checked" if checks else ""
-    sys.stdout.write(f"config OK: {len(config.targets)} {noun}{files}\n")
+    sys.stdout.write(f"config OK: {count} {noun}{files}\n")
     return Exit.OK
 
 

@@ -41,7 +41,9 @@ import yaml
 
 from rotator.errors import ConfigError
 from rotator.model import CredentialKind, Policy, Schedule, Target
+from rotator.webkeys import WebKeyTarget, check_target
 from rotator.windows import FreezeWindow, RotationWindow
+from rotator.zitadel.webkeys import Algorithm
 
 DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
 DEFAULT_K8S_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -211,12 +213,18 @@ class Config:
     target_schedules: tuple[tuple[str, Schedule], ...] = ()
     #: Legal but questionable settings, shown by ``rotator validate``.
     warnings: tuple[str, ...] = ()
+    #: ``kind: webkey`` targets (the instance's token-signing keys; rotator/webkeys.py).
+    webkey_targets: tuple[WebKeyTarget, ...] = ()
+
+    def webkey_target(self, name: str) -> WebKeyTarget | None:
+        return next((t for t in self.webkey_targets if t.name == name), None)
 
     def target(self, name: str) -> Target:
         for target in self.targets:
             if target.name == name:
                 return target
-        known = ", ".join(t.name for t in self.targets) or "none"
+        names = [t.name for t in self.targets] + [t.name for t in self.webkey_targets]
+        known = ", ".join(names) or "none"
         raise ConfigError(f"no target named {name!r} (known: {known})", file=self.source)
 
     def schedule_for(self, name: str) -> Schedule:
@@ -586,7 +594,8 @@ def parse_config(
     warnings: list[str] = []
     defaults = _policy(root.section("policy"), Policy(), warnings)
     schedule = _schedule(root.section("schedule"), Schedule())
-    targets, schedules = _targets(root, defaults, schedule, vault, zitadel, warnings)
+    webkeys: list[WebKeyTarget] = []
+    targets, schedules = _targets(root, defaults, schedule, vault, zitadel, warnings, webkeys)
     daemon = _daemon(root.section("daemon"))
     audit = _audit(root.section("audit"))
     notify = _notify(root.section("notify"))
@@ -605,6 +614,7 @@ def parse_config(
         schedule=schedule,
         target_schedules=schedules,
         warnings=tuple(warnings),
+        webkey_targets=tuple(webkeys),
     )
 
 
@@ -898,7 +908,9 @@ def _targets(  # noqa: PLR0917 - private helper, called once
     vault: VaultConfig,
     zitadel: ZitadelConfig,
     warnings: list[str],
+    webkeys: list[WebKeyTarget] | None = None,
 ) -> tuple[tuple[Target, ...], tuple[tuple[str, Schedule], ...]]:
+    webkeys = [] if webkeys is None else webkeys
     targets: list[Target] = []
     schedules: list[tuple[str, Schedule]] = []
     names: dict[str, str] = {}
@@ -917,7 +929,10 @@ def _targets(  # noqa: PLR0917 - private helper, called once
                 "name", f"duplicate target name {section.shown('name', name)} (also {names[name]})"
             )
         names[name] = path
-        kind = section.text("kind", choices=tuple(k.value for k in CredentialKind))
+        kind = section.text("kind", choices=(*(k.value for k in CredentialKind), WEBKEY_KIND))
+        if kind == WEBKEY_KIND:
+            webkeys.append(_webkey_target(section, name, default_schedule, warnings))
+            continue
         vault_path = _vault_path(section, "vault_path", f"zitadel/{name}")
         if vault_path in paths:
             section.fail(
@@ -958,7 +973,7 @@ def _targets(  # noqa: PLR0917 - private helper, called once
         schedules.append((name, schedule))
         section.done()
         targets.append(target)
-    if not targets:
+    if not targets and not webkeys:
         root.ctx.fail("targets", "at least one target is required")
     return tuple(targets), tuple(schedules)
 
@@ -1059,3 +1074,80 @@ def _notify(section: _Section) -> NotifyConfig:
     )
     section.done()
     return notify
+
+
+# --------------------------------------------------------------------------- kind: webkey
+
+WEBKEY_KIND = "webkey"
+_RSA_BITS = (2048, 3072, 4096)
+_RSA_HASHERS = ("sha256", "sha384", "sha512")
+_CURVES = ("P256", "P384", "P521")
+#: Why a web key target takes no user, vault_path, org_id or policy.
+_NOT_FOR_WEBKEY = {
+    "user": "it rotates the instance's token-signing keys, not a user's credential",
+    "org_id": "web keys belong to the instance, not an organization",
+    "vault_path": "the private key never leaves ZITADEL (only the rotator's state is in Vault)",
+    "policy": "use every, publish_ahead and retain",
+}
+
+
+def _webkey_target(
+    section: _Section, name: str, default_schedule: Schedule, warnings: list[str]
+) -> WebKeyTarget:
+    """A ``kind: webkey`` target; the rules beyond the shapes are
+    :func:`rotator.webkeys.check_target`'s (``retain`` below 12h is refused
+    unless ``force_short_retain: true``)."""
+    for key, why in _NOT_FOR_WEBKEY.items():
+        if key in section.raw:
+            section.fail(key, f"not allowed for kind webkey: {why}")
+    schedule_section = section.section("schedule")
+    schedule = (
+        _schedule(schedule_section, default_schedule) if schedule_section.raw else default_schedule
+    )
+    target = WebKeyTarget(
+        name=name,
+        every=section.duration(
+            "every", _default(WebKeyTarget, "every"), minimum=timedelta(hours=1)
+        ),
+        publish_ahead=section.duration("publish_ahead", _default(WebKeyTarget, "publish_ahead")),
+        retain=section.duration("retain", _default(WebKeyTarget, "retain")),
+        algorithm=_algorithm(section),
+        adopt=section.flag("adopt", _default(WebKeyTarget, "adopt")),
+        schedule=schedule,
+    )
+    force = section.flag("force_short_retain", False)
+    section.done()
+    warnings.extend(check_target(target, file=section.ctx.source, force=force, where=section.path))
+    return target
+
+
+def _algorithm(parent: _Section) -> Algorithm:
+    """``rsa: {bits, hasher}``, ``ecdsa: {curve}`` or ``ed25519`` (also as a
+    bare word: ``algorithm: ecdsa`` takes the defaults)."""
+    raw = parent.raw.get("algorithm")
+    parent.used.add("algorithm")
+    path = parent.sub("algorithm")
+    kinds = ("rsa", "ecdsa", "ed25519")
+    if raw is None:
+        return Algorithm()
+    if isinstance(raw, str):
+        if raw not in kinds:
+            parent.fail("algorithm", f"must be one of {', '.join(kinds)} {parent.got('algorithm')}")
+        raw = {raw: None}
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in kinds:
+        parent.ctx.fail(path, "must name exactly one of rsa, ecdsa or ed25519, e.g. "
+                              "{rsa: {bits: 2048, hasher: sha256}}")
+    kind = str(next(iter(raw)))
+    section = _Section(parent.ctx, raw[kind], f"{path}.{kind}")
+    if kind == "rsa":
+        bits = section.integer("bits", 2048, minimum=1, maximum=1_000_000)
+        if bits not in _RSA_BITS:
+            section.fail("bits", f"must be one of 2048, 3072, 4096 {section.got('bits')}")
+        hasher = section.text("hasher", "sha256", choices=_RSA_HASHERS)
+        algorithm = Algorithm("rsa", bits=bits, hasher=hasher)
+    elif kind == "ecdsa":
+        algorithm = Algorithm("ecdsa", curve=section.text("curve", "P256", choices=_CURVES))
+    else:
+        algorithm = Algorithm("ed25519")
+    section.done()
+    return algorithm

@@ -182,6 +182,12 @@ class Daemon:
         self.workers = daemon.concurrency
         self.dispatcher = Dispatcher(self._job, workers=self.workers)
         self._statuses: dict[str, TargetStatus] = {}
+        #: kind: webkey targets, scheduled like the others by their state's next step
+        self.webkeys = None
+        if config.webkey_targets:
+            from rotator.webkey_runner import WebKeyRunner  # noqa: PLC0415
+
+            self.webkeys = WebKeyRunner(app)
         self._lease_thread: threading.Thread | None = None
         app.audit.subscribe(self.metrics.on_audit)
         if webhook is not None:
@@ -299,6 +305,7 @@ class Daemon:
         the expiry notices once the pass is through."""
         if self._active():
             names = [t.name for t in self.config.targets]
+            names += [t.name for t in self.config.webkey_targets]
             self.dispatcher.add_pass(names, on_done=self._check_expiry)
 
     def inventory_pass(self) -> None:
@@ -310,12 +317,16 @@ class Daemon:
         """``run --once``: every target once on the worker pool, then the expiry notices."""
         with ThreadPool(self.workers) as pool:
             results = [r for r in pool.map(self.run_target, self.config.targets) if r]
+            results += [r for t in self.config.webkey_targets if (r := self.run_webkey(t.name))]
         self._check_expiry()
         return results
 
     def _job(self, name: str) -> float | None:
         """A dispatcher job: reconcile, then seconds until the target's next run."""
-        result = self.run_target(self.config.target(name))
+        if self.config.webkey_target(name) is not None:
+            result = self.run_webkey(name)
+        else:
+            result = self.run_target(self.config.target(name))
         if result is None or result.next_run_at is None:
             return None
         now = self.clock.now()
@@ -347,6 +358,18 @@ class Daemon:
         if status is not None:
             self.metrics.observe_status(status)
             self._statuses[target.name] = status
+        return result
+
+    def run_webkey(self, name: str) -> RotationResult | None:
+        """Reconcile one web key target now (windows hold its activation) and
+        record its gauges."""
+        target = self.config.webkey_target(name)
+        if self.webkeys is None or target is None or not self._active() \
+                or self.stop_event.is_set():
+            return None
+        result = self.webkeys.run(target, trigger=Trigger.SCHEDULE.value)
+        self.metrics.set_next_rotation(name, result.next_rotation_at)
+        self.metrics.observe_webkey(self.webkeys.status(target))
         return result
 
     def _check_expiry(self) -> None:

@@ -118,6 +118,16 @@ class Metrics:
             "Always 1; what each target is (join on `target` for kind, user, org, path, API).",
             ["target", "kind", "user", "org_id", "vault_path", "api"], registry=r,
         )
+        self.webkey_active_since = Gauge(
+            "rotator_webkey_active_since_timestamp_seconds",
+            "When the web key target's active signing key became active (Unix time).",
+            ["target"], registry=r,
+        )
+        self.webkey_published = Gauge(
+            "rotator_webkey_published_keys",
+            "Web keys served at /oauth/v2/keys (ZITADEL's JWKS) at the last look.",
+            ["target"], registry=r,
+        )
         self._failing: dict[str, bool] = {}
         self._lock = threading.Lock()
 
@@ -165,6 +175,14 @@ class Metrics:
             self.stuck.labels(target=name).set(1)
         elif ok:
             self.stuck.labels(target=name).set(0)
+
+    def observe_webkey(self, status: Any) -> None:
+        """Gauges of a web key target (rotator.webkey_runner.WebKeyStatus); the
+        next rotation goes to ``rotator_next_rotation_timestamp_seconds``."""
+        self._set(self.webkey_active_since, status.target, _ts(status.active_since))
+        published = status.published
+        self._set(self.webkey_published, status.target,
+                  float(published) if published is not None else None)
 
     def set_next_rotation(self, target: str, when: datetime | None) -> None:
         self._set(self.next_rotation, target, _ts(when))

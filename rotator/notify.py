@@ -54,6 +54,8 @@ _SAFE_FIELDS = (
     "error",
     "error_type",
     "expires_at",
+    "key_id",
+    "previous_key_id",
 )
 
 
@@ -105,6 +107,13 @@ def from_audit(event: Mapping[str, Any]) -> Notification | None:
         return Notification(
             "rotation.failed", target, "error",
             f"rotation of target `{target}` failed{where}: {error}{tail}", fields,
+        )
+    if name == "rotation.rolled_back" and event.get("kind") == "webkey":
+        return Notification(
+            "rotation.rolled_back", target, "error",
+            f"web key activation of target `{target}` did not take and was rolled back "
+            f"(the previous key signs again): {error}",
+            fields,
         )
     if name == "target.stuck":
         return Notification(

@@ -101,6 +101,7 @@ on the secret that obtained them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -113,12 +114,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tests.emulator import keys as keymat
 from tests.emulator import times
 from tests.emulator.errors import EmuError, zerr
 from tests.emulator.faults import Faults
+
+if TYPE_CHECKING:
+    from tests.emulator.webkeys import WebKeys
 
 __all__ = ["EmuError", "zerr"]  # re-exported for transports; extended below
 
@@ -134,9 +138,11 @@ _R = "user.read"
 _W = "user.write"
 _G = "user.global.read"
 _O = "org.read"
+#: instance-level web key permissions (§12)
+_WK = frozenset({"iam.web_key.read", "iam.web_key.write", "iam.web_key.delete"})
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "IAM_OWNER": frozenset({_O, _R, _G, _W}),
-    "IAM_OWNER_VIEWER": frozenset({_O, _R, _G}),
+    "IAM_OWNER": frozenset({_O, _R, _G, _W}) | _WK,
+    "IAM_OWNER_VIEWER": frozenset({_O, _R, _G, "iam.web_key.read"}),
     "IAM_ORG_MANAGER": frozenset({_O, _R, _G, _W}),
     "IAM_USER_MANAGER": frozenset({_O, _R, _G, _W}),
     "IAM_LOGIN_CLIENT": frozenset({_O, _R, _W}),
@@ -656,6 +662,13 @@ class Domain:
                         self._set_meta("signing_key", stored)
                 self._signing_key = keymat.load_private_pem(stored.encode())
             return self._signing_key
+
+    @functools.cached_property
+    def web_keys(self) -> WebKeys:
+        """The instance's web keys (§12): JWKS, token signatures, WebKeyService."""
+        from tests.emulator.webkeys import WebKeys
+
+        return WebKeys(self)
 
     # --- plumbing -----------------------------------------------------------------
 
@@ -1640,7 +1653,7 @@ class Domain:
         expiration = now + ACCESS_TOKEN_LIFETIME_NS
         token_id = f"V2_{self._new_id()}-at_{self._new_id()}"
         if user.access_token_type == 1:
-            token = keymat.sign_jwt(self.signing_key, self.signing_key_id, {
+            token = self.web_keys.sign({
                 "iss": self.issuer, "sub": user.id, "aud": list(audience),
                 "exp": expiration // times.NS, "iat": now // times.NS,
                 "nbf": now // times.NS, "client_id": user.id, "jti": token_id,

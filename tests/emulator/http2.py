@@ -27,7 +27,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from tests.emulator import connect_v2
+from tests.emulator import connect_v2, webkeys
 from tests.emulator.domain import Domain
 from tests.emulator.errors import EmuError
 from tests.emulator.faults import DropConnection
@@ -200,6 +200,8 @@ class Connection:
                 answer = self._v1(method, headers, message)
             elif service == connect_v2.SERVICE:
                 answer = self._v2(method, headers, message)
+            elif service == webkeys.SERVICE and webkeys.exists(method):
+                answer = self._v2(method, headers, message, webkeys)
             else:
                 raise GrpcError(GRPC_CODES["unimplemented"],
                                 f"unknown service {service}")
@@ -233,19 +235,22 @@ class Connection:
                             details if isinstance(details, bytes) else None) from None
         return bytes(response.SerializeToString())
 
-    def _v2(self, method: str, headers: dict[str, str], message: bytes) -> bytes:
+    def _v2(self, method: str, headers: dict[str, str], message: bytes,
+            service: Any = connect_v2) -> bytes:
+        """A v2 unary call over gRPC; ``service``: the module with its
+        decode_proto / invoke / encode_proto (connect_v2 or webkeys)."""
         from tests.emulator import grpc_v1
 
         try:
             after = self.domain.faults.check(method)
-            req = connect_v2.decode_proto(method, message)
-            result = connect_v2.invoke(self.domain, method, headers, req)
+            req = service.decode_proto(method, message)
+            result = service.invoke(self.domain, method, headers, req)
             if after is not None:
                 try:
                     after.apply()  # ZITADEL acted; the answer is late, lost or dropped
                 except DropConnection:
                     raise EmuError("unavailable", "emulator: connection dropped") from None
-            return connect_v2.encode_proto(method, result)
+            return bytes(service.encode_proto(method, result))
         except EmuError as err:
             code = GRPC_CODES.get(err.code, GRPC_CODES["unknown"])
             details = None

@@ -210,7 +210,7 @@ def _token_response(domain: dm.Domain, user: dm.User, scope: str,
                             "expires_in": max(0, (expiration - now) // times.NS)}
     if "openid" in granted:
         digest = hashlib.sha256(token.encode()).digest()
-        body["id_token"] = keymat.sign_jwt(domain.signing_key, domain.signing_key_id, {
+        body["id_token"] = domain.web_keys.sign({
             "iss": domain.issuer, "sub": user.id, "aud": audience,
             "exp": expiration // times.NS, "iat": now // times.NS,
             "auth_time": now // times.NS, "azp": user.id, "client_id": user.id,
@@ -342,8 +342,8 @@ def introspect(domain: dm.Domain, headers: Mapping[str, str],
 
 
 def jwks(domain: dm.Domain) -> Response:
-    return _json(200, {"keys": [keymat.jwk(domain.signing_key, domain.signing_key_id)]},
-                 {"Cache-Control": "max-age=300, must-revalidate"})
+    # INITIAL, ACTIVE and INACTIVE web keys (§12)
+    return _json(200, domain.web_keys.jwks(), {"Cache-Control": "max-age=300, must-revalidate"})
 
 
 def handle(domain: dm.Domain, path: str, http_method: str, headers: Mapping[str, str],

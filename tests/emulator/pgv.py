@@ -34,6 +34,8 @@ class Items:
 
 ENUM_DEFINED = "enum.defined_only"
 TS_REQUIRED = "timestamp.required"
+#: ``enum = {defined_only: true, not_in: [0]}`` (the web key algorithms, §12)
+ENUM_SET = "enum.not_in_0"
 Rule = Str | Items | str
 
 _TEXT = Str(1, 200)
@@ -82,6 +84,11 @@ RULES: dict[str, Rule] = {
         "DisplayNameQuery", "EmailQuery", "LoginNameQuery", "MetadataKeyQuery")},
     _V1 + "StateQuery.state": ENUM_DEFINED, _V1 + "TypeQuery.type": ENUM_DEFINED,
     _V1 + "ListUserMetadataRequest.id": _TEXT,
+    # zitadel.webkey.v2 (§12)
+    "zitadel.webkey.v2.ActivateWebKeyRequest.id": _TEXT,
+    "zitadel.webkey.v2.DeleteWebKeyRequest.id": _TEXT,
+    "zitadel.webkey.v2.RSA.bits": ENUM_SET, "zitadel.webkey.v2.RSA.hasher": ENUM_SET,
+    "zitadel.webkey.v2.ECDSA.curve": ENUM_SET,
 }
 
 #: oneofs marked ``(validate.required) = true``
@@ -133,7 +140,9 @@ def _check(msg: descriptor.Descriptor, field: descriptor.FieldDescriptor,
     elif rule == TS_REQUIRED:
         if not present:
             raise _fail(msg, name, "value is required")
-    elif rule == ENUM_DEFINED and present \
+    elif rule == ENUM_SET and int(value if present else 0) == 0:
+        raise _fail(msg, name, "value must not be in list [0]")
+    elif rule in (ENUM_DEFINED, ENUM_SET) and present \
             and field.enum_type.values_by_number.get(int(value)) is None:
         raise _fail(msg, name, "value must be one of the defined enum values")
     if field.type == field.TYPE_MESSAGE and present \

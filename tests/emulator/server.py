@@ -16,13 +16,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.emulator import connect_v2, http2, oidc
+from tests.emulator import connect_v2, http2, oidc, webkeys
 from tests.emulator.domain import Domain
 from tests.emulator.errors import EmuError
 from tests.emulator.faults import DropConnection
 
 Response = tuple[int, dict[str, str], bytes]
 CONNECT_PREFIX = f"/{connect_v2.SERVICE}/"
+WEBKEY_PREFIX = f"/{webkeys.SERVICE}/"
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -196,6 +197,9 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
                 response = connect_v2.handle(
                     domain, url.path[len(CONNECT_PREFIX):], method, headers, body,
                     no_v2_keys=self.no_v2_keys)
+            elif url.path.startswith(WEBKEY_PREFIX):
+                response = webkeys.handle(domain, url.path[len(WEBKEY_PREFIX):], method,
+                                          headers, body)
             else:
                 response = oidc.handle(domain, url.path, method, headers, body)
             if response is None:
