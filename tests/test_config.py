@@ -222,7 +222,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("targets", DELETE, "targets", "at least one target"),
     ("targets", {"name": "x"}, "targets", "must be a list"),
     ("targets.1", "reports", "targets[1]", "must be a mapping (got a string)"),
-    ("targets.1.kind", "pak", "targets[1].kind", "must be one of key, pat, webkey (got 'pak')"),
+    ("targets.1.kind", "pak", "targets[1].kind", "must be one of key, pat, secret, webkey (got 'pak')"),
     ("targets.1.kind", DELETE, "targets[1].kind", "is required"),
     ("targets.0.user", DELETE, "targets[0].user", "is required"),
     ("targets.0.user", "", "targets[0].user", "must not be empty"),
