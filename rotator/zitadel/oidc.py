@@ -253,7 +253,7 @@ class OidcClient:
         try:
             return self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise connection_error(exc, what) from None
+            raise connection_error(exc, what) from exc  # no answer: --debug may show why
 
     def endpoints(self) -> Endpoints:
         """The discovery document's endpoints (fetched on first use)."""

@@ -308,7 +308,7 @@ class UserServiceTransport:
         except ApiError as exc:
             raise api_error(exc, where, context, self._client_token) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise _no_answer(exc, where, context) from None
+            raise _no_answer(exc, where, context) from exc  # no answer: --debug may show why
         except ValidationError as exc:
             # Never str(exc): pydantic quotes input values, which may be a PAT.
             raise error_for(
