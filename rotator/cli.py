@@ -814,6 +814,10 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     if args.command != "run" and not args.debug:
         # One-shot commands: their errors are reported once, at the end.
         logging.getLogger().setLevel(logging.ERROR)
+    elif not args.debug:
+        # The daemon tells its operator where it listens, each target's next
+        # run and a summary per pass (rotator/oplog.py): our INFO, not the libraries'.
+        logging.getLogger("rotator").setLevel(logging.INFO)
     # one-shot commands: audit lines share stderr with the progress bar (if any)
     stream: IO[str] = sys.stdout if args.command == "run" else terminal_stream(sys.stderr)
     audit = AuditLog(
