@@ -104,6 +104,12 @@ class Metrics:
             "Failed attempts.",
             ["target"], registry=r,
         )
+        self.consecutive_failures = Gauge(
+            "rotator_consecutive_failures",
+            "Failed attempts in a row (0 after a success): a rolled-back attempt that"
+            " the retry repairs is 1, then 0; alert on >= 2, not on rotations_total.",
+            ["target"], registry=r,
+        )
         self.leader = Gauge(
             "rotator_leader", "1 while this replica holds the lease and runs rotations.",
             registry=r,
@@ -139,6 +145,7 @@ class Metrics:
                 self.rotations.labels(target=t.name, outcome=outcome)
             self.retries.labels(target=t.name)
             self.failures.labels(target=t.name)
+            self.consecutive_failures.labels(target=t.name).set(0)
 
     def observe_status(self, status: TargetStatus) -> None:
         """Set the gauges from an engine status read."""
@@ -147,6 +154,7 @@ class Metrics:
         self._set(self.last_success, name, _ts(status.last_success_at))
         self.ready.labels(target=name).set(1 if status.state in READY_STATES else 0)
         self.stuck.labels(target=name).set(1 if status.state == "stuck" else 0)
+        self.consecutive_failures.labels(target=name).set(status.failures)
         with self._lock:
             self._failing[name] = status.failures > 0
 
@@ -186,8 +194,10 @@ class Metrics:
             if name == "rotation.failed":
                 self._failing[target] = True
                 self.failures.labels(target=target).inc()
+                self.consecutive_failures.labels(target=target).inc()
             elif name == "rotation.completed":
                 self._failing[target] = False
+                self.consecutive_failures.labels(target=target).set(0)
         outcome = _OUTCOME_EVENTS.get(name)
         if outcome is not None:
             self.rotations.labels(target=target, outcome=outcome).inc()
@@ -195,7 +205,7 @@ class Metrics:
     def forget(self, target: str) -> None:
         """Drop the per-target gauges of a target no longer configured."""
         for gauge in (self.expiration, self.next_rotation, self.last_success, self.ready,
-                      self.stuck):
+                      self.stuck, self.consecutive_failures):
             with contextlib.suppress(KeyError):
                 gauge.remove(target)
 
