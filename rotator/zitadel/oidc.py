@@ -449,6 +449,8 @@ class TokenSource:
     ) -> None:
         self._oidc = oidc
         self._provider = key_file_provider
+        #: The key file's provider, for naming the identity in an error (visibility.py).
+        self.key_file = key_file_provider
         self._clock: Clock = clock or oidc.clock
         self._scope = scope
         self._refresh_before = refresh_before

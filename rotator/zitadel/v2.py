@@ -33,11 +33,13 @@ from rotator.errors import (
     RotatorError,
     ZitadelError,
     ZitadelNotFound,
+    ZitadelPermissionDenied,
     ZitadelRejected,
     ZitadelUnauthenticated,
 )
 from rotator.model import Credential, CredentialKind, IssuedPat, User
 from rotator.redact import server_text
+from rotator.zitadel import visibility
 from rotator.zitadel.codes import error_for, http_status_code_name
 from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
@@ -320,6 +322,52 @@ class UserServiceTransport:
     # -- users ----------------------------------------------------------------------
 
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """:meth:`_resolve_user`; "not found" says whether the identity may see the user."""
+        try:
+            return self._resolve_user(user, org_id)
+        except ZitadelPermissionDenied as exc:
+            raise visibility.refused(user, org_id, exc, identity=self._identity()) from None
+        except ZitadelNotFound as exc:
+            if exc.method != "ListUsers":
+                raise
+            raise visibility.not_found(
+                user,
+                org_id,
+                identity=self._identity(),
+                probe=lambda: self._others_visible(org_id),
+                method="ListUsers",
+            ) from None
+
+    def _identity(self) -> str | None:
+        return visibility.identity_of(self._token)
+
+    def _others_visible(self, org_id: str | None) -> int | ZitadelPermissionDenied | None:
+        """How many users other than the identity itself it may list in ``org_id``
+        (ListUsers filters by ``user.read``, §4): 0 means it sees none there."""
+        queries = []
+        if org_id:
+            queries.append(
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            )
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=0, limit=2, asc=True), queries=queries
+        )
+        try:
+            response = self._call(
+                "ListUsers",
+                "probe which users the identity may see",
+                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            )
+        except ZitadelPermissionDenied as exc:
+            return exc
+        except ZitadelError:
+            return None
+        own = self._identity()
+        return sum(1 for u in response.result or [] if u.user_id != own)
+
+    def _resolve_user(self, user: str, org_id: str | None = None) -> User:
         """Find a machine user by numeric id (GetUserByID), login name
         (``name@domain``: ListUsers by login name) or user name (ListUsers by
         user name, scoped to ``org_id`` if given).
