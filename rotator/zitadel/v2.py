@@ -310,7 +310,7 @@ class UserServiceTransport:
         except ApiError as exc:
             raise api_error(exc, where, context, self._client_token) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise _no_answer(exc, where, context) from exc  # no answer: --debug may show why
+            raise no_answer(exc, where, context) from exc  # no answer: --debug may show why
         except ValidationError as exc:
             # Never str(exc): pydantic quotes input values, which may be a PAT.
             raise error_for(
@@ -564,7 +564,7 @@ class UserServiceTransport:
 
         return [_credential(kind, item, user_id or "") for item in _paginate(page, size)]
 
-def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
+def no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).
 
     Names only the exception type: ``str(exc)`` repeats the URL and OS error.

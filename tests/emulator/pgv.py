@@ -81,6 +81,14 @@ RULES: dict[str, Rule] = {
         "DisplayNameQuery", "EmailQuery", "LoginNameQuery", "MetadataKeyQuery")},
     _V1 + "StateQuery.state": ENUM_DEFINED, _V1 + "TypeQuery.type": ENUM_DEFINED,
     _V1 + "ListUserMetadataRequest.id": _TEXT,
+    # zitadel.org.v2 (ListOrganizations)
+    "zitadel.org.v2.ListOrganizationsRequest.sorting_column": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationNameQuery.name": _TEXT,
+    "zitadel.org.v2.OrganizationNameQuery.method": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationDomainQuery.domain": _TEXT,
+    "zitadel.org.v2.OrganizationDomainQuery.method": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationStateQuery.state": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationIDQuery.id": _TEXT,
 }
 
 #: oneofs marked ``(validate.required) = true``
@@ -88,6 +96,7 @@ REQUIRED_ONEOFS = frozenset({
     _V2 + "KeysSearchFilter.filter", _V2 + "PersonalAccessTokensSearchFilter.filter",
     _V2 + "SearchQuery.query", "zitadel.metadata.v2.MetadataSearchFilter.filter",
     _V1 + "SearchQuery.query", _V1 + "MetadataQuery.query",
+    "zitadel.org.v2.SearchQuery.query",
 })
 
 

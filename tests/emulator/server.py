@@ -23,6 +23,7 @@ from tests.emulator.faults import DropConnection
 
 Response = tuple[int, dict[str, str], bytes]
 CONNECT_PREFIX = f"/{connect_v2.SERVICE}/"
+ORG_PREFIX = f"/{connect_v2.ORG_SERVICE}/"
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -196,6 +197,10 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
                 response = connect_v2.handle(
                     domain, url.path[len(CONNECT_PREFIX):], method, headers, body,
                     no_v2_keys=self.no_v2_keys)
+            elif url.path.startswith(ORG_PREFIX):
+                response = connect_v2.handle(
+                    domain, url.path[len(ORG_PREFIX):], method, headers, body,
+                    service=connect_v2.ORG_SERVICE)
             else:
                 response = oidc.handle(domain, url.path, method, headers, body)
             if response is None:
