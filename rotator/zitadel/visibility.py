@@ -1,4 +1,4 @@
-""""No such user" or "not allowed to see it": what a failed user lookup means.
+"""Not found, or not visible: what a failed user look-up means.
 
 ZITADEL answers a lookup by what the caller may read: v2 ``ListUsers``
 silently leaves out users of orgs where the caller has no ``user.read``
@@ -80,10 +80,7 @@ def not_found(
             f"{_grant(org_id)} (or check the name)"
         )
     else:
-        message = (
-            f"{head}: it does not exist, or {_who(identity)} may not see it; "
-            f"{_grant(org_id)}"
-        )
+        message = f"{head}: it does not exist, or {_who(identity)} may not see it; {_grant(org_id)}"
     return ZitadelNotFound(message, code="not_found", method=method)
 
 
