@@ -43,6 +43,7 @@ from rotator.ratelimit import LimitedTransport, RateLimiter
 from rotator.vault import VaultStore
 from rotator.zitadel.detect import choose_api
 from rotator.zitadel.oidc import OidcClient, TokenSource
+from rotator.zitadel.orgs import OrgDirectory, directory, sdk_lookup
 
 KeyFileProvider = Callable[[], Mapping[str, Any]]
 
@@ -217,6 +218,25 @@ def make_transport(config: Config, api: str, token_source: Callable[[], str]) ->
     return transport
 
 
+def org_directory(
+    config: Config, token_source: Callable[[], str], limiter: RateLimiter
+) -> OrgDirectory | None:
+    """Resolves targets[].org (names, domains) once each; None when no target names one."""
+    if not any(t.org for t in config.targets):
+        return None
+    from rotator.zitadel.sdk import TransportOptions  # noqa: PLC0415 - the SDK slice
+
+    tls = config.zitadel.tls
+    lookup = sdk_lookup(
+        config.zitadel.url,
+        token_source,
+        timeout=config.zitadel.timeout.total_seconds(),
+        options=TransportOptions(ca_cert_path=tls.ca_file, insecure=tls.insecure),
+        call=limiter.call,
+    )
+    return directory(token_source, lookup)
+
+
 _TRANSPORT_METHODS = frozenset(
     name
     for protocol in (ZitadelTransport, InventoryTransport)
@@ -369,6 +389,7 @@ def build(
         intent_timeout=3 * max(config.zitadel.timeout, config.vault.timeout),
         own_key_id=lambda: str(provider().get("keyId", "")) or None,
         presence_interval=config.daemon.presence_interval,
+        orgs=org_directory(config, token_source, limiter),
     )
     return App(
         config=config,

@@ -811,8 +811,13 @@ _READ_CONCURRENCY = 16
 _QUIET_SECONDS = 2.0
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, exc: BaseException | None = None, *, debug: bool = False) -> None:
     sys.stderr.write(f"rotator: error: {message}\n")
+    if debug and exc is not None:  # what lies beneath, scrubbed (rotator/causes.py)
+        from rotator.causes import cause_lines  # noqa: PLC0415
+
+        for line in cause_lines(exc):
+            sys.stderr.write(f"rotator: debug: {line}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -868,6 +873,10 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     if args.command != "run" and not args.debug:
         # One-shot commands: their errors are reported once, at the end.
         logging.getLogger().setLevel(logging.ERROR)
+    elif not args.debug:
+        # The daemon tells its operator where it listens, each target's next
+        # run and a summary per pass (rotator/oplog.py): our INFO, not the libraries'.
+        logging.getLogger("rotator").setLevel(logging.INFO)
     # one-shot commands: audit lines share stderr with the progress bar (if any)
     stream: IO[str] = sys.stdout if args.command == "run" else terminal_stream(sys.stderr)
     audit = AuditLog(
@@ -890,7 +899,7 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     except ConfigError:
         raise
     except RotatorError as exc:
-        _fail(f"cannot start: {exc}")
+        _fail(f"cannot start: {exc}", exc, debug=args.debug)
         return Exit.UNAVAILABLE
     try:
         if app.zitadel_error is not None:
@@ -902,10 +911,10 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     except (VaultError, ZitadelError) as exc:
         # The engine reports per-target failures itself; this is a read
         # (status, plan, verify) that lost Vault or ZITADEL mid-command.
-        _fail(str(exc))
+        _fail(str(exc), exc, debug=args.debug)
         return Exit.UNAVAILABLE
     except RotatorError as exc:
-        _fail(str(exc))  # our own errors carry vetted, secret-free messages
+        _fail(str(exc), exc, debug=args.debug)  # our own errors carry vetted, secret-free messages
         return Exit.FAILED
     finally:
         app.close()

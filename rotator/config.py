@@ -964,10 +964,15 @@ def _targets(  # noqa: PLR0917 - private helper, called once
             kind=CredentialKind(kind),
             vault_path=vault_path,
             org_id=section.text("org_id", None),
+            org=section.text("org", None),
             adopt=section.flag("adopt", _default(Target, "adopt")),
             policy=_target_policy(section.section("policy"), defaults, own_warnings),
             schedule=schedule,
         )
+        if target.org is not None and target.org_id is not None:
+            section.fail("org", "give org (a name or domain) or org_id, not both")
+        if target.org is not None and not target.org.strip():
+            section.fail("org", "must not be empty")
         if target.policy != defaults:  # inherited defaults were judged once already
             warnings.extend(own_warnings)
         schedules.append((name, schedule))

@@ -64,6 +64,7 @@ from rotator.health import Check, HealthServer, Readiness, discovery_probe, run_
 from rotator.metrics import Metrics
 from rotator.model import Target, Trigger
 from rotator.notify import Webhook
+from rotator.oplog import OperatorLog, exit_reasons, summarise
 from rotator.planner import with_jitter
 from rotator.ports import InventoryTransport, Lease
 from rotator.report import Outcome, RotationResult, TargetStatus
@@ -182,6 +183,7 @@ class Daemon:
         self.workers = daemon.concurrency
         self.dispatcher = Dispatcher(self._job, workers=self.workers)
         self._statuses: dict[str, TargetStatus] = {}
+        self.oplog = OperatorLog()  # next runs and pass summaries, for the operator
         #: kind: webkey targets, scheduled like the others by their state's next step
         self.webkeys = None
         if config.webkey_targets:
@@ -306,7 +308,12 @@ class Daemon:
         if self._active():
             names = [t.name for t in self.config.targets]
             names += [t.name for t in self.config.webkey_targets]
-            self.dispatcher.add_pass(names, on_done=self._check_expiry)
+            self.oplog.begin_pass()
+            self.dispatcher.add_pass(names, on_done=self._pass_done)
+
+    def _pass_done(self) -> None:
+        self.oplog.end_pass(self.clock.now())
+        self._check_expiry()
 
     def inventory_pass(self) -> None:
         """The periodic inventory (leader only): metrics and notices for every credential."""
@@ -349,9 +356,12 @@ class Daemon:
             )
             retry = self.clock.now() + _ERROR_RETRY
             error = f"unexpected {type(exc).__name__}"
-            return RotationResult(
+            failed = RotationResult(
                 target=target.name, outcome=Outcome.FAILED, next_run_at=retry, error=error
             )
+            self.oplog.record(failed, self.clock.now())
+            return failed
+        self.oplog.record(result, self.clock.now())
         self.metrics.observe_result(result)
         self.metrics.set_next_rotation(target.name, result.next_rotation_at)
         status = result.status or self._status(target)
@@ -467,6 +477,10 @@ def _once(daemon: Daemon) -> int:
         results = daemon.reconcile_all()
     finally:
         daemon.stop()
+    now = daemon.clock.now()
+    daemon.oplog.summary(summarise(results), now)
+    for line in exit_reasons(results, now):  # why the exit code is not 0
+        sys.stderr.write(line + "\n")
     return exit_code(results)
 
 

@@ -23,6 +23,7 @@ from rotator.presence import Presence
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.rotation import Rotation, Run
 from rotator.state import TargetState
+from rotator.zitadel.orgs import OrgDirectory
 
 
 class Engine:
@@ -41,8 +42,11 @@ class Engine:
         orphan_watch: timedelta = timedelta(minutes=15),
         own_key_id: Callable[[], str | None] | None = None,
         presence_interval: timedelta = timedelta(minutes=5),
+        orgs: OrgDirectory | None = None,
     ) -> None:
         self.transport, self.store, self.clock, self.audit = transport, store, clock, audit
+        #: targets[].org names to ids (None: no target names its org)
+        self.orgs = orgs
         self.state_prefix = state_prefix.strip("/")
         self.backoff = backoff or Backoff()
         self.failures = FailureBook(store, self.backoff, self.state_path, clock)
@@ -134,10 +138,19 @@ class Engine:
         ref = _user_ref(target)
         if state is not None and state.user_id and state.org_id and state.user_ref == ref:
             return User(id=state.user_id, org_id=state.org_id, username=target.user)
-        key = (target.org_id, target.user)
+        org_id = self._org_id(target)
+        key = (org_id, target.user)
         if key not in self._users:
-            self._users[key] = self.transport.resolve_user(target.user, target.org_id)
+            self._users[key] = self.transport.resolve_user(target.user, org_id)
         return self._users[key]
+
+    def _org_id(self, target: Target) -> str | None:
+        """``org_id``, or the id of the org ``target.org`` names (asked once)."""
+        if target.org is None:
+            return target.org_id
+        if self.orgs is None:  # a programming error: build() makes one when an org is named
+            raise ValueError(f"target {target.name} names org {target.org!r}: no OrgDirectory")
+        return self.orgs.org_id(target.org)
 
     def _load(self, target: Target) -> tuple[TargetState, int, User]:
         raw = self.store.read(self.state_path(target))
@@ -244,4 +257,4 @@ class Engine:
         )
 
 def _user_ref(target: Target) -> str:
-    return f"{target.org_id or ''}/{target.user}"
+    return f"{target.org_id or target.org or ''}/{target.user}"

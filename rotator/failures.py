@@ -174,7 +174,8 @@ def forgive_if_changed(state: TargetState, target: Target) -> None:
 
 def digest(target: Target) -> str:
     """A fingerprint of the target as configured."""
-    return hashlib.sha256(repr(target).encode()).hexdigest()[:16]
+    text = repr(target) + (f" org={target.org!r}" if target.org else "")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _blank(target: Target) -> TargetState:

@@ -104,6 +104,12 @@ class Metrics:
             "Failed attempts.",
             ["target"], registry=r,
         )
+        self.consecutive_failures = Gauge(
+            "rotator_consecutive_failures",
+            "Failed attempts in a row (0 after a success): a rolled-back attempt that"
+            " the retry repairs is 1, then 0; alert on >= 2, not on rotations_total.",
+            ["target"], registry=r,
+        )
         self.leader = Gauge(
             "rotator_leader", "1 while this replica holds the lease and runs rotations.",
             registry=r,
@@ -116,7 +122,7 @@ class Metrics:
         self.target_info = Gauge(
             "rotator_target_info",
             "Always 1; what each target is (join on `target` for kind, user, org, path, API).",
-            ["target", "kind", "user", "org_id", "vault_path", "api"], registry=r,
+            ["target", "kind", "user", "user_id", "org_id", "vault_path", "api"], registry=r,
         )
         self.webkey_active_since = Gauge(
             "rotator_webkey_active_since_timestamp_seconds",
@@ -128,6 +134,9 @@ class Metrics:
             "Web keys served at /oauth/v2/keys (ZITADEL's JWKS) at the last look.",
             ["target"], registry=r,
         )
+        #: The info series' labels per target: user_id is known once the user
+        #: was looked up (a status read), so the series is replaced then.
+        self._info: dict[str, dict[str, str]] = {}
         self._failing: dict[str, bool] = {}
         self._lock = threading.Lock()
 
@@ -137,26 +146,40 @@ class Metrics:
         """Every configured target's info series, and its counters at 0: the
         first failure is then an increase from 0, which ``increase()`` sees."""
         for t in targets:
-            self.target_info.labels(
-                target=t.name,
-                kind=t.kind.value,
-                user=t.user,
-                org_id=t.org_id or "",
-                vault_path=t.vault_path,
-                api=api,
-            ).set(1)
+            self._set_info(t.name, {
+                "target": t.name,
+                "kind": t.kind.value,
+                "user": t.user,
+                "user_id": t.user if t.user.isdigit() else "",
+                "org_id": t.org_id or "",
+                "vault_path": t.vault_path,
+                "api": api,
+            })
             for outcome in _OUTCOME_EVENTS.values():
                 self.rotations.labels(target=t.name, outcome=outcome)
             self.retries.labels(target=t.name)
             self.failures.labels(target=t.name)
+            self.consecutive_failures.labels(target=t.name).set(0)
+
+    def _set_info(self, target: str, labels: dict[str, str]) -> None:
+        old = self._info.get(target)
+        if old is not None:
+            with contextlib.suppress(KeyError):
+                self.target_info.remove(*old.values())
+        self._info[target] = labels
+        self.target_info.labels(**labels).set(1)
 
     def observe_status(self, status: TargetStatus) -> None:
         """Set the gauges from an engine status read."""
         name = status.target
+        info = self._info.get(name)
+        if info is not None and status.user_id and info["user_id"] != status.user_id:
+            self._set_info(name, {**info, "user_id": status.user_id})
         self._set(self.expiration, name, _ts(status.expires_at))
         self._set(self.last_success, name, _ts(status.last_success_at))
         self.ready.labels(target=name).set(1 if status.state in READY_STATES else 0)
         self.stuck.labels(target=name).set(1 if status.state == "stuck" else 0)
+        self.consecutive_failures.labels(target=name).set(status.failures)
         with self._lock:
             self._failing[name] = status.failures > 0
 
@@ -204,8 +227,10 @@ class Metrics:
             if name == "rotation.failed":
                 self._failing[target] = True
                 self.failures.labels(target=target).inc()
+                self.consecutive_failures.labels(target=target).inc()
             elif name == "rotation.completed":
                 self._failing[target] = False
+                self.consecutive_failures.labels(target=target).set(0)
         outcome = _OUTCOME_EVENTS.get(name)
         if outcome is not None:
             self.rotations.labels(target=target, outcome=outcome).inc()
@@ -213,7 +238,7 @@ class Metrics:
     def forget(self, target: str) -> None:
         """Drop the per-target gauges of a target no longer configured."""
         for gauge in (self.expiration, self.next_rotation, self.last_success, self.ready,
-                      self.stuck):
+                      self.stuck, self.consecutive_failures):
             with contextlib.suppress(KeyError):
                 gauge.remove(target)
 

@@ -68,6 +68,10 @@ class Target:
     adopt: bool = False
     #: When a fresh rotation may start (windows and freezes).
     schedule: Schedule = field(default_factory=Schedule)
+    #: The user's organization by name or domain instead of ``org_id`` (resolved
+    #: once through ZITADEL: rotator/zitadel/orgs.py).  Out of ``repr`` so that
+    #: fingerprints of targets without it stay as they were (failures.digest).
+    org: str | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------- ZITADEL

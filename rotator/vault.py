@@ -119,11 +119,14 @@ def translate(exc: BaseException, *, action: str, path: str | None) -> RotatorEr
     if isinstance(exc, RotatorError):
         return exc
     if isinstance(exc, requests.exceptions.Timeout):
-        return VaultUnavailable(f"{action}: Vault{_at(exc)} timed out", path=path)
+        return _network(VaultUnavailable(f"{action}: Vault{_at(exc)} timed out", path=path), exc)
     if isinstance(exc, requests.exceptions.ConnectionError):
         # the address and the cause: refused, DNS, TLS (which problem), reset
-        return VaultUnavailable(
-            f"{action}: cannot connect to Vault{_at(exc)}: {netcause.cause(exc)}", path=path
+        return _network(
+            VaultUnavailable(
+                f"{action}: cannot connect to Vault{_at(exc)}: {netcause.cause(exc)}", path=path
+            ),
+            exc,
         )
     if isinstance(exc, requests.exceptions.RequestException):
         return VaultUnavailable(f"{action}: {type(exc).__name__}", path=path)
@@ -149,6 +152,13 @@ def _at(exc: requests.exceptions.RequestException) -> str:
     """`` at scheme://host:port`` of the request that failed (never its path or query)."""
     url = getattr(getattr(exc, "request", None), "url", None)
     return f" at {netcause.address(url)}" if url else ""
+
+
+def _network(error: RotatorError, exc: BaseException) -> RotatorError:
+    """``error`` caused by ``exc``: a failure below HTTP carries no answer from
+    Vault, so ``--debug`` may show it (scrubbed, :mod:`rotator.causes`)."""
+    error.__cause__ = exc
+    return error
 
 
 def call_vault(action: str, path: str | None, fn: Callable[[], T]) -> T:

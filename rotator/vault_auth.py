@@ -164,7 +164,8 @@ class TokenMethod:
                 Token(_adapter_with(client, token)).lookup_self,
             )
         except VaultError as exc:
-            raise _refused(exc, self.name, self.source.describe()) from None
+            # a network failure (the only chained cause) stays chained for --debug
+            raise _refused(exc, self.name, self.source.describe()) from exc.__cause__
         data = info.get("data") or {}
         return VaultToken(
             token=token,
@@ -196,7 +197,7 @@ class AppRoleMethod:
                 ),
             )
         except VaultError as exc:
-            raise _refused(exc, self.name, self.secret_id.describe()) from None
+            raise _refused(exc, self.name, self.secret_id.describe()) from exc.__cause__
         return _from_auth(response["auth"], now)
 
 
@@ -218,7 +219,8 @@ class KubernetesMethod:
                 ),
             )
         except VaultError as exc:
-            raise _refused(exc, self.name, f"role {self.role!r}, {self.jwt_file}") from None
+            source = f"role {self.role!r}, {self.jwt_file}"
+            raise _refused(exc, self.name, source) from exc.__cause__
         return _from_auth(response["auth"], now)
 
 

@@ -132,7 +132,8 @@ def test_validate_rejects_a_malformed_config_naming_file_and_field(tmp_path: Pat
     assert run.code == 2
     line = assert_one_clean_line(run)
     assert line == (
-        f"rotator: error: {path}: targets[1].kind: must be one of key, pat, secret, webkey (got 'pak')"
+        f"rotator: error: {path}: targets[1].kind: "
+        "must be one of key, pat, secret, webkey (got 'pak')"
     )
     assert run.stdout == ""
 

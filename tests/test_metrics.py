@@ -196,9 +196,13 @@ def test_declared_targets_have_an_info_series_and_every_counter_at_0() -> None:
     samples = scrape(m)
     info = (
         ("api", "v2"), ("kind", "key"), ("org_id", "o1"), ("target", "billing"),
-        ("user", "svc-billing"), ("vault_path", "zitadel/billing"),
+        ("user", "svc-billing"), ("user_id", ""), ("vault_path", "zitadel/billing"),
     )
     assert samples[("rotator_target_info", info)] == 1
+    # once a status read knows the user's id, the one info series carries it
+    m.observe_status(status(user_id="2741"))
+    infos = {labels for name, labels in scrape(m) if name == "rotator_target_info"}
+    assert infos == {tuple(sorted({**dict(info), "user_id": "2741"}.items()))}
     for outcome in ("rotated", "retired", "failed", "stuck", "rolled_back"):
         key = ("rotator_rotations_total", (("outcome", outcome), ("target", "billing")))
         assert samples[key] == 0

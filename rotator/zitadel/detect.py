@@ -90,15 +90,15 @@ def detect_api(
     http = client or httpx.Client(timeout=timeout, verify=tls_verify(verify))
     try:
         response = http.post(url, json=_PROBE_BODY, headers=headers)
-    except httpx.TimeoutException:
+    except httpx.TimeoutException as exc:
         message = "API detection probe timed out"
-        raise error_for("deadline_exceeded", message, method=_METHOD) from None
+        raise error_for("deadline_exceeded", message, method=_METHOD) from exc
     except httpx.HTTPError as exc:
         # the address and the cause, never httpx's message (it repeats the URL)
         message = (
             f"API detection probe failed at {netcause.address(url)}: {netcause.cause(exc)}"
         )
-        raise error_for("unavailable", message, method=_METHOD) from None
+        raise error_for("unavailable", message, method=_METHOD) from exc  # --debug shows it
     finally:
         if own_client:
             http.close()

@@ -278,7 +278,7 @@ class OidcClient:
         try:
             return self._http.request(method, url, **kwargs)
         except httpx.HTTPError as exc:
-            raise connection_error(exc, what) from None
+            raise connection_error(exc, what) from exc  # no answer: --debug may show why
 
     def endpoints(self) -> Endpoints:
         """The discovery document's endpoints (fetched on first use)."""
@@ -517,6 +517,8 @@ class TokenSource:
     ) -> None:
         self._oidc = oidc
         self._provider = key_file_provider
+        #: The key file's provider, for naming the identity in an error (visibility.py).
+        self.key_file = key_file_provider
         self._clock: Clock = clock or oidc.clock
         self._scope = scope
         self._refresh_before = refresh_before

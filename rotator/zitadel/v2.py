@@ -34,6 +34,7 @@ from rotator.errors import (
     RotatorError,
     ZitadelError,
     ZitadelNotFound,
+    ZitadelPermissionDenied,
     ZitadelRejected,
     ZitadelUnauthenticated,
 )
@@ -46,6 +47,7 @@ from rotator.model import (
     secret_credential,
 )
 from rotator.redact import server_text
+from rotator.zitadel import visibility
 from rotator.zitadel.codes import error_for, http_status_code_name, is_secret_not_existing
 from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
@@ -322,7 +324,7 @@ class UserServiceTransport:
         except ApiError as exc:
             raise api_error(exc, where, context, self._client_token) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise _no_answer(exc, where, context) from None
+            raise no_answer(exc, where, context) from exc  # no answer: --debug may show why
         except ValidationError as exc:
             # Never str(exc): pydantic quotes input values, which may be a PAT.
             raise error_for(
@@ -334,6 +336,52 @@ class UserServiceTransport:
     # -- users ----------------------------------------------------------------------
 
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """:meth:`_resolve_user`; "not found" says whether the identity may see the user."""
+        try:
+            return self._resolve_user(user, org_id)
+        except ZitadelPermissionDenied as exc:
+            raise visibility.refused(user, org_id, exc, identity=self._identity()) from None
+        except ZitadelNotFound as exc:
+            if exc.method != "ListUsers":
+                raise
+            raise visibility.not_found(
+                user,
+                org_id,
+                identity=self._identity(),
+                probe=lambda: self._others_visible(org_id),
+                method="ListUsers",
+            ) from None
+
+    def _identity(self) -> str | None:
+        return visibility.identity_of(self._token)
+
+    def _others_visible(self, org_id: str | None) -> int | ZitadelPermissionDenied | None:
+        """How many users other than the identity itself it may list in ``org_id``
+        (ListUsers filters by ``user.read``, §4): 0 means it sees none there."""
+        queries = []
+        if org_id:
+            queries.append(
+                UserServiceSearchQuery(
+                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+                )
+            )
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=0, limit=2, asc=True), queries=queries
+        )
+        try:
+            response = self._call(
+                "ListUsers",
+                "probe which users the identity may see",
+                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            )
+        except ZitadelPermissionDenied as exc:
+            return exc
+        except ZitadelError:
+            return None
+        own = self._identity()
+        return sum(1 for u in response.result or [] if u.user_id != own)
+
+    def _resolve_user(self, user: str, org_id: str | None = None) -> User:
         """Find a machine user by numeric id (GetUserByID), login name
         (``name@domain``: ListUsers by login name) or user name (ListUsers by
         user name, scoped to ``org_id`` if given).
@@ -624,7 +672,7 @@ class UserServiceTransport:
         return bool(response.result)
 
 
-def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
+def no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).
 
     Names only the exception type: ``str(exc)`` repeats the URL and OS error.

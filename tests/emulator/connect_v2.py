@@ -1,4 +1,5 @@
-"""``zitadel.user.v2.UserService`` over the Connect protocol (unary, JSON codec).
+"""``zitadel.user.v2.UserService`` (and ``zitadel.org.v2.OrganizationService``'s
+``ListOrganizations``) over the Connect protocol (unary, JSON codec).
 
 ``handle()`` takes one HTTP request and returns (status, headers, body).
 Processing order follows connect-go + ZITADEL's interceptors (§1): route ->
@@ -20,6 +21,9 @@ from tests.emulator.faults import DropConnection
 from tests.emulator.protojson import Enum, Msg, b64, clean, decode, enum_out, schema_of, ts, u64
 
 SERVICE = "zitadel.user.v2.UserService"
+ORG_SERVICE = "zitadel.org.v2.OrganizationService"
+#: Every Connect service the emulator serves (one handler table, method names are unique).
+SERVICES = (SERVICE, ORG_SERVICE)
 
 #: Connect code -> HTTP status (connect-go protocol_connect.go).
 HTTP_STATUS = {
@@ -61,16 +65,18 @@ def request_schema(method: str) -> Msg:
     return schema_of(wire.descriptor_of(input_type(method)))
 
 
-def input_type(method: str) -> str:
-    found = wire.service_method(SERVICE, method)
+def _method(method: str) -> Any:
+    found = wire.service_method(SERVICE_OF.get(method, SERVICE), method)
     assert found is not None, method
-    return str(found.input_type.full_name)
+    return found
+
+
+def input_type(method: str) -> str:
+    return str(_method(method).input_type.full_name)
 
 
 def output_type(method: str) -> str:
-    found = wire.service_method(SERVICE, method)
-    assert found is not None, method
-    return str(found.output_type.full_name)
+    return str(_method(method).output_type.full_name)
 
 
 def validate(method: str, req: dict[str, Any]) -> None:
@@ -273,7 +279,44 @@ def _delete_metadata(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str,
     return {"deletionDate": ts(d.delete_user_metadata_v2(c, r["user_id"], r.get("keys", [])))}
 
 
+ORG_STATE = Enum("zitadel.org.v2.OrganizationState", {
+    "ORGANIZATION_STATE_UNSPECIFIED": 0, "ORGANIZATION_STATE_ACTIVE": 1,
+    "ORGANIZATION_STATE_INACTIVE": 2, "ORGANIZATION_STATE_REMOVED": 3})
+ORG_FIELD_NAME = Enum("zitadel.org.v2.OrganizationFieldName", {
+    "ORGANIZATION_FIELD_NAME_UNSPECIFIED": 0, "ORGANIZATION_FIELD_NAME_NAME": 1,
+    "ORGANIZATION_FIELD_NAME_CREATION_DATE": 2})
+_ORG_STATES = {v: k.removeprefix("ORGANIZATION_STATE_") for k, v in ORG_STATE.values.items()}
+
+
+def _org_query(q: dict[str, Any]) -> dm.OrgQ:
+    (name, value), = q.items()
+    if name == "name_query":
+        return dm.OrgQ("name", value.get("name", ""), value.get("method", 0))
+    if name == "domain_query":
+        return dm.OrgQ("domain", value.get("domain", ""), value.get("method", 0))
+    if name == "id_query":
+        return dm.OrgQ("id", value.get("id", ""))
+    if name == "state_query":
+        return dm.OrgQ("state", _ORG_STATES.get(value.get("state", 0), ""))
+    return dm.OrgQ("default")
+
+
+def _list_orgs(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str, Any]:
+    offset, limit, asc = _pagination(r, "query")
+    column = r.get("sorting_column", 0)
+    queries = [_org_query(q) for q in r.get("queries", [])]
+    total, orgs = d.list_orgs_v2(c, queries, offset, limit, asc, column)
+    return {"details": {"totalResult": u64(total), "timestamp": ts(d.now())},
+            "sortingColumn": enum_out(ORG_FIELD_NAME, column),
+            "result": [{"id": o.id,
+                        "details": {"sequence": u64(o.sequence), "changeDate": ts(o.changed),
+                                    "resourceOwner": o.id, "creationDate": ts(o.created)},
+                        "state": enum_out(ORG_STATE, 1 if o.state == "ACTIVE" else 2),
+                        "name": o.name, "primaryDomain": o.primary_domain} for o in orgs]}
+
+
 HANDLERS: dict[str, Handler] = {
+    "ListOrganizations": _list_orgs,
     "AddKey": _add_key, "RemoveKey": _remove_key, "ListKeys": _list_keys,
     "AddPersonalAccessToken": _add_pat, "RemovePersonalAccessToken": _remove_pat,
     "ListPersonalAccessTokens": _list_pats, "GetUserByID": _get_user, "ListUsers": _list_users,
@@ -281,6 +324,9 @@ HANDLERS: dict[str, Handler] = {
     "DeleteUserMetadata": _delete_metadata, "AddSecret": _add_secret,
     "RemoveSecret": _remove_secret,
 }
+
+#: The service of each method (UserService unless listed).
+SERVICE_OF: dict[str, str] = {"ListOrganizations": ORG_SERVICE}
 
 # --- wire ---------------------------------------------------------------------------
 
@@ -327,8 +373,9 @@ def _not_found() -> Response:
                  "X-Content-Type-Options": "nosniff"}, b"404 page not found\n"
 
 
-def exists(method: str, *, no_v2_keys: bool = False) -> bool:
-    return method in HANDLERS and not (no_v2_keys and method in V4_ONLY)
+def exists(method: str, *, no_v2_keys: bool = False, service: str = SERVICE) -> bool:
+    return (method in HANDLERS and SERVICE_OF.get(method, SERVICE) == service
+            and not (no_v2_keys and method in V4_ONLY))
 
 
 def invoke(domain: dm.Domain, method: str, headers: Mapping[str, str],
@@ -360,9 +407,9 @@ CODECS = {"application/json": "json", "application/proto": "proto"}
 
 
 def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[str, str],
-           body: bytes, *, no_v2_keys: bool = False) -> Response:
+           body: bytes, *, no_v2_keys: bool = False, service: str = SERVICE) -> Response:
     """Connect unary over HTTP/1.1 or HTTP/2.  ``headers``: lower-cased names."""
-    if not exists(method, no_v2_keys=no_v2_keys):
+    if not exists(method, no_v2_keys=no_v2_keys, service=service):
         return _not_found()
     try:
         after = domain.faults.check(method)

@@ -422,6 +422,26 @@ def text_matches(value: str, pattern: str, method: int) -> bool:
     raise EmuError("invalid_argument", f"unknown text query method {method}")
 
 
+@dataclass(frozen=True)
+class OrgQ:
+    """One zitadel.org.v2.SearchQuery: ``kind`` name, domain, state, id or default."""
+    kind: str
+    value: str = ""
+    method: int = 0
+
+
+def org_matches(org: Org, q: OrgQ) -> bool:
+    if q.kind == "name":
+        return text_matches(org.name, q.value, q.method)
+    if q.kind == "domain":
+        return text_matches(org.primary_domain, q.value, q.method)
+    if q.kind == "id":
+        return org.id == q.value
+    if q.kind == "state":
+        return q.value in ("", org.state)
+    return False  # default: the emulator has no default organization
+
+
 def user_matches(user: User, q: Any) -> bool:
     if isinstance(q, UserNameQ):
         return text_matches(user.username, q.value, q.method)
@@ -1541,6 +1561,23 @@ class Domain:
             raise zerr("not_found", "User could not be found", "QUERY-Dfbg2")
         self._check_user_v2(caller, user, _R)
         return user
+
+    def list_orgs_v2(self, caller: Caller, queries: Sequence[OrgQ], offset: int, limit: int,
+                     asc: bool, sorting_column: int = 0) -> tuple[int, list[Org]]:
+        """v2 OrganizationService.ListOrganizations: the orgs the caller may read
+        (``org.read`` there, or an instance role), matching every query (ANDed).
+        A domain query matches the primary domain: the emulator keeps no other."""
+        offset, limit = v2_pagination(offset, limit)
+        instance = any(_O in ROLE_PERMISSIONS.get(r, frozenset())
+                       for o, r in self.roles_of(caller.user_id) if o == "")
+        orgs = [o for o in self.list_orgs()
+                if (instance or self._allowed(caller, _O, o.id))
+                and all(org_matches(o, q) for q in queries)]
+        if sorting_column == 1:
+            orgs.sort(key=lambda o: o.name, reverse=not asc)
+        elif sorting_column == 2 or not asc:
+            orgs.sort(key=lambda o: o.created, reverse=not asc)
+        return len(orgs), _page(orgs, offset, limit)
 
     def list_users_v2(self, caller: Caller, queries: Sequence[Any], offset: int, limit: int,
                       asc: bool, sorting_column: int = 0) -> tuple[int, list[User]]:

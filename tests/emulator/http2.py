@@ -186,8 +186,8 @@ class Connection:
         start = [(":status", "200"), ("content-type", "application/grpc")]
         path = headers.get(":path", "")
         _, service, method = ([*path.split("/", 2), "", ""])[:3]
-        if service == connect_v2.SERVICE and \
-                not connect_v2.exists(method, no_v2_keys=self.no_v2_keys):
+        if service in connect_v2.SERVICES and \
+                not connect_v2.exists(method, no_v2_keys=self.no_v2_keys, service=service):
             # connect-go's mux: unknown procedures are HTTP 404 whatever the protocol
             # (gRPC clients read that as UNIMPLEMENTED)
             self._send(stream_id, [(":status", "404"),
@@ -198,7 +198,7 @@ class Connection:
             message = _unframe(body)
             if service == V1_SERVICE:
                 answer = self._v1(method, headers, message)
-            elif service == connect_v2.SERVICE:
+            elif service in connect_v2.SERVICES:
                 answer = self._v2(method, headers, message)
             elif service == webkeys.SERVICE and webkeys.exists(method):
                 answer = self._v2(method, headers, message, webkeys)

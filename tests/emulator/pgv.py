@@ -89,6 +89,14 @@ RULES: dict[str, Rule] = {
     "zitadel.webkey.v2.DeleteWebKeyRequest.id": _TEXT,
     "zitadel.webkey.v2.RSA.bits": ENUM_SET, "zitadel.webkey.v2.RSA.hasher": ENUM_SET,
     "zitadel.webkey.v2.ECDSA.curve": ENUM_SET,
+    # zitadel.org.v2 (ListOrganizations)
+    "zitadel.org.v2.ListOrganizationsRequest.sorting_column": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationNameQuery.name": _TEXT,
+    "zitadel.org.v2.OrganizationNameQuery.method": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationDomainQuery.domain": _TEXT,
+    "zitadel.org.v2.OrganizationDomainQuery.method": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationStateQuery.state": ENUM_DEFINED,
+    "zitadel.org.v2.OrganizationIDQuery.id": _TEXT,
 }
 
 #: oneofs marked ``(validate.required) = true``
@@ -96,6 +104,7 @@ REQUIRED_ONEOFS = frozenset({
     _V2 + "KeysSearchFilter.filter", _V2 + "PersonalAccessTokensSearchFilter.filter",
     _V2 + "SearchQuery.query", "zitadel.metadata.v2.MetadataSearchFilter.filter",
     _V1 + "SearchQuery.query", _V1 + "MetadataQuery.query",
+    "zitadel.org.v2.SearchQuery.query",
 })
 
 

@@ -24,6 +24,7 @@ from tests.emulator.faults import DropConnection
 Response = tuple[int, dict[str, str], bytes]
 CONNECT_PREFIX = f"/{connect_v2.SERVICE}/"
 WEBKEY_PREFIX = f"/{webkeys.SERVICE}/"
+ORG_PREFIX = f"/{connect_v2.ORG_SERVICE}/"
 
 
 def _json(status: int, payload: Any) -> Response:
@@ -200,6 +201,10 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
             elif url.path.startswith(WEBKEY_PREFIX):
                 response = webkeys.handle(domain, url.path[len(WEBKEY_PREFIX):], method,
                                           headers, body)
+            elif url.path.startswith(ORG_PREFIX):
+                response = connect_v2.handle(
+                    domain, url.path[len(ORG_PREFIX):], method, headers, body,
+                    service=connect_v2.ORG_SERVICE)
             else:
                 response = oidc.handle(domain, url.path, method, headers, body)
             if response is None:

@@ -21,7 +21,8 @@ from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message
 from tests.emulator import times
 
 PROTO_DIR = Path(__file__).resolve().parent / "proto"
-FILES = ("zitadel_v2.proto", "zitadel_v1_requests.proto", "zitadel_webkey_v2.proto")
+FILES = ("zitadel_v2.proto", "zitadel_v1_requests.proto", "zitadel_webkey_v2.proto",
+         "zitadel_org_v2.proto")
 TIMESTAMP = "google.protobuf.Timestamp"
 
 

@@ -33,6 +33,7 @@ from rotator.errors import (
     RotatorError,
     ZitadelError,
     ZitadelNotFound,
+    ZitadelPermissionDenied,
     ZitadelRejected,
 )
 from rotator.model import (
@@ -45,6 +46,7 @@ from rotator.model import (
 )
 from rotator.ports import ZitadelTransport
 from rotator.redact import server_text
+from rotator.zitadel import visibility
 from rotator.zitadel.codes import error_for, is_secret_not_existing
 from rotator.zitadel.v1.gen import (
     zitadel_authn_v1_pb2 as authn_pb,
@@ -295,6 +297,24 @@ class ManagementTransport:
     # -- users and orgs -----------------------------------------------------
 
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """:meth:`_resolve_user`; a refusal or "not found" says what to grant where.
+
+        v1 checks ``user.read`` in the org before it lists (§3): an empty
+        ListUsers answer there means the user does not exist in that org."""
+        try:
+            return self._resolve_user(user, org_id)
+        except ZitadelPermissionDenied as exc:
+            identity = visibility.identity_of(self._token_source)
+            raise visibility.refused(user, org_id, exc, identity=identity) from None
+        except ZitadelNotFound as exc:
+            if exc.method != "ListUsers":
+                raise
+            identity = visibility.identity_of(self._token_source)
+            raise visibility.not_found(
+                user.strip(), org_id, identity=identity, probe=lambda: 1, method="ListUsers"
+            ) from None
+
+    def _resolve_user(self, user: str, org_id: str | None = None) -> User:
         """A numeric id (GetUserByID in ``org_id``), a login name containing ``@``
         (GetUserByLoginNameGlobal) or a user name (ListUsers in ``org_id``)."""
         name = user.strip()
