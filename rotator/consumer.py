@@ -2,9 +2,11 @@
 
 Layout (KV v2)::
 
-    data             the current credential's payload (key file or PAT record)
+    data             the current credential's payload (key file, PAT record,
+                     or client_id / client_secret / user_id for a secret)
       previous       during grace: the previous payload, so a consumer that
-                     pins the old credential can still find it
+                     pins the old credential can still find it (never for a
+                     client secret: see :mod:`rotator.rotation`)
     custom_metadata  managed-by, credential_id, kind, expires_at, rotation_id,
                      rotated_at, previous_credential_id
 
@@ -61,6 +63,7 @@ def adopt(
         expires_at=match.expires_at,
         created_at=match.created_at,
         created_by_rotator=is_ours(secret),
+        user_id=match.user_id,
     )
 
 
@@ -78,6 +81,7 @@ def promote(
     """
     assert pending.secret is not None
     assert pending.credential_id is not None
+    ops = ops_for(target.kind)
     existing = store.read(target.vault_path)
     metadata = {
         "managed-by": MANAGED_BY,
@@ -88,7 +92,7 @@ def promote(
         "rotated_at": now.isoformat(),
         "previous_credential_id": old.id if old else "",
     }
-    if existing is not None and credential_id(target, existing) == pending.credential_id:
+    if existing is not None and ops.same(existing.data, pending.secret):
         # Promoted before a crash.  The data is right; the metadata (a
         # separate write in KV v2) may not have made it, and without
         # `managed-by` a later state loss would look like a foreign secret.
@@ -98,7 +102,15 @@ def promote(
             target.vault_path, existing.data, cas=existing.version, custom_metadata=metadata
         )
     data: dict[str, Any] = dict(pending.secret)
-    if existing is not None and old is not None and credential_id(target, existing) == old.id:
+    # a secret replaced in place has no previous: the old one is dead, or
+    # (two identities) still valid on the other user but not offered here
+    keeps_previous = not ops.replaces_in_place
+    if (
+        keeps_previous
+        and existing is not None
+        and old is not None
+        and credential_id(target, existing) == old.id
+    ):
         data["previous"] = {k: v for k, v in existing.data.items() if k != "previous"}
     return store.write(
         target.vault_path,

@@ -22,7 +22,7 @@ from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
 from rotator.presence import Presence
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.rotation import Rotation, Run
-from rotator.state import TargetState
+from rotator.state import Identity, TargetState
 
 
 class Engine:
@@ -87,16 +87,18 @@ class Engine:
         if waiting is not None and not (rotate_now or unstick or dry_run):
             return self._failed(target, waiting)
         try:
-            state, version, user = self._load(target)
+            state, version, users = self._load(target)
         except RotatorError as exc:
             return self._early_failure(target, exc, record=not dry_run)
         self.failures.forget(target)
+        holder = _holder(state, users)
         if dry_run:
-            reason = self.rotation.rotation_reason(target, state, user)
+            reason = self.rotation.rotation_reason(target, state, holder)
             reason = "requested" if rotate_now else reason
             return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
 
-        run = Run(target, trigger, user, ops_for(target.kind), self.audit, started=now)
+        ops = ops_for(target.kind)
+        run = Run(target, trigger, holder, ops, self.audit, started=now, users=users)
         try:
             state, version, stopped = self.rotation.converge(
                 run, state, version, rotate_now=rotate_now, unstick=unstick, supersede=supersede
@@ -128,36 +130,46 @@ class Engine:
 
     # ------------------------------------------------------------ state
 
-    def _user(self, target: Target, state: TargetState | None) -> User:
-        """The target's user: from its state while the target names the same
-        user, else looked up in ZITADEL once per process."""
+    def _resolve_users(self, target: Target, state: TargetState | None) -> tuple[User, ...]:
+        """The target's users (one, or two identities): from its state while
+        the target names the same users, else looked up in ZITADEL once per
+        process."""
         ref = _user_ref(target)
-        if state is not None and state.user_id and state.org_id and state.user_ref == ref:
-            return User(id=state.user_id, org_id=state.org_id, username=target.user)
-        key = (target.org_id, target.user)
-        if key not in self._users:
-            self._users[key] = self.transport.resolve_user(target.user, target.org_id)
-        return self._users[key]
+        if state is not None and state.user_ref == ref:
+            known = state.identities
+            if len(known) == len(target.identities) and all(i.id and i.org_id for i in known):
+                return tuple(User(id=i.id, org_id=i.org_id, username=i.username) for i in known)
+        users = []
+        for name in target.identities:
+            key = (target.org_id, name)
+            if key not in self._users:
+                self._users[key] = self.transport.resolve_user(name, target.org_id)
+            users.append(self._users[key])
+        return tuple(users)
 
-    def _load(self, target: Target) -> tuple[TargetState, int, User]:
+    def _load(self, target: Target) -> tuple[TargetState, int, tuple[User, ...]]:
         raw = self.store.read(self.state_path(target))
         state = TargetState.from_dict(dict(raw.data)) if raw else None
         if state is not None:
             failures.forgive_if_changed(state, target)
-        user = self._user(target, state)
+        users = self._resolve_users(target, state)
         if state is None or state.is_blank():
             # first run, lost state, or only failures so far: what does Vault hold?
             state = state or TargetState(target=target.name, kind=target.kind.value, user_id="")
             existing = self.store.read(target.vault_path)
             if existing is not None:
-                listed = ops_for(target.kind).list(self.transport, user)
+                ops = ops_for(target.kind)
+                listed = [c for user in users for c in ops.list(self.transport, user)]
                 state.current = consumer.adopt(target, existing, listed)
                 state.consumer_version = existing.version
-        known = (state.user_id, state.org_id, state.user_ref)
-        state.user_id, state.org_id, state.user_ref = user.id, user.org_id, _user_ref(target)
-        # what was learned (an adopted credential, the user) is kept for the next run
-        state.dirty = raw is None or known != (state.user_id, state.org_id, state.user_ref)
-        return state, raw.version if raw else 0, user
+        known = (state.user_id, state.org_id, state.user_ref, list(state.identities))
+        holder = _holder(state, users)
+        state.user_id, state.org_id, state.user_ref = holder.id, holder.org_id, _user_ref(target)
+        state.identities = [Identity(u.id, u.org_id, u.username) for u in users]
+        learned = (state.user_id, state.org_id, state.user_ref, state.identities)
+        # what was learned (an adopted credential, the users) is kept for the next run
+        state.dirty = raw is None or known != learned
+        return state, raw.version if raw else 0, users
 
     # ------------------------------------------------------------ failures
 
@@ -244,4 +256,10 @@ class Engine:
         )
 
 def _user_ref(target: Target) -> str:
-    return f"{target.org_id or ''}/{target.user}"
+    return f"{target.org_id or ''}/{','.join(target.identities)}"
+
+
+def _holder(state: TargetState, users: tuple[User, ...]) -> User:
+    """The identity in use: the current credential's, else the first."""
+    active = state.current.user_id if state.current else ""
+    return next((u for u in users if u.id == active), users[0])

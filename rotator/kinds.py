@@ -26,6 +26,10 @@ class CredentialOps(Protocol):
     #: How people call it, and how :meth:`verify` proves it works (for messages).
     label: str
     proof: str
+    #: A user has one of these and :meth:`create` overwrites it (client
+    #: secrets): the old one dies at once, so there is no overlap on one
+    #: identity, no ``previous`` for consumers, and nothing to roll back to.
+    replaces_in_place: bool
 
     def create(
         self, transport: ZitadelTransport, user: User, expires_at: datetime
@@ -47,11 +51,16 @@ class CredentialOps(Protocol):
         """The id of the credential a consumer payload holds."""
         ...
 
+    def same(self, stored: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        """Whether the consumer payload ``stored`` already is ``new``."""
+        ...
+
 
 class KeyOps:
     kind = CredentialKind.KEY
     label = "key"
     proof = "jwt-bearer token exchange and userinfo"
+    replaces_in_place = False
 
     def __init__(self, generate: Callable[[], KeyPair] = generate_key_pair) -> None:
         #: Where new key pairs come from (tests hand out a pre-made pool).
@@ -78,11 +87,15 @@ class KeyOps:
         value = payload.get("keyId")
         return str(value) if value else None
 
+    def same(self, stored: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        return _same_id(self, stored, new)
+
 
 class PatOps:
     kind = CredentialKind.PAT
     label = "PAT"
     proof = "userinfo"
+    replaces_in_place = False
 
     def create(
         self, transport: ZitadelTransport, user: User, expires_at: datetime
@@ -116,6 +129,14 @@ class PatOps:
     def credential_id(self, payload: Mapping[str, Any]) -> str | None:
         value = payload.get("token_id")
         return str(value) if value else None
+
+    def same(self, stored: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        return _same_id(self, stored, new)
+
+
+def _same_id(ops: CredentialOps, stored: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    wanted = ops.credential_id(new)
+    return wanted is not None and ops.credential_id(stored) == wanted
 
 
 _OPS: dict[CredentialKind, CredentialOps] = {ops.kind: ops for ops in (KeyOps(), PatOps())}
