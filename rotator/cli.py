@@ -515,7 +515,7 @@ def _status_rows(statuses: Sequence[TargetStatus], now: datetime) -> list[list[s
 
 def status_notes(s: TargetStatus, now: datetime) -> list[str]:
     """The lines under the status table for ``s``: what the table cannot say."""
-    notes = []
+    notes = list(s.notes)  # identities, the one-identity client-secret caveat
     if s.previous_credential_id and s.retire_at:
         notes.append(
             f"{s.target}: previous {s.kind} {s.previous_credential_id} stays valid until "

@@ -680,3 +680,135 @@ def test_a_create_retried_below_the_engine_leaves_no_twin(kit: FastKit) -> None:
     assert live_ids(kit, target.kind, target.user) == {result.credential_id}
     removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
     assert [e["found_by"] for e in removed] == ["expiry_instant"]
+
+
+# --------------------------------------------------------------- two identities
+
+
+def two_identity_target(kit: FastKit, kind: str, **kw: Any) -> Target:
+    """A target over two fresh machine users (same org), ``svc-<kind>-a`` and ``-b``."""
+    names = (f"svc-{kind}-a", f"svc-{kind}-b")
+    for name in names:
+        if name not in kit.zitadel.user_ids:
+            kit.zitadel.add_user(name)
+    return replace(target_of(kind, name=f"twin-{kind}", **kw), user=names[0], users=names)
+
+
+def owner_of(kit: FastKit, data: dict[str, Any]) -> str:
+    return str(data.get("userId") or data.get("user_id"))
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_two_identities_take_turns_and_the_one_in_use_is_never_touched(
+    kit: FastKit, kind: str
+) -> None:
+    target = two_identity_target(kit, kind)
+    a, b = (kit.zitadel.user_ids[name] for name in target.users)
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+    assert owner_of(kit, secret(kit, target.vault_path)) == a
+    status = kit.engine.status(target)
+    assert (status.active_user_id, status.next_user_id) == (a, b)
+    assert any("active svc-" in note and f"on svc-{kind}-b" in note for note in status.notes)
+
+    holders = [a]
+    for _ in range(4):
+        in_use = secret(kit, target.vault_path)
+        live_before = live_ids(kit, target.kind, target.identities[holders[-1] == b])
+        kit.advance(21 * DAY)
+        rotated = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert rotated.outcome is Outcome.ROTATED, rotated.error
+        data = secret(kit, target.vault_path)
+        holders.append(owner_of(kit, data))
+        assert holders[-1] != holders[-2]  # the new credential is on the other identity
+        # the identity in use kept exactly what it had: nothing created or removed there
+        assert live_ids(kit, target.kind, target.identities[holders[-2] == b]) == live_before
+        consumer_can_authenticate(kit, data)
+        consumer_can_authenticate(kit, in_use)  # consumers not yet re-read: still fine
+        assert data["previous"][ID_FIELD[kind]] == in_use[ID_FIELD[kind]]
+        status = kit.engine.status(target)
+        assert (status.active_user_id, status.next_user_id) == (holders[-1], holders[-2])
+
+        kit.advance(DAY + 60)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+        # after grace the other identity holds nothing; the one in use holds one credential
+        assert live_ids(kit, target.kind, target.identities[holders[-2] == b]) == set()
+        assert live_ids(kit, target.kind, target.identities[holders[-1] == b]) == {
+            data[ID_FIELD[kind]]
+        }
+        with pytest.raises(RotatorError):
+            consumer_can_authenticate(kit, in_use)
+    assert holders == [a, b, a, b, a]
+    removed = [e for e in kit.events() if e["event"] == "credential.removed"]
+    assert [e["user_id"] for e in removed] == holders[:-1]  # audited on the identity it was on
+
+
+def test_a_two_identity_rotation_interrupted_in_verification_resumes_on_the_same_identity(
+    kit: FastKit,
+) -> None:
+    target = two_identity_target(kit, "key", policy=QUICK_VERIFY)
+    _a, b = (kit.zitadel.user_ids[name] for name in target.users)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "unavailable", "rate": 1.0}])
+    failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.zitadel.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    assert kit.engine.status(target).next_user_id == b  # the pending rotation's identity
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    resumed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert owner_of(kit, secret(kit, target.vault_path)) == b
+    assert created_ids(kit)[-1] == resumed.credential_id  # the same credential, not a new one
+    assert kit.engine.status(target).active_user_id == b
+
+
+def test_a_twin_created_on_the_spare_identity_is_swept_there(kit: FastKit) -> None:
+    target = two_identity_target(kit, "pat")
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    real_add = kit.transport.add_pat
+
+    def add_twice(user: Any, expires_at: Any) -> Any:
+        real_add(user, expires_at)
+        return real_add(user, expires_at)
+
+    kit.transport.add_pat = add_twice  # type: ignore[method-assign]
+    rotated = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    kit.transport.add_pat = real_add  # type: ignore[method-assign]
+    assert rotated.outcome is Outcome.ROTATED
+    spare = target.users[1]
+    assert len(live_ids(kit, target.kind, spare)) == 2
+    kit.advance(60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert live_ids(kit, target.kind, spare) == {rotated.credential_id}
+    removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
+    assert [e["user_id"] for e in removed] == [kit.zitadel.user_ids[spare]]
+
+
+def test_a_lost_state_of_a_two_identity_target_adopts_what_vault_holds(kit: FastKit) -> None:
+    target = two_identity_target(kit, "key")
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.advance(DAY + 60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.store.delete_all(kit.engine.state_path(target))
+    again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert again.outcome is Outcome.UP_TO_DATE, again.error
+    status = kit.engine.status(target)
+    b = kit.zitadel.user_ids[target.users[1]]
+    assert (status.credential_id, status.active_user_id) == (second.credential_id, b)
+    assert status.next_user_id == kit.zitadel.user_ids[target.users[0]]
+
+
+def test_plan_names_the_identity_a_two_identity_rotation_uses(kit: FastKit) -> None:
+    target = two_identity_target(kit, "key")
+    plan = kit.engine.plan(target)
+    assert any(f"on {target.users[0]}" in action for action in plan.actions), plan.actions
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    actions = kit.engine.plan(target).actions
+    rotate = next(action for action in actions if action.startswith("rotate now"))
+    assert f"on {target.users[1]} (" in rotate
+    assert f"not on {target.users[0]} (" in rotate
