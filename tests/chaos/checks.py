@@ -22,7 +22,8 @@ SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
 #: State-secret fields that are bookkeeping, not an operation in flight.
 _IDLE_FIELDS = {"schema", "target", "kind", "user_id", "current", "previous", "failures",
                 "permanent_failures", "stuck", "last_error", "last_error_class",
-                "next_attempt_at", "last_success_at", "target_digest"}
+                "next_attempt_at", "last_success_at", "target_digest", "user_ref", "org_id",
+                "consumer_version", "identities", "active_user_id", "next_user_id"}
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,10 @@ def _instant(text: str) -> float:
 
 
 def credentials_of(state: dict[str, Any], target: Target) -> list[dict[str, Any]]:
-    """Every key or PAT ZITADEL holds (or held) for the target's user."""
+    """Every key or PAT ZITADEL holds (or held) for the target's users (one, or
+    both identities of a two-identity target)."""
     items = state["keys"] if target.kind == "key" else state["pats"]
-    return [c for c in items if c["user_id"] == target.user_id]
+    return [c for c in items if c["user_id"] in target.all_user_ids]
 
 
 def in_flight(state_secret: dict[str, Any] | None) -> bool:
@@ -131,6 +133,15 @@ def check_step(world: World, *, final: bool = False) -> list[Violation]:
             found.append(Violation("too-many", target.name,
                                    f"{len(live)} live credentials, none in flight: "
                                    f"{sorted(c['id'] for c in live)}"))
+        if target.users and not busy:
+            # two identities: a rotation creates on the identity not in use, and the
+            # other's credential is retired after grace: one live credential each
+            for user_id in target.user_ids:
+                mine = sorted(c["id"] for c in live if c["user_id"] == user_id)
+                if len(mine) > 1:
+                    found.append(Violation("identity", target.name,
+                                           f"user {user_id} holds {len(mine)} live "
+                                           f"credentials, none in flight: {mine}"))
         if final:
             known = {current, previous}
             if record:
