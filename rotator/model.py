@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,12 @@ if TYPE_CHECKING:  # windows.py imports this module at run time
 class CredentialKind(StrEnum):
     KEY = "key"
     PAT = "pat"
+    SECRET = "secret"  # noqa: S105 (a kind name, not a password)
+
+
+#: ZITADEL's v1 "no expiry" default.  A client secret has no expiration date;
+#: a :class:`Credential` describing one carries this expiry.
+NEVER_EXPIRES = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 class Trigger(StrEnum):
@@ -88,6 +94,9 @@ class User:
     username: str
     active: bool = True
     machine: bool = True
+    #: Whether the user has a client secret; None when the call that produced
+    #: this User did not say.
+    has_secret: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,17 @@ class IssuedPat:
 
     credential: Credential
     token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A client secret as returned once by ZITADEL.  ``secret`` is secret: kept out of repr."""
+
+    user_id: str
+    #: The user's login name / user name, as the token endpoint wants it (zitadel-api.md §7.3).
+    client_id: str
+    secret: str = field(repr=False)
+    created_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------- Vault

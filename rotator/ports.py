@@ -27,7 +27,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rotator.model import Credential, CredentialKind, IssuedPat, StoredSecret, User
+from rotator.model import (
+    Credential,
+    CredentialKind,
+    IssuedPat,
+    IssuedSecret,
+    StoredSecret,
+    User,
+)
 
 if TYPE_CHECKING:
     import hvac
@@ -36,7 +43,7 @@ if TYPE_CHECKING:
 
 
 class ZitadelTransport(Protocol):
-    """ZITADEL's management API for one machine user's keys and PATs."""
+    """ZITADEL's management API for one machine user's keys, PATs and client secret."""
 
     #: "v1" or "v2": which API this transport speaks (for logs and status).
     api: str
@@ -65,11 +72,29 @@ class ZitadelTransport(Protocol):
 
     def remove_pat(self, user: User, pat_id: str) -> None: ...
 
-    def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
-        """Every key (or PAT) of every user in the org, in a few paged calls.
+    def add_secret(self, user: User) -> IssuedSecret:
+        """Regenerate the user's client secret (v2 AddSecret, v1 GenerateMachineSecret).
 
-        None when the API has no such listing (v1 lists per user only): the
-        caller then lists per user.
+        A user has one secret: this overwrites the existing one, which stops
+        working at once (modulo ZITADEL's projection lag).  ``client_id`` of the
+        answer is the login name the token endpoint wants (v2's response has
+        none: the transport fills in ``user.username``).
+        """
+        ...
+
+    def remove_secret(self, user: User) -> bool:
+        """Remove the user's client secret: True if one was removed, False if the
+        user had none (ZITADEL's FailedPrecondition
+        ``Errors.User.Machine.Secret.NotExisting``), so removal is idempotent."""
+        ...
+
+    def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
+        """Every key (or PAT, or secret) of every user in the org, in a few paged calls.
+
+        A secret is reported as ``Credential(id=user id, kind=SECRET,
+        user_id=user id, expires_at=NEVER_EXPIRES)`` for each user whose
+        ``has_secret`` is true (one secret per user).  None when the API has no
+        such listing (v1 lists per user only): the caller then lists per user.
         """
         ...
 
@@ -88,6 +113,11 @@ class Verifier(Protocol):
     def verify_pat(
         self, token: str, user_id: str | None = None, *, pat_id: str | None = None
     ) -> None: ...
+
+    def verify_secret(self, client_id: str, client_secret: str, *, user_id: str) -> None:
+        """One real ``client_credentials`` token request, then userinfo ``sub`` ==
+        ``user_id``.  Retrying through projection lag is the caller's job."""
+        ...
 
 
 class SecretStore(Protocol):

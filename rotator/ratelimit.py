@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from rotator.errors import ZitadelUnavailable
-from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.model import Credential, CredentialKind, IssuedPat, IssuedSecret, User
 from rotator.ports import ZitadelTransport
 
 T = TypeVar("T")
@@ -132,6 +132,12 @@ class LimitedTransport:
 
     def remove_pat(self, user: User, pat_id: str) -> None:
         self.limiter.call(lambda: self.inner.remove_pat(user, pat_id))
+
+    def add_secret(self, user: User) -> IssuedSecret:
+        return self.limiter.call(lambda: self.inner.add_secret(user))
+
+    def remove_secret(self, user: User) -> bool:
+        return self.limiter.call(lambda: self.inner.remove_secret(user))
 
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
         return self.limiter.call(lambda: self.inner.list_org_credentials(kind, org_id))

@@ -180,6 +180,16 @@ FIELDS: dict[str, dict[str, tuple[int, str] | tuple[int, str, str]]] = {
     "zitadel.management.v1.RemovePersonalAccessTokenResponse": {
         "details": (1, "zitadel.v1.ObjectDetails"),
     },
+    "zitadel.management.v1.GenerateMachineSecretRequest": {"user_id": (1, "string")},
+    "zitadel.management.v1.GenerateMachineSecretResponse": {
+        "client_id": (1, "string"),
+        "client_secret": (2, "string"),
+        "details": (3, "zitadel.v1.ObjectDetails"),
+    },
+    "zitadel.management.v1.RemoveMachineSecretRequest": {"user_id": (1, "string")},
+    "zitadel.management.v1.RemoveMachineSecretResponse": {
+        "details": (1, "zitadel.v1.ObjectDetails"),
+    },
     "zitadel.management.v1.SetUserMetadataRequest": {
         "id": (1, "string"),
         "key": (2, "string"),
@@ -244,6 +254,7 @@ METHODS = [
     "AddMachineKey", "ListMachineKeys", "GetMachineKeyByIDs", "RemoveMachineKey",
     "AddPersonalAccessToken", "ListPersonalAccessTokens", "GetPersonalAccessTokenByIDs",
     "RemovePersonalAccessToken", "SetUserMetadata", "ListUserMetadata", "RemoveUserMetadata",
+    "GenerateMachineSecret", "RemoveMachineSecret",
 ]
 
 _SCALARS = {

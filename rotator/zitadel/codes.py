@@ -78,6 +78,10 @@ _CLASS_BY_CODE: dict[str, type[ZitadelError]] = {
 #: Error id of ZITADEL's "membership not found (AUTHZ-cdgFk)".
 MEMBERSHIP_NOT_FOUND = "AUTHZ-cdgFk"
 
+#: Error id of ZITADEL's "Errors.User.Machine.Secret.NotExisting (COMMAND-coi82n)":
+#: RemoveSecret / RemoveMachineSecret on a user without a secret (§11).
+SECRET_NOT_EXISTING = "COMMAND-coi82n"  # noqa: S105 (an error id)
+
 #: grpcio spells one name the British way (``StatusCode.CANCELLED``).
 _ALIASES = {"cancelled": "canceled"}
 
@@ -113,6 +117,17 @@ def error_for(
         # was removed: it is a permission problem.
         normalised = "permission_denied"
     return error_class(normalised)(message, code=normalised, status=status, method=method)
+
+
+def is_secret_not_existing(exc: ZitadelError) -> bool:
+    """Whether ``exc`` is ZITADEL saying the user has no client secret to remove.
+
+    Decided by the error id (the message text is translated to the instance's
+    language) or, failing that, the untranslated i18n key."""
+    text = str(exc)
+    return exc.code == "failed_precondition" and (
+        SECRET_NOT_EXISTING in text or "Errors.User.Machine.Secret.NotExisting" in text
+    )
 
 
 def code_name(number: int) -> str:

@@ -2,8 +2,8 @@
 
 Used twice: :class:`TokenSource` gives the rotator's own identity a bearer
 token for the management calls, and :meth:`OidcClient.verify_key` /
-:meth:`OidcClient.verify_pat` prove a freshly created credential really works
-before it is promoted.
+:meth:`OidcClient.verify_pat` / :meth:`OidcClient.verify_secret` prove a
+freshly created credential really works before it is promoted.
 
 ZITADEL answers *every* refused assertion (unknown, expired, removed or not yet
 propagated key, bad signature, wrong ``aud``) with HTTP 500
@@ -23,13 +23,14 @@ from the instance we were configured for.
 
 from __future__ import annotations
 
+import base64
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -48,6 +49,7 @@ from rotator.redact import server_text
 from rotator.zitadel.codes import error_for, http_status_code_name
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CLIENT_CREDENTIALS_GRANT = "client_credentials"
 #: Makes the token acceptable to ZITADEL's own APIs (adds the ZITADEL project to ``aud``).
 ZITADEL_API_SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
 #: Refresh a cached token this long before it expires (as the official SDK does).
@@ -56,6 +58,9 @@ DEFAULT_TIMEOUT = 10.0
 
 #: OAuth error names (RFC 6749 §5.2) meaning "this credential was refused".
 _REFUSALS = frozenset({"invalid_grant", "invalid_client", "unauthorized_client", "access_denied"})
+#: How ZITADEL refuses a client_credentials request (§7.3): ``invalid_client``
+#: (unknown client) or ``invalid_request`` (no secret / wrong secret).
+_SECRET_REFUSALS = frozenset({"invalid_client", "invalid_request"})
 _MAX_SERVER_TEXT = 200
 _MAX_ERROR_NAME = 60
 
@@ -97,6 +102,7 @@ def http_error(
     what: str,
     *,
     token_endpoint: bool = False,
+    client_credentials: bool = False,
     sent: Sequence[str] = (),
 ) -> ZitadelError:
     """The error for a failed OAuth/OIDC call (token endpoint, userinfo, discovery).
@@ -113,6 +119,10 @@ def http_error(
             " (ZITADEL's answer to an unknown, expired, removed or not yet propagated key,"
             " a wrong audience or clock skew)"
         )
+    elif client_credentials and status == 400 and error in _SECRET_REFUSALS:
+        # ZITADEL's answer to an unknown client, a user without a secret or a
+        # wrong secret (§7.3): a refusal of what was sent, not a malformed request.
+        code = "unauthenticated"
     elif error in _REFUSALS or status == 401:
         code = "unauthenticated"
     else:
@@ -195,6 +205,21 @@ def same_issuer(announced: str, configured: str) -> bool:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+def _access_token(response: httpx.Response, what: str, now: datetime) -> AccessToken:
+    """The access token of a token endpoint's 200 answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token:
+        # (The body itself is not quoted: it may hold a token under another name.)
+        raise error_for("unknown", "token response without access_token", method=what)
+    expires_in = body.get("expires_in") if isinstance(body, dict) else None
+    lifetime = expires_in if isinstance(expires_in, int | float) and expires_in > 0 else 3600
+    return AccessToken(token=token, expires_at=now + timedelta(seconds=lifetime))
 
 
 def _key_secrets(key_file: Mapping[str, Any], assertion: str) -> tuple[str, ...]:
@@ -344,17 +369,42 @@ class OidcClient:
             raise http_error(
                 response, what, token_endpoint=True, sent=_key_secrets(key_file, assertion)
             )
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            # (The body itself is not quoted: it may hold a token under another name.)
-            raise error_for("unknown", "token response without access_token", method=what)
-        expires_in = body.get("expires_in") if isinstance(body, dict) else None
-        lifetime = expires_in if isinstance(expires_in, int | float) and expires_in > 0 else 3600
-        return AccessToken(token=token, expires_at=now + timedelta(seconds=lifetime))
+        return _access_token(response, what, now)
+
+    def exchange_client_credentials(
+        self,
+        client_id: str,
+        client_secret: str,
+        scope: str = ZITADEL_API_SCOPE,
+        *,
+        now: datetime | None = None,
+    ) -> AccessToken:
+        """Trade a machine user's client id and secret for an access token
+        (``client_credentials`` grant, ``client_secret_basic``: zitadel-api.md §7.3).
+
+        Raises ZitadelUnauthenticated when ZITADEL refuses the client (an
+        unknown client, a wrong or missing secret: HTTP 400), ZitadelUnavailable
+        when it cannot be reached or is overloaded.
+        """
+        endpoints = self.endpoints()
+        now = now or self.clock.now()
+        # RFC 6749 §2.3.1: both parts form-urlencoded before the Basic encoding
+        # (ZITADEL URL-unescapes them, §7.3).
+        pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+        basic = base64.b64encode(pair.encode()).decode("ascii")
+        what = f"token request (client credentials of {client_id})"
+        response = self._request(
+            what,
+            "POST",
+            endpoints.token_endpoint,
+            headers={"Authorization": f"Basic {basic}"},
+            data={"grant_type": CLIENT_CREDENTIALS_GRANT, "scope": scope},
+        )
+        if response.status_code != 200:
+            raise http_error(
+                response, what, client_credentials=True, sent=(client_secret, basic)
+            )
+        return _access_token(response, what, now)
 
     def userinfo(self, token: str, what: str = "userinfo") -> dict[str, Any]:
         """The userinfo claims for a bearer token (access token or PAT)."""
@@ -400,6 +450,24 @@ class OidcClient:
         """Prove a PAT works: userinfo answers 200 (for ``user_id`` if given).
         Raises VerificationError (naming ``pat_id``) when the PAT is refused."""
         self._check_userinfo(token, user_id, f"PAT of user {user_id or '?'}", credential_id=pat_id)
+
+    def verify_secret(self, client_id: str, client_secret: str, *, user_id: str) -> None:
+        """Prove a client secret works: one real ``client_credentials`` token
+        request, then userinfo with the token must name ``user_id``.  Raises
+        VerificationError when the secret is refused (retryable: right after a
+        regeneration ZITADEL's projection may still hold the old one),
+        ZitadelUnavailable when ZITADEL cannot answer."""
+        subject = f"client secret of user {user_id}"
+        try:
+            access = self.exchange_client_credentials(client_id, client_secret)
+        except ZitadelUnauthenticated as exc:
+            raise VerificationError(
+                f"{subject} refused at the token endpoint ({exc}; right after a regeneration "
+                "ZITADEL may still accept only the previous secret)",
+                credential_id=user_id,
+                reason=VerificationReason.TOKEN_REFUSED,
+            ) from None
+        self._check_userinfo(access.token, user_id, subject, credential_id=user_id)
 
     def _check_userinfo(
         self, token: str, user_id: object, subject: str, *, credential_id: str | None

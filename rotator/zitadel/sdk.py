@@ -93,6 +93,9 @@ from zitadel_client.models.user_service_add_key_request import (  # noqa: E402
 from zitadel_client.models.user_service_add_personal_access_token_request import (  # noqa: E402
     UserServiceAddPersonalAccessTokenRequest,
 )
+from zitadel_client.models.user_service_add_secret_request import (  # noqa: E402
+    UserServiceAddSecretRequest,
+)
 from zitadel_client.models.user_service_get_user_by_id_request import (  # noqa: E402
     UserServiceGetUserByIDRequest,
 )
@@ -134,10 +137,15 @@ from zitadel_client.models.user_service_remove_key_request import (  # noqa: E40
 from zitadel_client.models.user_service_remove_personal_access_token_request import (  # noqa: E402
     UserServiceRemovePersonalAccessTokenRequest,
 )
+from zitadel_client.models.user_service_remove_secret_request import (  # noqa: E402
+    UserServiceRemoveSecretRequest,
+)
 from zitadel_client.models.user_service_search_query import UserServiceSearchQuery  # noqa: E402
 from zitadel_client.models.user_service_text_query_method import (  # noqa: E402
     UserServiceTextQueryMethod,
 )
+from zitadel_client.models.user_service_type import UserServiceType  # noqa: E402
+from zitadel_client.models.user_service_type_query import UserServiceTypeQuery  # noqa: E402
 from zitadel_client.models.user_service_user import UserServiceUser  # noqa: E402
 from zitadel_client.models.user_service_user_name_query import (  # noqa: E402
     UserServiceUserNameQuery,
@@ -153,6 +161,7 @@ __all__ = [
     "TransportOptions",
     "UserServiceAddKeyRequest",
     "UserServiceAddPersonalAccessTokenRequest",
+    "UserServiceAddSecretRequest",
     "UserServiceGetUserByIDRequest",
     "UserServiceIDFilter",
     "UserServiceKeyFieldName",
@@ -168,8 +177,11 @@ __all__ = [
     "UserServicePersonalAccessTokensSearchFilter",
     "UserServiceRemoveKeyRequest",
     "UserServiceRemovePersonalAccessTokenRequest",
+    "UserServiceRemoveSecretRequest",
     "UserServiceSearchQuery",
     "UserServiceTextQueryMethod",
+    "UserServiceType",
+    "UserServiceTypeQuery",
     "UserServiceUser",
     "UserServiceUserNameQuery",
     "UserServiceUserState",

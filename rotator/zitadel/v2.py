@@ -36,9 +36,16 @@ from rotator.errors import (
     ZitadelRejected,
     ZitadelUnauthenticated,
 )
-from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.model import (
+    NEVER_EXPIRES,
+    Credential,
+    CredentialKind,
+    IssuedPat,
+    IssuedSecret,
+    User,
+)
 from rotator.redact import server_text
-from rotator.zitadel.codes import error_for, http_status_code_name
+from rotator.zitadel.codes import error_for, http_status_code_name, is_secret_not_existing
 from rotator.zitadel.oidc import untrusted_certificate, untrusted_detail
 
 # Only the SDK modules used here: see rotator/zitadel/sdk.py.
@@ -50,6 +57,7 @@ from rotator.zitadel.sdk import (
     TransportOptions,
     UserServiceAddKeyRequest,
     UserServiceAddPersonalAccessTokenRequest,
+    UserServiceAddSecretRequest,
     UserServiceGetUserByIDRequest,
     UserServiceIDFilter,
     UserServiceKeyFieldName,
@@ -65,8 +73,11 @@ from rotator.zitadel.sdk import (
     UserServicePersonalAccessTokensSearchFilter,
     UserServiceRemoveKeyRequest,
     UserServiceRemovePersonalAccessTokenRequest,
+    UserServiceRemoveSecretRequest,
     UserServiceSearchQuery,
     UserServiceTextQueryMethod,
+    UserServiceType,
+    UserServiceTypeQuery,
     UserServiceUser,
     UserServiceUserNameQuery,
     UserServiceUserState,
@@ -141,6 +152,8 @@ def _to_user(found: UserServiceUser, asked: str) -> User:
         username=found.username or asked,
         active=found.state in (None, UserServiceUserState.USER_STATE_ACTIVE),
         machine=True,
+        # proto3 JSON omits a false bool: absent means no secret
+        has_secret=bool(found.machine.has_secret),
     )
 
 
@@ -463,11 +476,46 @@ class UserServiceTransport:
             lambda z: z.users.remove_personal_access_token(request, _request_timeout=self._timeout),
         )
 
+    # -- client secrets ---------------------------------------------------------------
+
+    def add_secret(self, user: User) -> IssuedSecret:
+        """AddSecret: regenerates (overwrites) the user's one client secret."""
+        request = UserServiceAddSecretRequest(user_id=user.id)
+        response = self._call(
+            "AddSecret",
+            f"add secret for user {user.id}",
+            lambda z: z.users.add_secret(request, _request_timeout=self._timeout),
+        )
+        if not response.client_secret:
+            raise error_for("unimplemented", f"AddSecret for user {user.id} returned no secret")
+        return IssuedSecret(
+            user_id=user.id,
+            # AddSecretResponse has no client_id: the token endpoint takes the user name (§7.3)
+            client_id=user.username,
+            secret=response.client_secret,
+            created_at=_aware(response.creation_date) if response.creation_date else None,
+        )
+
+    def remove_secret(self, user: User) -> bool:
+        request = UserServiceRemoveSecretRequest(user_id=user.id)
+        try:
+            self._call(
+                "RemoveSecret",
+                f"remove secret of user {user.id}",
+                lambda z: z.users.remove_secret(request, _request_timeout=self._timeout),
+            )
+        except ZitadelRejected as exc:
+            if is_secret_not_existing(exc):
+                return False
+            raise
+        return True
 
     # -- listings ---------------------------------------------------------------------
 
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
         """One paged listing of a whole org (1,000 a page) instead of one per user."""
+        if kind is CredentialKind.SECRET:
+            return self._org_secrets(org_id)
         what = "keys" if kind is CredentialKind.KEY else "PATs"
         return self._list(kind, f"{what} of org {org_id}", org_id=org_id, page_size=MAX_PAGE_SIZE)
 
@@ -515,6 +563,44 @@ class UserServiceTransport:
             return list(response.result or []), int(total) if total is not None else None
 
         return [_credential(kind, item, user_id or "") for item in _paginate(page, size)]
+
+    def _org_secrets(self, org_id: str) -> list[Credential]:
+        """The org's machine users that have a secret (ListUsers, ``machine.hasSecret``)."""
+        queries = [
+            UserServiceSearchQuery(
+                organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+            ),
+            UserServiceSearchQuery(
+                type_query=UserServiceTypeQuery(type=UserServiceType.TYPE_MACHINE)
+            ),
+        ]
+
+        def page(offset: int) -> tuple[list[Any], int | None]:
+            request = UserServiceListUsersRequest(
+                query=UserServiceListQuery(offset=offset, limit=MAX_PAGE_SIZE, asc=True),
+                queries=queries,
+            )
+            response = self._call(
+                "ListUsers",
+                f"list machine users of org {org_id}",
+                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            )
+            total = response.details.total_result if response.details else None
+            return list(response.result or []), int(total) if total is not None else None
+
+        return [
+            secret_credential(u.user_id)
+            for u in _paginate(page, MAX_PAGE_SIZE)
+            if u.machine is not None and u.machine.has_secret and u.user_id
+        ]
+
+
+def secret_credential(user_id: str) -> Credential:
+    """A user's client secret as a Credential: one per user, so the user id names it;
+    it never expires."""
+    return Credential(
+        id=user_id, kind=CredentialKind.SECRET, user_id=user_id, expires_at=NEVER_EXPIRES
+    )
 
 def _no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:
     """The error for a call that got no HTTP answer (refused, reset, timed out).

@@ -37,7 +37,7 @@ from rotator.errors import (
     ZitadelUnavailable,
 )
 from rotator.keys import build_key_file, generate_key_pair
-from rotator.model import CredentialKind, User
+from rotator.model import NEVER_EXPIRES, Credential, CredentialKind, User
 from rotator.ports import ZitadelTransport
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import ManagementTransport
@@ -53,6 +53,8 @@ RPCS = {
     "remove_key": ("RemoveKey", "RemoveMachineKey"),
     "add_pat": ("AddPersonalAccessToken",),
     "list_pats": ("ListPersonalAccessTokens",),
+    "add_secret": ("AddSecret", "GenerateMachineSecret"),
+    "remove_secret": ("RemoveSecret", "RemoveMachineSecret"),
 }
 
 TokenProvider = Callable[[], str]
@@ -86,6 +88,13 @@ class Backend(Protocol):
     def verify_key(self, key_file: dict[str, str]) -> None: ...
 
     def verify_pat(self, token: str, user_id: str) -> None: ...
+
+    #: The verifier the engine would use (the real OidcClient; in process for the fake).
+    verifier: OidcClient
+
+    def advance(self, seconds: float) -> None:
+        """Move ZITADEL's clock (projection lag is measured on it)."""
+        ...
 
     def fail_next(self, method: str, code: str) -> None:
         """The next call of a protocol method fails with this status name."""
@@ -148,6 +157,13 @@ class EmulatorBackend:
     def verify_pat(self, token: str, user_id: str) -> None:
         self.oidc.verify_pat(token, user_id)
 
+    @property
+    def verifier(self) -> OidcClient:
+        return self.oidc
+
+    def advance(self, seconds: float) -> None:
+        self.emulator.advance(seconds)
+
     def fail_next(self, method: str, code: str) -> None:
         self.emulator.set_faults(
             rules=[{"method": rpc, "code": code, "count": 1} for rpc in RPCS[method]]
@@ -197,6 +213,13 @@ class FakeBackend:
     def verify_pat(self, token: str, user_id: str) -> None:
         self._verifier.verify_pat(token, user_id)
 
+    @property
+    def verifier(self) -> OidcClient:
+        return self._verifier
+
+    def advance(self, seconds: float) -> None:
+        self.zitadel.clock.advance(timedelta(seconds=seconds))
+
     def fail_next(self, method: str, code: str) -> None:
         self.zitadel.set_faults(
             rules=[{"method": rpc, "code": code, "count": 1} for rpc in RPCS[method]]
@@ -229,6 +252,27 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     emulator.reset()
 
 
+#: Projection lag of the ``lagging`` backends (ZITADEL's clock is moved past it, not waited for).
+LAG_S = 30
+
+
+@pytest.fixture(params=["v1", "v2", "fake"])
+def lagging(request: pytest.FixtureRequest, tmp_path: Path,
+            emulator_factory: Callable[..., Emulator]) -> Iterator[Any]:
+    """Like ``backend``, on a ZITADEL whose token endpoint lags ``LAG_S`` behind
+    (the emulator's ``--lag-ms``, FakeZitadel's ``lag_ms``)."""
+    if request.param == "fake":
+        fake = FakeBackend(FakeZitadel(tmp_path / "zitadel", lag_ms=LAG_S * 1000))
+        yield fake
+        fake.close()
+        return
+    emulator = emulator_factory(lag_ms=LAG_S * 1000)
+    with OidcClient(emulator.issuer) as client:
+        wire = EmulatorBackend(request.param, emulator, client)
+        yield wire
+        wire.close()
+
+
 #: Over the two transports that talk to a server.
 on_the_wire = pytest.mark.parametrize("backend", ["v1", "v2"], indirect=True)
 #: Over the transports that follow ZITADEL's v2 (UserService) rules.
@@ -246,7 +290,7 @@ def test_a_user_is_found_by_id_login_name_and_user_name(backend: Backend) -> Non
     transport = backend.transport
     acme = backend.org_ids["acme"]
     expected = User(id=backend.user_ids["svc-billing"], org_id=acme, username="svc-billing",
-                    active=True, machine=True)
+                    active=True, machine=True, has_secret=False)
     assert transport.resolve_user(expected.id) == expected
     assert transport.resolve_user("svc-billing@acme.localhost") == expected
     assert transport.resolve_user("svc-billing") == expected
@@ -568,3 +612,114 @@ def test_every_call_has_a_deadline(backend: EmulatorBackend) -> None:
         impatient.list_keys(billing)
     assert time.monotonic() - started < 1.2  # gave up long before the 1.5 s answer
     assert (caught.value.code, caught.value.retryable) == ("deadline_exceeded", True)
+
+
+# -- client secrets (zitadel-api.md 11) -------------------------------------------------------
+
+
+def _secret_user(backend: Backend) -> User:
+    # a fresh user: the wire backends share one emulator per module, and a
+    # secret outlives the test that set it
+    return backend.transport.resolve_user(backend.add_user(_unique("svc-secret"))["id"])
+
+
+def test_a_secret_is_added_overwritten_and_removed(backend: Backend) -> None:
+    transport = backend.transport
+    user = _secret_user(backend)
+    assert user.has_secret is False
+
+    first = transport.add_secret(user)
+    assert (first.user_id, first.client_id) == (user.id, user.username)
+    assert first.secret not in repr(first)
+    assert first.created_at is not None
+    assert transport.resolve_user(user.id).has_secret is True
+    backend.verifier.verify_secret(first.client_id, first.secret, user_id=user.id)
+
+    second = transport.add_secret(user)  # one secret per user: the first one is gone
+    assert second.secret != first.secret
+    backend.verifier.verify_secret(second.client_id, second.secret, user_id=user.id)
+    with pytest.raises(VerificationError) as refused:
+        backend.verifier.verify_secret(first.client_id, first.secret, user_id=user.id)
+    assert first.secret not in str(refused.value)
+
+    assert transport.remove_secret(user) is True
+    assert transport.resolve_user(user.id).has_secret is False
+    with pytest.raises(VerificationError):
+        backend.verifier.verify_secret(second.client_id, second.secret, user_id=user.id)
+    # ZITADEL refuses to remove a missing secret (COMMAND-coi82n): the transport says False
+    assert transport.remove_secret(user) is False
+
+
+def test_the_orgs_secrets_are_listed_as_credentials_that_never_expire(backend: Backend) -> None:
+    transport = backend.transport
+    acme = backend.org_ids["acme"]
+    user, other = _secret_user(backend), _secret_user(backend)
+    transport.add_secret(user)
+    listed = transport.list_org_credentials(CredentialKind.SECRET, acme)
+    assert listed is not None
+    assert Credential(id=user.id, kind=CredentialKind.SECRET, user_id=user.id,
+                      expires_at=NEVER_EXPIRES) in listed
+    assert other.id not in {c.user_id for c in listed}
+    transport.remove_secret(user)
+    assert user.id not in {c.user_id for c in
+                           transport.list_org_credentials(CredentialKind.SECRET, acme) or []}
+
+
+def test_only_machine_users_get_a_secret(backend: Backend) -> None:
+    name = _unique("alice")
+    human = backend.add_user(name, type="human")
+    as_user = User(id=human["id"], org_id=human["org_id"], username=name)
+    for call in (lambda: backend.transport.add_secret(as_user),
+                 lambda: backend.transport.remove_secret(as_user)):
+        with pytest.raises(ZitadelRejected) as caught:
+            call()
+        assert caught.value.code == "failed_precondition"
+        assert not caught.value.retryable
+
+
+def test_secret_calls_fail_like_the_others(backend: Backend) -> None:
+    user = _secret_user(backend)
+    backend.fail_next("add_secret", "unavailable")
+    with pytest.raises(ZitadelUnavailable):
+        backend.transport.add_secret(user)
+    backend.transport.add_secret(user)
+    backend.fail_next("remove_secret", "unavailable")
+    with pytest.raises(ZitadelUnavailable):
+        backend.transport.remove_secret(user)
+    assert backend.transport.remove_secret(user) is True
+
+
+def test_a_token_issued_before_a_regeneration_stays_valid(backend: Backend) -> None:
+    user = _secret_user(backend)
+    old = backend.transport.add_secret(user)
+    token = backend.verifier.exchange_client_credentials(old.client_id, old.secret)
+    backend.transport.add_secret(user)
+    assert backend.verifier.userinfo(token.token)["sub"] == user.id
+    backend.transport.remove_secret(user)
+    assert backend.verifier.userinfo(token.token)["sub"] == user.id
+
+
+def test_within_the_lag_the_old_secret_passes_and_the_new_one_fails(lagging: Backend) -> None:
+    user = _secret_user(lagging)
+    old = lagging.transport.add_secret(user)
+    lagging.advance(LAG_S + 1)
+    new = lagging.transport.add_secret(user)
+    lagging.verifier.verify_secret(old.client_id, old.secret, user_id=user.id)
+    with pytest.raises(VerificationError):
+        lagging.verifier.verify_secret(new.client_id, new.secret, user_id=user.id)
+
+    lagging.advance(LAG_S + 1)  # both flip
+    lagging.verifier.verify_secret(new.client_id, new.secret, user_id=user.id)
+    with pytest.raises(VerificationError):
+        lagging.verifier.verify_secret(old.client_id, old.secret, user_id=user.id)
+
+
+def test_a_removed_secret_passes_until_the_lag_is_over(lagging: Backend) -> None:
+    user = _secret_user(lagging)
+    issued = lagging.transport.add_secret(user)
+    lagging.advance(LAG_S + 1)
+    assert lagging.transport.remove_secret(user) is True
+    lagging.verifier.verify_secret(issued.client_id, issued.secret, user_id=user.id)
+    lagging.advance(LAG_S + 1)
+    with pytest.raises(VerificationError):
+        lagging.verifier.verify_secret(issued.client_id, issued.secret, user_id=user.id)

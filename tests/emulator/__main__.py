@@ -40,7 +40,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", type=Path, required=True)
     p.add_argument("--seed", type=Path, help="YAML seed (used only on a fresh state dir)")
     p.add_argument("--lag-ms", type=int, default=0,
-                   help="key propagation lag at the token endpoint (§6.3)")
+                   help="projection lag at the token endpoint: new keys and regenerated "
+                        "client secrets are refused, removed ones still pass (§6.3, §11)")
     p.add_argument("--rate-limit", type=int, default=0,
                    help="answer 429 / RESOURCE_EXHAUSTED past N requests/s (0 = no limit)")
     p.add_argument("--no-v2-keys", action="store_true",

@@ -34,6 +34,8 @@ HTTP_STATUS = {
 V4_ONLY = frozenset({
     "AddKey", "RemoveKey", "ListKeys", "AddPersonalAccessToken", "RemovePersonalAccessToken",
     "ListPersonalAccessTokens", "SetUserMetadata", "ListUserMetadata", "DeleteUserMetadata",
+    # same change as the key and PAT methods (zitadel/zitadel PR 9763, §9)
+    "AddSecret", "RemoveSecret",
 })
 
 Response = tuple[int, dict[str, str], bytes]
@@ -222,6 +224,15 @@ def _list_pats(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str, Any]:
             "result": [_resource(p) for p in items]}
 
 
+def _add_secret(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str, Any]:
+    added = d.add_secret_v2(c, r["user_id"])
+    return {"creationDate": ts(added.details.creation_date), "clientSecret": added.secret}
+
+
+def _remove_secret(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str, Any]:
+    return {"deletionDate": ts(d.remove_secret_v2(c, r["user_id"]))}
+
+
 def _get_user(d: dm.Domain, c: dm.Caller, r: dict[str, Any]) -> dict[str, Any]:
     user = d.get_user_by_id_v2(c, r["user_id"])
     return {"details": _details(user), "user": user_v2(user)}
@@ -267,7 +278,8 @@ HANDLERS: dict[str, Handler] = {
     "AddPersonalAccessToken": _add_pat, "RemovePersonalAccessToken": _remove_pat,
     "ListPersonalAccessTokens": _list_pats, "GetUserByID": _get_user, "ListUsers": _list_users,
     "SetUserMetadata": _set_metadata, "ListUserMetadata": _list_metadata,
-    "DeleteUserMetadata": _delete_metadata,
+    "DeleteUserMetadata": _delete_metadata, "AddSecret": _add_secret,
+    "RemoveSecret": _remove_secret,
 }
 
 # --- wire ---------------------------------------------------------------------------

@@ -64,6 +64,14 @@ org; a machine user may manage itself without any role):
 - ``list_user_metadata_v2(caller, user_id, key_filters, offset, limit, asc)
   -> (total, applied_limit, [Metadata])``
 - ``delete_user_metadata_v2(caller, user_id, keys) -> int`` (deletion date)
+- ``add_secret_v2(caller, user_id) -> AddedSecret`` (regenerates: one secret per
+  machine user, overwritten; no expiry)
+- ``remove_secret_v2(caller, user_id) -> int`` (deletion date; FailedPrecondition
+  ``Errors.User.Machine.Secret.NotExisting`` when the user has none)
+
+v1 secret handlers (ctx org): ``generate_machine_secret_v1(caller, user_id) ->
+AddedSecret`` (``client_id`` = the user name), ``remove_machine_secret_v1(caller,
+user_id) -> Details``.
 
 User queries (v1 ``SearchQuery`` and v2 ``user.v2.SearchQuery``) are trees of
 the dataclasses ``UserNameQ, LoginNameQ, FieldTextQ, TypeQ, InIdsQ, OrgIdQ, StateQ, AndQ,
@@ -78,7 +86,13 @@ Administration (seeding, /_emulator endpoints): ``create_org``,
 Plain lookups without authorization: ``get_org``, ``org_by_name``,
 ``list_orgs``, ``get_user``, ``all_users``, ``user_by_login_name``,
 ``roles_of``, ``metadata_of``.  OAuth support: ``jwt_profile_key``,
-``issue_access_token``, ``token_info``.
+``check_client_secret``, ``issue_access_token``, ``token_info``.
+
+Projection lag (``lag_ms``, §6.3, §11): for that long after a change, the
+token endpoint still sees the state before it - a key added is not yet usable,
+a key removed still is; after a secret is regenerated (or removed) the OLD
+secret still passes and the NEW one fails.  Issued access tokens never depend
+on the secret that obtained them.
 """
 
 # SQL fragments below are module constants, never request data; handler
@@ -92,6 +106,7 @@ import itertools
 import json
 import secrets
 import sqlite3
+import string
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -307,6 +322,14 @@ class AddedPat:
 
 
 @dataclass(frozen=True)
+class AddedSecret:
+    user_id: str
+    client_id: str  # the user name (GenerateMachineSecret's client_id)
+    secret: str = field(repr=False)
+    details: Details
+
+
+@dataclass(frozen=True)
 class Caller:
     """The authenticated principal of one request."""
 
@@ -463,6 +486,11 @@ def _token_invalid() -> EmuError:
 
 
 ERR_EXPIRE_BEFORE_NOW = ("invalid_argument", "Errors.AuthNKey.ExpireBeforeNow", "DOMAIN-dv3t5")
+ERR_SECRET_NOT_EXISTING = ("failed_precondition", "Secret doesn't exist", "COMMAND-coi82n")
+#: Errors.User.NotExisting: the machine write model of an unknown, human or
+#: (v1) other-org user has no state (internal/command/user_machine_secret.go).
+ERR_SECRET_USER_ADD = ("failed_precondition", "User doesn't exist", "COMMAND-x8910n")
+ERR_SECRET_USER_REMOVE = ("failed_precondition", "User doesn't exist", "COMMAND-x7s802")
 ERR_BAD_PUBLIC_KEY = ("invalid_argument",
                       "Public key is not a valid RSA public key in PKIX format with PEM encoding",
                       "COMMAND-5F3h1")
@@ -502,6 +530,11 @@ CREATE TABLE IF NOT EXISTS access_tokens (
   id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, user_id TEXT NOT NULL, key_id TEXT,
   created TEXT NOT NULL, expiration TEXT NOT NULL, scopes TEXT NOT NULL, audience TEXT NOT NULL,
   revoked INTEGER NOT NULL DEFAULT 0);
+-- The last secret change per user, for the token endpoint's lagging view:
+-- prev_hash is what the projection showed before it (NULL: no secret) until
+-- visible (= changed + the lag in force at the change).
+CREATE TABLE IF NOT EXISTS secret_changes (
+  user_id TEXT PRIMARY KEY, prev_hash TEXT, changed TEXT NOT NULL, visible TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS apps (
   client_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, name TEXT NOT NULL,
   secret_hash TEXT NOT NULL);
@@ -550,6 +583,14 @@ def _fmt_opt(instant: int | None) -> str | None:
 
 def _opaque_token() -> str:
     return keymat.b64url(secrets.token_bytes(48))
+
+
+_SECRET_ALPHABET = string.ascii_letters + string.digits
+
+
+def _client_secret() -> str:
+    """The default ClientSecret generator: 64 letters and digits (§11)."""
+    return "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(64))
 
 
 _Listed = TypeVar("_Listed", MachineKey, Pat)
@@ -844,16 +885,37 @@ class Domain:
                        (state, str(self.now()), seq, user_id))
 
     def generate_machine_secret(self, user_id: str) -> str:
-        """One secret per machine user; generating replaces it at once (§6.3)."""
-        secret = secrets.token_urlsafe(48)
+        """One secret per machine user; generating replaces it (§11).  Admin
+        seeding: no authorization, and a human user is silently skipped."""
+        user = self.get_user(user_id)
+        if user is None or user.type != "machine":
+            return _client_secret()
+        return self._set_secret(user, _client_secret())[0]
+
+    def _set_secret(self, user: User, secret: str | None) -> tuple[str, int, int]:
+        """Store ``secret``'s digest (None: remove it) -> (secret, sequence, now).
+        Records what the token endpoint's projection showed before, for the lag."""
+        now = self.now()
         with self._tx() as db:
+            current = db.execute("SELECT secret_hash FROM users WHERE id = ?",
+                                 (user.id,)).fetchone()["secret_hash"]
+            change = db.execute("SELECT * FROM secret_changes WHERE user_id = ?",
+                                (user.id,)).fetchone()
+            # a change still inside the lag: the projection has not caught up with
+            # it either, so it still shows that change's predecessor
+            prev = (change["prev_hash"] if change is not None and self._lagging(change, now)
+                    else current)
             seq = self._next_sequence()
-            db.execute(
-                "UPDATE users SET secret_hash = ?, changed = ?, sequence = ? "
-                "WHERE id = ? AND type = 'machine'",
-                (_hash(secret), str(self.now()), seq, user_id),
-            )
-        return secret
+            db.execute("UPDATE users SET secret_hash = ?, changed = ?, sequence = ? WHERE id = ?",
+                       (None if secret is None else _hash(secret), str(now), seq, user.id))
+            db.execute("INSERT OR REPLACE INTO secret_changes VALUES (?, ?, ?, ?)",
+                       (user.id, prev, str(now), str(now + self.lag_ns)))
+        return secret or "", seq, now
+
+    def _lagging(self, change: sqlite3.Row, now: int) -> bool:
+        """Whether a secret change is not yet visible to the token endpoint (changes
+        from before the server started are: projections catch up at start)."""
+        return int(change["changed"]) >= self._caught_up and int(change["visible"]) > now
 
     def bulk_create(self, org_id: str, count: int, *, prefix: str = "bulk-",
                     keys_per_user: int = 0, pats_per_user: int = 0,
@@ -954,9 +1016,22 @@ class Domain:
         return bool(self._q("SELECT 1 FROM apps WHERE client_id = ?", client_id))
 
     def verify_machine_secret(self, user: User, secret: str) -> bool:
-        rows = self._q("SELECT secret_hash FROM users WHERE id = ?", user.id)
-        stored = rows[0]["secret_hash"] if rows else None
-        return stored is not None and secrets.compare_digest(stored, _hash(secret))
+        return self.check_client_secret(user, secret) == "ok"
+
+    def check_client_secret(self, user: User, secret: str) -> str:
+        """The client_credentials check as the lagging projection sees it (§7.3,
+        §11): "ok", "missing" (no secret) or "invalid"."""
+        rows = self._q("SELECT u.secret_hash, c.prev_hash, c.changed, c.visible FROM users u "
+                       "LEFT JOIN secret_changes c ON c.user_id = u.id WHERE u.id = ?", user.id)
+        if not rows:
+            return "missing"
+        row = rows[0]
+        stored = row["secret_hash"]
+        if row["changed"] is not None and self._lagging(row, self.now()):
+            stored = row["prev_hash"]
+        if stored is None:
+            return "missing"
+        return "ok" if secrets.compare_digest(stored, _hash(secret)) else "invalid"
 
     def dump_state(self, *, include_tokens: bool = False) -> dict[str, Any]:
         """Orgs, users, keys, PATs, metadata - never secret values.  Stable while
@@ -1319,7 +1394,38 @@ class Domain:
         now = self.now()
         return [i for i in items if i.created + lag_ns <= now]
 
+    def _secret_user(self, user_id: str, org_id: str | None, err: tuple[str, str, str]) -> User:
+        user = self.get_user(user_id)
+        if user is None or user.type != "machine" or (org_id is not None and user.org_id != org_id):
+            raise zerr(*err)
+        return user
+
+    def generate_machine_secret_v1(self, caller: Caller, user_id: str) -> AddedSecret:
+        user = self._secret_user(user_id, caller.ctx_org_id, ERR_SECRET_USER_ADD)
+        secret, seq, now = self._set_secret(user, _client_secret())
+        return AddedSecret(user.id, user.username, secret, Details(seq, now, now, user.org_id))
+
+    def remove_machine_secret_v1(self, caller: Caller, user_id: str) -> Details:
+        user = self._secret_user(user_id, caller.ctx_org_id, ERR_SECRET_USER_REMOVE)
+        if not user.has_secret:
+            raise zerr(*ERR_SECRET_NOT_EXISTING)
+        _, seq, now = self._set_secret(user, None)
+        return Details(seq, now, now, user.org_id)
+
     # --- v2 UserService handlers -------------------------------------------------------
+
+    def add_secret_v2(self, caller: Caller, user_id: str) -> AddedSecret:
+        user = self._secret_user(user_id, None, ERR_SECRET_USER_ADD)
+        self._check_user_v2(caller, user, _W)
+        secret, seq, now = self._set_secret(user, _client_secret())
+        return AddedSecret(user.id, user.username, secret, Details(seq, now, now, user.org_id))
+
+    def remove_secret_v2(self, caller: Caller, user_id: str) -> int:
+        user = self._secret_user(user_id, None, ERR_SECRET_USER_REMOVE)
+        self._check_user_v2(caller, user, _W)
+        if not user.has_secret:
+            raise zerr(*ERR_SECRET_NOT_EXISTING)
+        return self._set_secret(user, None)[2]
 
     def add_key_v2(self, caller: Caller, user_id: str, expiration: int,
                    public_key: bytes | None) -> AddedKey:

@@ -395,6 +395,29 @@ class ManagementServicer(mgmt_grpc.ManagementServiceServicer):
             mgmt_pb.RemovePersonalAccessTokenResponse(details=_change_details(
                 self.d.remove_pat_v1(c, r.user_id, r.token_id)))))
 
+    # -- machine secret --
+
+    def GenerateMachineSecret(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def validate(r: Any) -> None:
+            _min1("GenerateMachineSecretRequest", "UserId", r.user_id)
+
+        def handle(c: dm.Caller, r: Any) -> Any:
+            added = self.d.generate_machine_secret_v1(c, r.user_id)
+            return mgmt_pb.GenerateMachineSecretResponse(
+                client_id=added.client_id, client_secret=added.secret,
+                details=_add_details(added.details),
+            )
+
+        return self._run("GenerateMachineSecret", request, context, validate, handle)
+
+    def RemoveMachineSecret(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def validate(r: Any) -> None:
+            _len("RemoveMachineSecretRequest", "UserId", r.user_id)
+
+        return self._run("RemoveMachineSecret", request, context, validate, lambda c, r: (
+            mgmt_pb.RemoveMachineSecretResponse(details=_change_details(
+                self.d.remove_machine_secret_v1(c, r.user_id)))))
+
     # -- metadata --
 
     def SetUserMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = {
     _V2 + "RemovePersonalAccessTokenRequest.user_id": _TEXT,
     _V2 + "RemovePersonalAccessTokenRequest.token_id": _TEXT,
     _V2 + "ListPersonalAccessTokensRequest.sorting_column": ENUM_DEFINED,
+    _V2 + "AddSecretRequest.user_id": _TEXT, _V2 + "RemoveSecretRequest.user_id": _TEXT,
     "zitadel.filter.v2.IDFilter.id": Str(hi=200),
     "zitadel.filter.v2.TimestampFilter.method": ENUM_DEFINED,
     _V2 + "GetUserByIDRequest.user_id": _TEXT,

@@ -23,10 +23,15 @@ like the emulator process).  On top of it:
 Fault injection is the emulator's own (:class:`tests.emulator.faults.Faults`,
 by v2 method name: ``AddKey``, ``ListKeys``, ``RemoveKey``,
 ``AddPersonalAccessToken``, ``ListPersonalAccessTokens``,
-``RemovePersonalAccessToken``, ``GetUserByID``, ``ListUsers``, and ``token`` /
-``userinfo`` for the verifier): ``zitadel.set_faults(rules=[...])`` takes the
-same rules as ``Emulator.set_faults``.  Latency rules really sleep: avoid them
-in fast tests.
+``RemovePersonalAccessToken``, ``AddSecret``, ``RemoveSecret``, ``GetUserByID``,
+``ListUsers``, and ``token`` / ``userinfo`` for the verifier):
+``zitadel.set_faults(rules=[...])`` takes the same rules as
+``Emulator.set_faults``.  Latency rules really sleep: avoid them in fast tests.
+
+Projection lag: ``FakeZitadel(lag_ms=N)`` or ``zitadel.lag_ms = N`` (the
+emulator's ``--lag-ms``): for N ms after a change the token endpoint sees the
+state before it (a new key refused; after a secret regeneration the old secret
+passes and the new one fails).
 """
 
 from __future__ import annotations
@@ -42,9 +47,16 @@ from typing import Any, TypeVar
 import httpx
 
 from rotator.errors import ZitadelNotFound, ZitadelRejected
-from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.model import (
+    NEVER_EXPIRES,
+    Credential,
+    CredentialKind,
+    IssuedPat,
+    IssuedSecret,
+    User,
+)
 from rotator.ports import Clock
-from rotator.zitadel.codes import error_for
+from rotator.zitadel.codes import error_for, is_secret_not_existing
 from rotator.zitadel.oidc import OidcClient
 from tests.emulator import keys as keymat
 from tests.emulator import oidc as emu_oidc
@@ -56,9 +68,11 @@ from tests.emulator.domain import (
     LoginNameQ,
     OrgIdQ,
     ResourceFilter,
+    TypeQ,
     UserNameQ,
 )
 from tests.emulator.domain import User as DomainUser
+from tests.emulator.faults import DropConnection
 from tests.emulator.seed import DEFAULT_SEED, apply_seed
 
 T = TypeVar("T")
@@ -123,6 +137,15 @@ class FakeZitadel:
     @property
     def issuer(self) -> str:
         return ISSUER
+
+    @property
+    def lag_ms(self) -> int:
+        """The token endpoint's projection lag (see the module docstring)."""
+        return self.domain.lag_ns // 1_000_000
+
+    @lag_ms.setter
+    def lag_ms(self, value: int) -> None:
+        self.domain.lag_ns = value * 1_000_000
 
     def close(self) -> None:
         self.domain.close()
@@ -225,11 +248,17 @@ class FakeTransport:
 
     def _call(self, method: str, context: str, handler: Callable[[Caller], T]) -> T:
         try:
-            self._domain.faults.check(method)
+            after = self._domain.faults.check(method)
             caller = self._domain.authenticate(f"Bearer {self._bearer()}")
-            return handler(caller)
+            answer = handler(caller)
+            if after is not None:
+                after.apply()  # "slow"/"lost"/"drop": ZITADEL acted, the answer is late or lost
+            return answer
         except EmuError as exc:
             raise error_for(exc.code, f"{context}: {exc.message}", method=method) from None
+        except DropConnection:
+            raise error_for("unavailable", f"{context}: connection closed without an answer",
+                            method=method) from None
 
     # -- users -------------------------------------------------------------------------------
 
@@ -301,9 +330,35 @@ class FakeTransport:
         self._call("RemovePersonalAccessToken", f"remove PAT {pat_id} of user {user.id}",
                    lambda c: self._domain.remove_pat_v2(c, user.id, pat_id))
 
+    # -- client secrets ---------------------------------------------------------------------------
+
+    def add_secret(self, user: User) -> IssuedSecret:
+        added = self._call("AddSecret", f"add secret for user {user.id}",
+                           lambda c: self._domain.add_secret_v2(c, user.id))
+        # v2's AddSecretResponse has no client_id: the user name is what the token endpoint takes
+        return IssuedSecret(user_id=user.id, client_id=user.username, secret=added.secret,
+                            created_at=to_datetime(added.details.creation_date))
+
+    def remove_secret(self, user: User) -> bool:
+        try:
+            self._call("RemoveSecret", f"remove secret of user {user.id}",
+                       lambda c: self._domain.remove_secret_v2(c, user.id))
+        except ZitadelRejected as exc:
+            if is_secret_not_existing(exc):
+                return False
+            raise
+        return True
+
     # -- listings --------------------------------------------------------------------------------
 
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
+        if kind is CredentialKind.SECRET:
+            _, users = self._call(
+                "ListUsers", f"list machine users of org {org_id}",
+                lambda c: self._domain.list_users_v2(
+                    c, [OrgIdQ(org_id), TypeQ("machine")], 0, 0, True),
+            )
+            return [_secret_credential(u.id) for u in users if u.has_secret]
         key = kind is CredentialKind.KEY
         method = "ListKeys" if key else "ListPersonalAccessTokens"
         lister = self._domain.list_keys_v2 if key else self._domain.list_pats_v2
@@ -322,7 +377,13 @@ def _to_user(found: DomainUser, asked: str) -> User:
             code="failed_precondition",
         )
     return User(id=found.id, org_id=found.org_id, username=found.username,
-                active=found.state == "ACTIVE", machine=True)
+                active=found.state == "ACTIVE", machine=True, has_secret=found.has_secret)
+
+
+def _secret_credential(user_id: str) -> Credential:
+    """One secret per user: the user id identifies it; it never expires."""
+    return Credential(id=user_id, kind=CredentialKind.SECRET, user_id=user_id,
+                      expires_at=NEVER_EXPIRES)
 
 
 def _credential(kind: CredentialKind, item: Any) -> Credential:

@@ -35,10 +35,17 @@ from rotator.errors import (
     ZitadelNotFound,
     ZitadelRejected,
 )
-from rotator.model import Credential, CredentialKind, IssuedPat, User
+from rotator.model import (
+    NEVER_EXPIRES,
+    Credential,
+    CredentialKind,
+    IssuedPat,
+    IssuedSecret,
+    User,
+)
 from rotator.ports import ZitadelTransport
 from rotator.redact import server_text
-from rotator.zitadel.codes import error_for
+from rotator.zitadel.codes import error_for, is_secret_not_existing
 from rotator.zitadel.v1.gen import (
     zitadel_authn_v1_pb2 as authn_pb,
 )
@@ -155,12 +162,14 @@ def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
 
 
 def _user(message: Any) -> User:
+    machine = message.WhichOneof("type") == "machine"
     return User(
         id=message.id,
         org_id=message.details.resource_owner,
         username=message.user_name,
         active=message.state == user_pb.USER_STATE_ACTIVE,
-        machine=message.WhichOneof("type") == "machine",
+        machine=machine,
+        has_secret=bool(message.machine.has_secret) if machine else False,
     )
 
 
@@ -402,9 +411,55 @@ class ManagementTransport:
         request = mgmt_pb.RemovePersonalAccessTokenRequest(user_id=user.id, token_id=pat_id)
         self._call("RemovePersonalAccessToken", request, user.org_id)
 
+    # -- client secret --------------------------------------------------------
+
+    def add_secret(self, user: User) -> IssuedSecret:
+        """GenerateMachineSecret: regenerates (overwrites) the user's one secret."""
+        request = mgmt_pb.GenerateMachineSecretRequest(user_id=user.id)
+        response = self._call("GenerateMachineSecret", request, user.org_id)
+        if not response.client_secret:
+            raise error_for(
+                "unimplemented",
+                f"GenerateMachineSecret for user {user.id} returned no secret",
+                method="GenerateMachineSecret",
+            )
+        return IssuedSecret(
+            user_id=user.id,
+            client_id=response.client_id or user.username,
+            secret=response.client_secret,
+            created_at=_created(response.details),
+        )
+
+    def remove_secret(self, user: User) -> bool:
+        request = mgmt_pb.RemoveMachineSecretRequest(user_id=user.id)
+        try:
+            self._call("RemoveMachineSecret", request, user.org_id)
+        except ZitadelRejected as exc:
+            if is_secret_not_existing(exc):
+                return False
+            raise
+        return True
+
     def list_org_credentials(self, kind: CredentialKind, org_id: str) -> list[Credential] | None:
-        """The Management API lists keys and PATs per user only."""
-        return None
+        """The Management API lists keys and PATs per user only; secrets show as
+        ``Machine.has_secret`` in one ListUsers of the org's machine users."""
+        if kind is not CredentialKind.SECRET:
+            return None
+        query = user_pb.SearchQuery(type_query=user_pb.TypeQuery(type=user_pb.TYPE_MACHINE))
+        return [
+            Credential(
+                id=found.id,
+                kind=CredentialKind.SECRET,
+                user_id=found.id,
+                expires_at=NEVER_EXPIRES,
+            )
+            for found in self._pages(
+                "ListUsers",
+                lambda page: mgmt_pb.ListUsersRequest(query=page, queries=[query]),
+                org_id,
+            )
+            if found.WhichOneof("type") == "machine" and found.machine.has_secret
+        ]
 
     def close(self) -> None:
         self._channel.close()

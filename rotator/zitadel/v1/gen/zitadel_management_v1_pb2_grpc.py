@@ -109,6 +109,16 @@ class ManagementServiceStub:
                 request_serializer=zitadel__management__v1__pb2.RemoveUserMetadataRequest.SerializeToString,
                 response_deserializer=zitadel__management__v1__pb2.RemoveUserMetadataResponse.FromString,
                 _registered_method=True)
+        self.GenerateMachineSecret = channel.unary_unary(
+                '/zitadel.management.v1.ManagementService/GenerateMachineSecret',
+                request_serializer=zitadel__management__v1__pb2.GenerateMachineSecretRequest.SerializeToString,
+                response_deserializer=zitadel__management__v1__pb2.GenerateMachineSecretResponse.FromString,
+                _registered_method=True)
+        self.RemoveMachineSecret = channel.unary_unary(
+                '/zitadel.management.v1.ManagementService/RemoveMachineSecret',
+                request_serializer=zitadel__management__v1__pb2.RemoveMachineSecretRequest.SerializeToString,
+                response_deserializer=zitadel__management__v1__pb2.RemoveMachineSecretResponse.FromString,
+                _registered_method=True)
 
 
 class ManagementServiceServicer:
@@ -204,6 +214,18 @@ class ManagementServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateMachineSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMachineSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagementServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +303,16 @@ def add_ManagementServiceServicer_to_server(servicer, server):
                     servicer.RemoveUserMetadata,
                     request_deserializer=zitadel__management__v1__pb2.RemoveUserMetadataRequest.FromString,
                     response_serializer=zitadel__management__v1__pb2.RemoveUserMetadataResponse.SerializeToString,
+            ),
+            'GenerateMachineSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateMachineSecret,
+                    request_deserializer=zitadel__management__v1__pb2.GenerateMachineSecretRequest.FromString,
+                    response_serializer=zitadel__management__v1__pb2.GenerateMachineSecretResponse.SerializeToString,
+            ),
+            'RemoveMachineSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMachineSecret,
+                    request_deserializer=zitadel__management__v1__pb2.RemoveMachineSecretRequest.FromString,
+                    response_serializer=zitadel__management__v1__pb2.RemoveMachineSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -688,6 +720,60 @@ class ManagementService:
             '/zitadel.management.v1.ManagementService/RemoveUserMetadata',
             zitadel__management__v1__pb2.RemoveUserMetadataRequest.SerializeToString,
             zitadel__management__v1__pb2.RemoveUserMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateMachineSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zitadel.management.v1.ManagementService/GenerateMachineSecret',
+            zitadel__management__v1__pb2.GenerateMachineSecretRequest.SerializeToString,
+            zitadel__management__v1__pb2.GenerateMachineSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMachineSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zitadel.management.v1.ManagementService/RemoveMachineSecret',
+            zitadel__management__v1__pb2.RemoveMachineSecretRequest.SerializeToString,
+            zitadel__management__v1__pb2.RemoveMachineSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,
