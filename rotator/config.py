@@ -931,8 +931,8 @@ def _targets(  # noqa: PLR0917 - private helper, called once
         if kind == "secret" and not users:
             warnings.append(
                 f"{path} ({name}): kind secret with one user: each rotation regenerates the "
-                "secret, which kills the old one at once; consumers holding it fail "
-                "(invalid_client) until they re-read Vault (tokens already issued keep "
+                "secret, which kills the old one at once; consumers holding it are refused "
+                "at the token endpoint until they re-read Vault (tokens already issued keep "
                 "working up to their lifetime). `users: [a, b]` (two machine users with the "
                 "same grants) rotates without that gap"
             )

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from rotator import policy as rules
 from rotator.errors import VaultError
 from rotator.kinds import ops_for
 from rotator.model import Credential, StoredSecret, Target
@@ -42,7 +43,7 @@ def is_ours(secret: StoredSecret) -> bool:
 
 
 def adopt(
-    target: Target, secret: StoredSecret, listed: Iterable[Credential]
+    target: Target, secret: StoredSecret, listed: Iterable[Credential], now: datetime
 ) -> CredentialRef | None:
     """The current credential of a secret we have no state for: ours (state
     lost) or someone else's that the target adopts.  None when ZITADEL no
@@ -58,13 +59,26 @@ def adopt(
     match = next((c for c in listed if c.id == wanted), None)
     if match is None:
         return None
+    expires_at = match.expires_at
+    if ops_for(target.kind).replaces_in_place:
+        # A secret never expires: it is due by the instant the rotation that
+        # wrote it chose, or, written by someone else, as if issued now.
+        chosen = _instant(secret.custom_metadata.get("expires_at")) if is_ours(secret) else None
+        expires_at = chosen or rules.new_expiry(now, target.policy.lifetime)
     return CredentialRef(
         id=match.id,
-        expires_at=match.expires_at,
+        expires_at=expires_at,
         created_at=match.created_at,
         created_by_rotator=is_ours(secret),
         user_id=match.user_id,
     )
+
+
+def _instant(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def promote(

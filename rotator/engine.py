@@ -160,7 +160,7 @@ class Engine:
             if existing is not None:
                 ops = ops_for(target.kind)
                 listed = [c for user in users for c in ops.list(self.transport, user)]
-                state.current = consumer.adopt(target, existing, listed)
+                state.current = consumer.adopt(target, existing, listed, self.clock.now())
                 state.consumer_version = existing.version
         known = (state.user_id, state.org_id, state.user_ref, list(state.identities))
         holder = _holder(state, users)

@@ -121,8 +121,9 @@ def _live(state: TargetState, now: datetime) -> bool:
 
 ONE_IDENTITY_CAVEAT = (
     "one identity: each rotation regenerates the client secret and the old one stops "
-    "working at once; consumers holding it fail (invalid_client) until they re-read Vault "
-    "(tokens already issued keep working up to their lifetime); `users: [a, b]` avoids this"
+    "working at once; consumers holding it are refused at the token endpoint until they "
+    "re-read Vault (tokens already issued keep working up to their lifetime); "
+    "`users: [a, b]` avoids this"
 )
 
 

@@ -126,6 +126,21 @@ def test_users_must_be_two_distinct_names(users: Any, field: str, fragment: str)
     assert fragment in str(caught.value)
 
 
+def test_a_one_identity_secret_target_is_warned_about_and_a_two_identity_one_is_not() -> None:
+    single = with_("targets.1.kind", "secret")
+    warnings = [w for w in parse(single).warnings if "kind secret with one user" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("targets[1] (reports): ")
+    assert "re-read Vault" in warnings[0]
+    assert "users: [a, b]" in warnings[0]
+    double = with_("targets.1.users", ["svc-reports-a", "svc-reports-b"])
+    del double["targets"][1]["user"]
+    double["targets"][1]["kind"] = "secret"
+    config = parse(double)
+    assert config.targets[1].kind is CredentialKind.SECRET
+    assert not [w for w in config.warnings if "kind secret" in w]
+
+
 def test_a_target_without_user_or_users_says_both() -> None:
     with pytest.raises(ConfigError, match=r"targets\[1\]\.user: is required \(or `users"):
         parse(with_("targets.1.user", DELETE))
@@ -261,7 +276,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("targets", DELETE, "targets", "at least one target"),
     ("targets", {"name": "x"}, "targets", "must be a list"),
     ("targets.1", "reports", "targets[1]", "must be a mapping (got a string)"),
-    ("targets.1.kind", "pak", "targets[1].kind", "must be one of key, pat (got 'pak')"),
+    ("targets.1.kind", "pak", "targets[1].kind", "must be one of key, pat, secret (got 'pak')"),
     ("targets.1.kind", DELETE, "targets[1].kind", "is required"),
     ("targets.0.user", DELETE, "targets[0].user", "is required"),
     ("targets.0.user", "", "targets[0].user", "must not be empty"),

@@ -812,3 +812,164 @@ def test_plan_names_the_identity_a_two_identity_rotation_uses(kit: FastKit) -> N
     rotate = next(action for action in actions if action.startswith("rotate now"))
     assert f"on {target.users[1]} (" in rotate
     assert f"not on {target.users[0]} (" in rotate
+
+
+# --------------------------------------------------------------- client secrets
+
+
+def secret_target(**kw: Any) -> Target:
+    return Target(
+        name=kw.pop("name", "ledger"),
+        user=kw.pop("user", "svc-payroll"),
+        kind=CredentialKind.SECRET,
+        vault_path=kw.pop("vault_path", "zitadel/ledger"),
+        policy=kw.pop("policy", TEST_POLICY),
+        **kw,
+    )
+
+
+@pytest.fixture
+def ledger(kit: FastKit) -> Target:
+    kit.zitadel.add_user("svc-payroll")
+    return secret_target()
+
+
+def client_works(kit: FastKit, data: dict[str, Any]) -> None:
+    """A consumer's client_credentials request with what it read (raises if refused)."""
+    kit.oidc.verify_secret(data["client_id"], data["client_secret"], user_id=data["user_id"])
+
+
+def test_a_secret_is_regenerated_stored_verified_and_promoted_without_previous(
+    kit: FastKit, ledger: Target
+) -> None:
+    first = kit.engine.reconcile(ledger, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+    data = secret(kit, ledger.vault_path)
+    user_id = kit.zitadel.user_ids["svc-payroll"]
+    assert set(data) == {"client_id", "client_secret", "user_id"}
+    assert data["user_id"] == user_id
+    assert data["client_id"] == kit.transport.resolve_user(user_id).username
+    client_works(kit, data)
+    stored = kit.store.read(ledger.vault_path)
+    assert stored is not None
+    assert stored.custom_metadata["kind"] == "secret"
+    assert stored.custom_metadata["managed-by"] == "zitadel-rotator"
+    status = kit.engine.status(ledger)
+    assert status.state == "ready"
+    assert any("one identity" in note for note in status.notes)
+
+    kit.advance(21 * DAY)
+    plan = kit.engine.plan(ledger)
+    assert any(a.startswith("caveat: one identity") for a in plan.actions), plan.actions
+    second = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED, second.error
+    assert second.previous_credential_id is None  # replaced in place: nothing in grace
+    new = secret(kit, ledger.vault_path)
+    assert "previous" not in new
+    assert new["client_secret"] != data["client_secret"]
+    client_works(kit, new)
+    with pytest.raises(RotatorError):  # the old one died with the regeneration
+        client_works(kit, data)
+    assert "credential.retired" not in kit.event_names()
+    assert kit.engine.status(ledger).state == "ready"
+
+
+def test_a_regenerated_secret_lost_before_it_was_stored_is_regenerated_at_once(
+    kit: FastKit, ledger: Target
+) -> None:
+    assert kit.engine.reconcile(ledger, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    before = secret(kit, ledger.vault_path)
+    kit.advance(21 * DAY)
+
+    def seal_after_regenerate(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.created":
+            kit.store.sealed = True
+
+    kit.engine.audit.subscribe(seal_after_regenerate)
+    try:
+        failed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.store.sealed = False
+        kit.engine.audit.unsubscribe(seal_after_regenerate)
+    assert failed.outcome is Outcome.FAILED
+    with pytest.raises(RotatorError):  # Vault's secret is dead: the gap this bounds
+        client_works(kit, before)
+    assert "rotation.rolled_back" not in kit.event_names()
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    resumed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert "secret.regenerated_after_loss" in kit.event_names()
+    client_works(kit, secret(kit, ledger.vault_path))
+
+
+def test_a_secret_that_does_not_verify_is_kept_and_retried_never_stuck(
+    zitadel: FakeZitadel, store: MemoryStore
+) -> None:
+    zitadel.add_user("svc-payroll")
+    target = secret_target(policy=QUICK_VERIFY)
+    with build_fast_kit(zitadel, store, max_attempts=2) as kit:
+        kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+        outcomes = []
+        for _ in range(4):  # twice max_attempts: a key would be stuck by now
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE, rotate_now=True)
+            outcomes.append(result.outcome)
+            kit.advance(10)
+        kit.zitadel.clear_faults()
+        assert outcomes == [Outcome.FAILED] * 4
+        failed = [e for e in kit.events() if e["event"] == "rotation.failed"]
+        assert {e["failure_class"] for e in failed} == {"transient"}
+        assert "target.stuck" not in kit.event_names()
+        assert "rotation.rolled_back" not in kit.event_names()
+        assert len(created_ids(kit)) == 1  # regenerated once; the same secret is retried
+        kit.advance(10)
+        done = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert done.outcome is Outcome.ROTATED, done.error
+        assert len(created_ids(kit)) == 1
+        client_works(kit, secret(kit, target.vault_path))
+
+
+def test_projection_lag_after_regeneration_is_absorbed_by_verification(
+    tmp_path: Path, store: MemoryStore
+) -> None:
+    lagging = FakeZitadel(tmp_path / "lagging", lag_ms=1500)
+    try:
+        lagging.add_user("svc-payroll")
+        with build_fast_kit(lagging, store) as kit:
+            target = secret_target()
+            assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+            kit.advance(21 * DAY)
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+            assert result.outcome is Outcome.ROTATED, result.error
+            client_works(kit, secret(kit, target.vault_path))
+    finally:
+        lagging.close()
+
+
+def test_two_identity_secrets_keep_every_consumer_working_and_leave_no_old_secret_valid(
+    kit: FastKit,
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names)
+    ids = [kit.zitadel.user_ids[n] for n in names]
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    assert not kit.engine.status(target).notes[0].startswith("ledger: one identity")
+    holders = [secret(kit, target.vault_path)["user_id"]]
+    for _ in range(4):
+        held = secret(kit, target.vault_path)  # what a consumer read before the rotation
+        kit.advance(21 * DAY)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+        new = secret(kit, target.vault_path)
+        assert "previous" not in new
+        holders.append(new["user_id"])
+        client_works(kit, new)
+        client_works(kit, held)  # the identity in use was not touched: still valid in grace
+        kit.advance(DAY + 60)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+        with pytest.raises(RotatorError):  # removed, not left valid
+            client_works(kit, held)
+        spare = kit.transport.resolve_user(held["user_id"])
+        assert spare.has_secret is False
+    assert holders == [ids[0], ids[1], ids[0], ids[1], ids[0]]
