@@ -14,7 +14,7 @@ from typing import Any
 
 from rotator import consumer, failures, report
 from rotator.audit import AuditLog
-from rotator.errors import GraceNotOver, RotatorError
+from rotator.errors import GraceNotOver, RotatorError, ZitadelNotFound, ZitadelRejected
 from rotator.failures import Backoff, FailureBook, FailureClass
 from rotator.kinds import ops_for
 from rotator.model import Target, Trigger, User
@@ -130,6 +130,30 @@ class Engine:
 
     # ------------------------------------------------------------ state
 
+    def identity_problems(self, target: Target) -> list[str]:
+        """What is wrong with the target's users in ZITADEL (asked afresh): each
+        must exist and be a machine user, and two identities two different users."""
+        problems: list[str] = []
+        found: dict[str, str] = {}
+        for name in target.identities:
+            try:
+                user = self.transport.resolve_user(name, target.org_id)
+            except ZitadelNotFound:
+                problems.append(f"{target.name}: user {name!r} not found in ZITADEL")
+                continue
+            except ZitadelRejected as exc:  # the transports refuse a human user
+                problems.append(f"{target.name}: {exc}")
+                continue
+            if not user.machine:
+                problems.append(f"{target.name}: user {name!r} ({user.id}) is not a machine user")
+            if user.id in found:
+                problems.append(
+                    f"{target.name}: users {found[user.id]!r} and {name!r} are the same user "
+                    f"({user.id}); two identities need two machine users"
+                )
+            found[user.id] = name
+        return problems
+
     def _resolve_users(self, target: Target, state: TargetState | None) -> tuple[User, ...]:
         """The target's users (one, or two identities): from its state while
         the target names the same users, else looked up in ZITADEL once per
@@ -145,6 +169,12 @@ class Engine:
             if key not in self._users:
                 self._users[key] = self.transport.resolve_user(name, target.org_id)
             users.append(self._users[key])
+        if len({u.id for u in users}) != len(users):
+            # two names for one user would put the new credential on the one in use
+            raise ZitadelRejected(
+                f"users {' and '.join(target.identities)} are the same ZITADEL user "
+                f"({users[0].id}); two identities need two machine users"
+            )
         return tuple(users)
 
     def _load(self, target: Target) -> tuple[TargetState, int, tuple[User, ...]]:

@@ -973,3 +973,24 @@ def test_two_identity_secrets_keep_every_consumer_working_and_leave_no_old_secre
         spare = kit.transport.resolve_user(held["user_id"])
         assert spare.has_secret is False
     assert holders == [ids[0], ids[1], ids[0], ids[1], ids[0]]
+
+
+def test_identity_problems_name_a_missing_a_human_and_a_repeated_user(kit: FastKit) -> None:
+    kit.zitadel.add_user("svc-ok")
+    kit.zitadel.add_user("alice", type="human")
+    login = kit.zitadel.add_user("svc-twice")["login_name"]
+    good = replace(key_target(name="good"), user="svc-ok")
+    assert kit.engine.identity_problems(good) == []
+    bad = replace(key_target(name="bad"), user="svc-nobody", users=("svc-nobody", "alice"))
+    problems = kit.engine.identity_problems(bad)
+    assert len(problems) == 2
+    assert "'svc-nobody' not found" in problems[0]
+    assert "'alice'" in problems[1]
+    assert "human user" in problems[1]
+    same = replace(key_target(name="same"), user="svc-twice", users=("svc-twice", login))
+    assert "same user" in kit.engine.identity_problems(same)[0]
+    # and the engine refuses to rotate it: the new key would land on the one in use
+    result = kit.engine.reconcile(same, trigger=Trigger.CLI)
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "same ZITADEL user" in result.error

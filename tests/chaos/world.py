@@ -44,7 +44,7 @@ RETIRE_MARGIN_S = 2 * 3600
 @dataclass(frozen=True)
 class Target:
     name: str
-    kind: str  # key | pat
+    kind: str  # key | pat | secret
     api: str  # v1 | v2
     user: str  # user name in org acme (the first of two identities)
     user_id: str
@@ -198,11 +198,13 @@ class World:
         self.webhook = WebhookSink()
         self.targets: list[Target] = []
         for api in ("v2", "v1"):
-            for kind in ("key", "pat"):
+            for kind in ("key", "pat", "secret"):
                 for i in range(targets_per_kind):
                     user = f"svc-{kind}-{api}-{i}"
                     user_id = self.emulator.add_user(user, org="acme")["id"]
                     self.targets.append(Target(f"{kind}-{api}-{i}", kind, api, user, user_id))
+                    if kind == "pat":
+                        continue  # two identities work alike for every kind: keys and secrets
                     # and one target over two identities used in turn
                     users = (f"svc-{kind}-{api}-{i}a", f"svc-{kind}-{api}-{i}b")
                     ids = tuple(self.emulator.add_user(u, org="acme")["id"] for u in users)
