@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import functools
 import importlib
+import io
 import json
 import logging
 import os
@@ -202,6 +203,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not read the files it names (a config meant for another machine, "
         "e.g. one rendered from the Helm chart)",
+    )
+    validate.add_argument(
+        "--online",
+        action="store_true",
+        help="also connect and check that every target's users exist in ZITADEL and are "
+        "machine users (two identities: two different ones)",
     )
 
     verify = command(
@@ -668,6 +675,7 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
 
         checks = local_checks(config)
     errors = [c for c in checks if not c.ok and not c.warning_only]
+    users = _identity_problems(config) if args.online and not errors else []
     if args.json:
         document = {
             "ok": not errors,
@@ -679,20 +687,45 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> int:
                 for c in checks
             ],
         }
+        if args.online:
+            document["users"] = users
+            document["ok"] = document["ok"] and not users
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        return Exit.USAGE if errors else Exit.OK
+        return Exit.USAGE if errors or users else Exit.OK
     for warning in config.warnings:
         sys.stderr.write(f"rotator: warning: {config.source}: {warning}\n")
     for c in checks:
         if not c.ok:
             kind = "warning" if c.warning_only else "error"
             sys.stderr.write(f"rotator: {kind}: {config.source}: {c.field}: {c.path} {c.problem}\n")
-    if errors:
+    for problem in users:
+        sys.stderr.write(f"rotator: error: {config.source}: {problem}\n")
+    if errors or users:
         return Exit.USAGE
     noun = "target" if len(config.targets) == 1 else "targets"
     files = f", {len(checks)} file{'' if len(checks) == 1 else 's'} checked" if checks else ""
     sys.stdout.write(f"config OK: {len(config.targets)} {noun}{files}\n")
     return Exit.OK
+
+
+def _identity_problems(config: Config) -> list[str]:
+    """``validate --online``: every target's users, asked of ZITADEL (where reachable)."""
+    from rotator.app import build  # noqa: PLC0415 - only this option connects
+    from rotator.audit import AuditLog  # noqa: PLC0415
+
+    try:
+        app = build(config, audit=AuditLog(stream=io.StringIO()), require_zitadel=False)
+    except RotatorError as exc:  # Vault unreachable or sealed: nothing to ask with
+        sys.stderr.write(f"rotator: warning: cannot connect, users not checked: {exc}\n")
+        return []
+    try:
+        if app.zitadel_error is not None:
+            sys.stderr.write(f"rotator: warning: ZITADEL not reachable, users not checked: "
+                             f"{app.zitadel_error}\n")
+            return []
+        return [p for target in config.targets for p in app.engine.identity_problems(target)]
+    finally:
+        app.close()
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

@@ -172,7 +172,7 @@ class Rotation:
         backing_off = state.next_attempt_at is not None and now < state.next_attempt_at
         if backing_off and not (rotate_now or unstick):
             return state, version, Outcome.FAILED
-        state, version = self.resume(run, state, version)
+        state, version = self.resume(run, state, version, forced=rotate_now or unstick)
         holder = run.identity(state.current.user_id) if state.current else run.user
         reason = "forced" if rotate_now else self.rotation_reason(run.target, state, holder)
         if reason is not None:
@@ -275,7 +275,8 @@ class Rotation:
         self.presence.forget(target.kind, user)
 
         pending.phase, pending.credential_id, pending.secret = Phase.CREATED, credential.id, secret
-        pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
+        if pending.secret_since is None:  # (a secret regenerated again keeps the first)
+            pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
         if not in_place:
             # A create retried below us (a 429 answered after ZITADEL acted, a
             # transparent transport retry) leaves a twin with this rotation's
@@ -519,7 +520,11 @@ class Rotation:
         state.orphans = kept
         return self.save(run.target, state, version)
 
-    def resume(self, run: Run, state: TargetState, version: int) -> tuple[TargetState, int]:
+    def resume(
+        self, run: Run, state: TargetState, version: int, *, forced: bool = False
+    ) -> tuple[TargetState, int]:
+        """``forced`` (a person's ``rotate --force``): a secret kept pending because it
+        does not verify is regenerated instead of verified once more."""
         pending = state.pending
         if pending is None:
             return state, version
@@ -533,11 +538,13 @@ class Rotation:
             )
         run.rotation_id = pending.rotation_id
         run.emit("rotation.resumed", phase=pending.phase.value)
-        if pending.phase is Phase.CREATING and run.ops.replaces_in_place:
-            # The regeneration may have happened and its secret is lost (never
-            # stored); the old one is dead then too.  Regenerate at once.
+        lost = pending.phase is Phase.CREATING
+        if run.ops.replaces_in_place and (lost or (forced and pending.phase is Phase.CREATED)):
+            # Lost: the regeneration may have happened and its secret was never
+            # stored; the old one is dead then too.  Regenerate at once.
             user = run.identity(pending.user_id)
-            run.emit("secret.regenerated_after_loss", user=user, phase=pending.phase.value)
+            if lost:
+                run.emit("secret.regenerated_after_loss", user=user, phase=pending.phase.value)
             pending.owner = self.identity
             pending.deadline = now + 2 * self.intent_timeout + run.target.policy.verify_timeout
             state, version = self.save(run.target, state, version)  # the intent is ours now

@@ -131,7 +131,9 @@ def test_validate_rejects_a_malformed_config_naming_file_and_field(tmp_path: Pat
     run = rotator("--config", str(path), "validate")
     assert run.code == 2
     line = assert_one_clean_line(run)
-    assert line == (f"rotator: error: {path}: targets[1].kind: must be one of key, pat (got 'pak')")
+    assert line == (
+        f"rotator: error: {path}: targets[1].kind: must be one of key, pat, secret (got 'pak')"
+    )
     assert run.stdout == ""
 
 

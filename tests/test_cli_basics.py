@@ -158,7 +158,7 @@ def test_validate_json_of_a_malformed_config(tmp_path: Path) -> None:
     assert json.loads(run.stdout) == {
         "ok": False,
         "config": str(path),
-        "error": f"{path}: targets[1].kind: must be one of key, pat (got 'pak')",
+        "error": f"{path}: targets[1].kind: must be one of key, pat, secret (got 'pak')",
     }
 
 

@@ -912,9 +912,9 @@ def test_a_secret_that_does_not_verify_is_kept_and_retried_never_stuck(
         kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
         outcomes = []
         for _ in range(4):  # twice max_attempts: a key would be stuck by now
-            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE, rotate_now=True)
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
             outcomes.append(result.outcome)
-            kit.advance(10)
+            kit.advance(10)  # past the backoff (cap 4 s)
         kit.zitadel.clear_faults()
         assert outcomes == [Outcome.FAILED] * 4
         failed = [e for e in kit.events() if e["event"] == "rotation.failed"]
@@ -994,3 +994,27 @@ def test_identity_problems_name_a_missing_a_human_and_a_repeated_user(kit: FastK
     assert result.outcome is Outcome.FAILED
     assert result.error is not None
     assert "same ZITADEL user" in result.error
+
+
+def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forces_it(
+    kit: FastKit, ledger: Target
+) -> None:
+    target = replace(ledger, policy=QUICK_VERIFY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    stuck_secret = kit.store.read(kit.engine.state_path(target))
+    assert stuck_secret is not None
+    assert stuck_secret.data["pending"]["phase"] == "created"
+    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    assert forced.outcome is Outcome.ROTATED, forced.error
+    assert len(created_ids(kit)) >= 2  # regenerated, not verified once more
+    assert "secret.regenerated_after_loss" not in kit.event_names()  # nothing was lost
+    client_works(kit, secret(kit, target.vault_path))
+    # no version of the state keeps either pending secret: KV history holds none
+    path = kit.engine.state_path(target)
+    latest = kit.store.read(path)
+    assert latest is not None
+    assert latest.data.get("pending") is None
+    kept = [kit.store.version_data(path, v) for v in range(1, latest.version + 1)]
+    assert not [d for d in kept if d and (d.get("pending") or {}).get("secret")]

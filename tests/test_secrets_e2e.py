@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from rotator.model import Trigger
 from rotator.report import Outcome
@@ -138,6 +139,26 @@ def test_secrets_and_two_identities_through_the_cli(cli: Setup, emulator: Any) -
         assert data["client_secret"] not in captured
     events = [json.loads(line) for line in cli.audit_file.read_text().splitlines()]
     assert [(e["event"], problems(e)) for e in events if problems(e)] == []
+
+
+def test_validate_online_checks_every_identity_in_zitadel(
+    cli: Setup, emulator: Any, tmp_path: Path
+) -> None:
+    assert cli.run("validate", "--online").code == 0
+    raw = yaml.safe_load(cli.path.read_text())
+    human = emulator.add_user(f"alice-{uuid.uuid4().hex[:6]}", type="human")["login_name"]
+    raw["targets"][1]["users"] = [raw["targets"][1]["users"][0], human]
+    raw["targets"][0]["user"] = "svc-nobody-here"
+    write_config(cli.path, raw)
+    offline = cli.run("validate")
+    assert offline.code == 0, offline.output  # without --online nothing connects
+    online = cli.run("validate", "--online")
+    assert online.code == 2, online.output
+    errors = [line for line in online.stderr.splitlines() if line.startswith("rotator: error:")]
+    assert len(errors) == 2, online.stderr
+    assert "payroll: user 'svc-nobody-here' not found" in errors[0]
+    assert "ledger: " in errors[1]
+    assert "human user" in errors[1] or "not a machine user" in errors[1]  # v2 / v1 words
 
 
 # --------------------------------------------------------------------------- consumers
