@@ -9,6 +9,7 @@ The same behaviours over the v1 and v2 wire are in tests/contract/test_transport
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -21,10 +22,15 @@ from rotator.errors import (
     VerificationReason,
     ZitadelPermissionDenied,
     ZitadelRejected,
+    ZitadelUnauthenticated,
     ZitadelUnavailable,
 )
 from rotator.model import NEVER_EXPIRES, Credential, CredentialKind, User
+from rotator.redact import REDACTED
+from rotator.zitadel.oidc import OidcClient
 from tests.fakes.zitadel import FakeTransport, FakeZitadel, InProcessOidc
+from tests.test_security import Front, assert_clean
+from tests.test_security import front as front  # noqa: PLC0414 (a fixture)
 
 
 @pytest.fixture
@@ -219,3 +225,22 @@ def test_a_lost_answer_still_regenerated_the_secret(
     # ZITADEL acted: the secret we knew is gone (what the engine's loss recovery handles)
     with pytest.raises(VerificationError):
         oidc.verify_secret(first.client_id, first.secret, user_id=user.id)
+
+
+def test_an_echoed_client_secret_stays_out_of_the_token_error(front: Front) -> None:
+    """A front that echoes the request (the Basic header, the form) into its
+    error text: the secret, plain or Basic-encoded, never reaches the message."""
+    front.refuse_tokens = True
+    secret = "S3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tS3cr3tABCD"
+    with OidcClient(front.url) as oidc:
+        with pytest.raises(ZitadelUnauthenticated) as raw:
+            oidc.exchange_client_credentials("svc-billing", secret)
+        with pytest.raises(VerificationError) as verified:
+            oidc.verify_secret("svc-billing", secret, user_id="1")
+    basic = base64.b64encode(f"svc-billing:{secret}".encode()).decode()
+    sent = front.requests[-1][2]["Authorization"]
+    assert sent == f"Basic {basic}"  # client_secret_basic, as ZITADEL reads it (§7.3)
+    for message in (str(raw.value), str(verified.value)):
+        assert "you sent" in message
+        assert REDACTED in message
+        assert_clean(message, [secret, basic])

@@ -63,6 +63,31 @@ def test_v2_over_grpc_adds_lists_and_removes_a_pat(
     assert b"zitadel.v1.ErrorDetail" in trailers["grpc-status-details-bin"]
 
 
+def test_v2_over_grpc_regenerates_and_removes_a_secret(
+    emulator: Emulator, channel: grpc.Channel, token: str
+) -> None:
+    md = [("authorization", f"Bearer {token}")]
+    user = emulator.add_user("svc-secret-grpc")["id"]
+    add = wire.message_class(f"{V2}AddSecretRequest")(user_id=user)
+    first = v2_call(channel, "AddSecret")(add, metadata=md)
+    second = v2_call(channel, "AddSecret")(add, metadata=md)
+    assert first.client_secret != second.client_secret
+    assert second.creation_date.seconds > 0
+    url = f"{emulator.issuer}/oauth/v2/token"
+    form = {"grant_type": "client_credentials", "scope": "openid"}
+    assert httpx.post(url, data=form, auth=("svc-secret-grpc", second.client_secret)
+                      ).status_code == 200
+    assert httpx.post(url, data=form, auth=("svc-secret-grpc", first.client_secret)
+                      ).status_code == 400
+    remove = wire.message_class(f"{V2}RemoveSecretRequest")(user_id=user)
+    assert v2_call(channel, "RemoveSecret")(remove, metadata=md).deletion_date.seconds > 0
+    with pytest.raises(grpc.RpcError) as again:
+        v2_call(channel, "RemoveSecret")(remove, metadata=md)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    trailers = dict(again.value.trailing_metadata())  # type: ignore[attr-defined]
+    assert b"COMMAND-coi82n" in trailers["grpc-status-details-bin"]
+
+
 def test_v2_over_grpc_without_a_token_is_unauthenticated(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         v2_call(channel, "ListKeys")(wire.message_class(f"{V2}ListKeysRequest")())
