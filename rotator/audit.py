@@ -49,6 +49,8 @@ LEVELS: dict[str, str] = {
     "daemon.start_failed": "error",
     "target.stuck": "critical",
     "rotation.rolled_back": "warning",
+    # a window without a valid secret in Vault (bounded by one reconcile)
+    "secret.regenerated_after_loss": "warning",
     "config.cleartext_url": "warning",
     "daemon.standby": "warning",
 }

@@ -958,9 +958,19 @@ def _targets(  # noqa: PLR0917 - private helper, called once
             if schedule_section.raw
             else default_schedule
         )
+        user, users = _identities(section)
+        if kind == "secret" and not users:
+            warnings.append(
+                f"{path} ({name}): kind secret with one user: each rotation regenerates the "
+                "secret, which kills the old one at once; consumers holding it are refused "
+                "at the token endpoint until they re-read Vault (tokens already issued keep "
+                "working up to their lifetime). `users: [a, b]` (two machine users with the "
+                "same grants) rotates without that gap"
+            )
         target = Target(
             name=name,
-            user=section.text("user"),
+            user=user,
+            users=users,
             kind=CredentialKind(kind),
             vault_path=vault_path,
             org_id=section.text("org_id", None),
@@ -981,6 +991,31 @@ def _targets(  # noqa: PLR0917 - private helper, called once
     if not targets and not webkeys:
         root.ctx.fail("targets", "at least one target is required")
     return tuple(targets), tuple(schedules)
+
+
+def _identities(section: _Section) -> tuple[str, tuple[str, ...]]:
+    """``user: a`` or ``users: [a, b]`` (two identities): the first user, and
+    both (empty for one)."""
+    if not section.has("users"):
+        if not section.has("user"):
+            section.fail("user", "is required (or `users: [a, b]`: two machine users used in turn)")
+        return section.text("user"), ()
+    if section.has("user"):
+        section.fail("users", "and `user` are mutually exclusive: set one of them")
+    names: list[str] = []
+    for item, path in section.items("users"):
+        if not isinstance(item, str) or not item.strip():
+            got = _type_name(item)
+            section.ctx.fail(
+                path, f"must be a non-empty string: a user name, login name or id (got {got})"
+            )
+        names.append(section.ctx.expand(item, path).strip())
+    if len(names) != 2:
+        got = f"(got {len(names)}) {section.got('users')}"
+        section.fail("users", f"must name exactly two machine users {got}")
+    if names[0] == names[1]:
+        section.fail("users", f"must name two different users {section.got('users')}")
+    return names[0], (names[0], names[1])
 
 
 def _daemon(section: _Section) -> DaemonConfig:

@@ -2,9 +2,11 @@
 
 Layout (KV v2)::
 
-    data             the current credential's payload (key file or PAT record)
+    data             the current credential's payload (key file, PAT record,
+                     or client_id / client_secret / user_id for a secret)
       previous       during grace: the previous payload, so a consumer that
-                     pins the old credential can still find it
+                     pins the old credential can still find it (never for a
+                     client secret: see :mod:`rotator.rotation`)
     custom_metadata  managed-by, credential_id, kind, expires_at, rotation_id,
                      rotated_at, previous_credential_id
 
@@ -19,6 +21,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from rotator import policy as rules
 from rotator.errors import VaultError
 from rotator.kinds import ops_for
 from rotator.model import Credential, StoredSecret, Target
@@ -40,7 +43,7 @@ def is_ours(secret: StoredSecret) -> bool:
 
 
 def adopt(
-    target: Target, secret: StoredSecret, listed: Iterable[Credential]
+    target: Target, secret: StoredSecret, listed: Iterable[Credential], now: datetime
 ) -> CredentialRef | None:
     """The current credential of a secret we have no state for: ours (state
     lost) or someone else's that the target adopts.  None when ZITADEL no
@@ -56,12 +59,26 @@ def adopt(
     match = next((c for c in listed if c.id == wanted), None)
     if match is None:
         return None
+    expires_at = match.expires_at
+    if ops_for(target.kind).replaces_in_place:
+        # A secret never expires: it is due by the instant the rotation that
+        # wrote it chose, or, written by someone else, as if issued now.
+        chosen = _instant(secret.custom_metadata.get("expires_at")) if is_ours(secret) else None
+        expires_at = chosen or rules.new_expiry(now, target.policy.lifetime)
     return CredentialRef(
         id=match.id,
-        expires_at=match.expires_at,
+        expires_at=expires_at,
         created_at=match.created_at,
         created_by_rotator=is_ours(secret),
+        user_id=match.user_id,
     )
+
+
+def _instant(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def promote(
@@ -78,6 +95,7 @@ def promote(
     """
     assert pending.secret is not None
     assert pending.credential_id is not None
+    ops = ops_for(target.kind)
     existing = store.read(target.vault_path)
     metadata = {
         "managed-by": MANAGED_BY,
@@ -88,7 +106,7 @@ def promote(
         "rotated_at": now.isoformat(),
         "previous_credential_id": old.id if old else "",
     }
-    if existing is not None and credential_id(target, existing) == pending.credential_id:
+    if existing is not None and ops.same(existing.data, pending.secret):
         # Promoted before a crash.  The data is right; the metadata (a
         # separate write in KV v2) may not have made it, and without
         # `managed-by` a later state loss would look like a foreign secret.
@@ -98,7 +116,15 @@ def promote(
             target.vault_path, existing.data, cas=existing.version, custom_metadata=metadata
         )
     data: dict[str, Any] = dict(pending.secret)
-    if existing is not None and old is not None and credential_id(target, existing) == old.id:
+    # a secret replaced in place has no previous: the old one is dead, or
+    # (two identities) still valid on the other user but not offered here
+    keeps_previous = not ops.replaces_in_place
+    if (
+        keeps_previous
+        and existing is not None
+        and old is not None
+        and credential_id(target, existing) == old.id
+    ):
         data["previous"] = {k: v for k, v in existing.data.items() if k != "previous"}
     return store.write(
         target.vault_path,

@@ -14,7 +14,7 @@ from typing import Any
 
 from rotator import consumer, failures, report
 from rotator.audit import AuditLog
-from rotator.errors import GraceNotOver, RotatorError
+from rotator.errors import GraceNotOver, RotatorError, ZitadelNotFound, ZitadelRejected
 from rotator.failures import Backoff, FailureBook, FailureClass
 from rotator.kinds import ops_for
 from rotator.model import Target, Trigger, User
@@ -22,7 +22,7 @@ from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
 from rotator.presence import Presence
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.rotation import Rotation, Run
-from rotator.state import TargetState
+from rotator.state import Identity, TargetState
 from rotator.zitadel.orgs import OrgDirectory
 
 
@@ -91,16 +91,18 @@ class Engine:
         if waiting is not None and not (rotate_now or unstick or dry_run):
             return self._failed(target, waiting)
         try:
-            state, version, user = self._load(target)
+            state, version, users = self._load(target)
         except RotatorError as exc:
             return self._early_failure(target, exc, record=not dry_run)
         self.failures.forget(target)
+        holder = _holder(state, users)
         if dry_run:
-            reason = self.rotation.rotation_reason(target, state, user)
+            reason = self.rotation.rotation_reason(target, state, holder)
             reason = "requested" if rotate_now else reason
             return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
 
-        run = Run(target, trigger, user, ops_for(target.kind), self.audit, started=now)
+        ops = ops_for(target.kind)
+        run = Run(target, trigger, holder, ops, self.audit, started=now, users=users)
         try:
             state, version, stopped = self.rotation.converge(
                 run, state, version, rotate_now=rotate_now, unstick=unstick, supersede=supersede
@@ -132,17 +134,51 @@ class Engine:
 
     # ------------------------------------------------------------ state
 
-    def _user(self, target: Target, state: TargetState | None) -> User:
-        """The target's user: from its state while the target names the same
-        user, else looked up in ZITADEL once per process."""
+    def identity_problems(self, target: Target) -> list[str]:
+        """What is wrong with the target's users in ZITADEL (asked afresh): each
+        must exist and be a machine user, and two identities two different users."""
+        problems: list[str] = []
+        found: dict[str, str] = {}
+        for name in target.identities:
+            try:
+                user = self.transport.resolve_user(name, self._org_id(target))
+            except (ZitadelNotFound, ZitadelRejected) as exc:
+                # not found says whether the user may exist unseen; a human user is refused
+                problems.append(f"{target.name}: {exc}")
+                continue
+            if not user.machine:
+                problems.append(f"{target.name}: user {name!r} ({user.id}) is not a machine user")
+            if user.id in found:
+                problems.append(
+                    f"{target.name}: users {found[user.id]!r} and {name!r} are the same user "
+                    f"({user.id}); two identities need two machine users"
+                )
+            found[user.id] = name
+        return problems
+
+    def _resolve_users(self, target: Target, state: TargetState | None) -> tuple[User, ...]:
+        """The target's users (one, or two identities): from its state while
+        the target names the same users, else looked up in ZITADEL once per
+        process."""
         ref = _user_ref(target)
-        if state is not None and state.user_id and state.org_id and state.user_ref == ref:
-            return User(id=state.user_id, org_id=state.org_id, username=target.user)
+        if state is not None and state.user_ref == ref:
+            known = state.identities
+            if len(known) == len(target.identities) and all(i.id and i.org_id for i in known):
+                return tuple(User(id=i.id, org_id=i.org_id, username=i.username) for i in known)
         org_id = self._org_id(target)
-        key = (org_id, target.user)
-        if key not in self._users:
-            self._users[key] = self.transport.resolve_user(target.user, org_id)
-        return self._users[key]
+        users = []
+        for name in target.identities:
+            key = (org_id, name)
+            if key not in self._users:
+                self._users[key] = self.transport.resolve_user(name, org_id)
+            users.append(self._users[key])
+        if len({u.id for u in users}) != len(users):
+            # two names for one user would put the new credential on the one in use
+            raise ZitadelRejected(
+                f"users {' and '.join(target.identities)} are the same ZITADEL user "
+                f"({users[0].id}); two identities need two machine users"
+            )
+        return tuple(users)
 
     def _org_id(self, target: Target) -> str | None:
         """``org_id``, or the id of the org ``target.org`` names (asked once)."""
@@ -152,25 +188,29 @@ class Engine:
             raise ValueError(f"target {target.name} names org {target.org!r}: no OrgDirectory")
         return self.orgs.org_id(target.org)
 
-    def _load(self, target: Target) -> tuple[TargetState, int, User]:
+    def _load(self, target: Target) -> tuple[TargetState, int, tuple[User, ...]]:
         raw = self.store.read(self.state_path(target))
         state = TargetState.from_dict(dict(raw.data)) if raw else None
         if state is not None:
             failures.forgive_if_changed(state, target)
-        user = self._user(target, state)
+        users = self._resolve_users(target, state)
         if state is None or state.is_blank():
             # first run, lost state, or only failures so far: what does Vault hold?
             state = state or TargetState(target=target.name, kind=target.kind.value, user_id="")
             existing = self.store.read(target.vault_path)
             if existing is not None:
-                listed = ops_for(target.kind).list(self.transport, user)
-                state.current = consumer.adopt(target, existing, listed)
+                ops = ops_for(target.kind)
+                listed = [c for user in users for c in ops.list(self.transport, user)]
+                state.current = consumer.adopt(target, existing, listed, self.clock.now())
                 state.consumer_version = existing.version
-        known = (state.user_id, state.org_id, state.user_ref)
-        state.user_id, state.org_id, state.user_ref = user.id, user.org_id, _user_ref(target)
-        # what was learned (an adopted credential, the user) is kept for the next run
-        state.dirty = raw is None or known != (state.user_id, state.org_id, state.user_ref)
-        return state, raw.version if raw else 0, user
+        known = (state.user_id, state.org_id, state.user_ref, list(state.identities))
+        holder = _holder(state, users)
+        state.user_id, state.org_id, state.user_ref = holder.id, holder.org_id, _user_ref(target)
+        state.identities = [Identity(u.id, u.org_id, u.username) for u in users]
+        learned = (state.user_id, state.org_id, state.user_ref, state.identities)
+        # what was learned (an adopted credential, the users) is kept for the next run
+        state.dirty = raw is None or known != learned
+        return state, raw.version if raw else 0, users
 
     # ------------------------------------------------------------ failures
 
@@ -257,4 +297,10 @@ class Engine:
         )
 
 def _user_ref(target: Target) -> str:
-    return f"{target.org_id or target.org or ''}/{target.user}"
+    return f"{target.org_id or target.org or ''}/{','.join(target.identities)}"
+
+
+def _holder(state: TargetState, users: tuple[User, ...]) -> User:
+    """The identity in use: the current credential's, else the first."""
+    active = state.current.user_id if state.current else ""
+    return next((u for u in users if u.id == active), users[0])

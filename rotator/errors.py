@@ -165,6 +165,17 @@ class VerificationError(RotatorError):
         super().__init__(message)
 
 
+class SecretNotVerified(RotatorError):
+    """A regenerated client secret did not verify within ``verify_timeout``.
+
+    Not a VerificationError: a secret is replaced in place, so there is nothing
+    to roll back to and the target must never be given up as stuck.  It stays
+    pending and is verified again at every retry (transient: backoff, alerts).
+    """
+
+    retryable = True
+
+
 class LeaseError(RotatorError):
     """The Kubernetes API refused or failed a Lease call (status code, never a body)."""
 

@@ -72,6 +72,20 @@ class Target:
     #: once through ZITADEL: rotator/zitadel/orgs.py).  Out of ``repr`` so that
     #: fingerprints of targets without it stay as they were (failures.digest).
     org: str | None = field(default=None, repr=False)
+    #: Two-identity target (``users: [a, b]``): two machine users with the same
+    #: grants, used in turn, so a rotation never touches the credential in use.
+    #: Empty for a single-identity target; ``user`` is then the only user (and
+    #: with two, the first of them).
+    users: tuple[str, ...] = ()
+
+    @property
+    def identities(self) -> tuple[str, ...]:
+        """Every user this target rotates, as configured."""
+        return self.users or (self.user,)
+
+    @property
+    def two_identities(self) -> bool:
+        return len(self.users) == 2
 
 
 # --------------------------------------------------------------------------- ZITADEL

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rotator.kinds import ops_for
 from rotator.model import Credential, CredentialKind, User
 from rotator.ports import Clock, ZitadelTransport
 from rotator.state import CredentialRef
@@ -95,10 +96,8 @@ class Presence:
         if cached is not None and not refresh and self._fresh(cached):
             return cached
         now = self.clock.now()
-        method = (
-            self.transport.list_keys if kind is CredentialKind.KEY else self.transport.list_pats
-        )
-        listing = _Listing(now, {user.id: frozenset(c.id for c in method(user))})
+        listed = ops_for(kind).list(self.transport, user)
+        listing = _Listing(now, {user.id: frozenset(c.id for c in listed)})
         with self._lock:
             self._users[key] = listing
         return listing

@@ -83,6 +83,12 @@ class TargetStatus:
     #: The owner of a rotation under way, and when its intent lapses.
     rotating_owner: str | None = None
     rotating_until: datetime | None = None
+    #: The identity consumers use now, and the one the next rotation creates
+    #: its credential on (the same user for a single-identity target).
+    active_user_id: str | None = None
+    next_user_id: str | None = None
+    #: What the table cannot say: which identity is which, the client-secret caveat.
+    notes: tuple[str, ...] = ()
 
 
 def label(state: TargetState, policy: Policy, now: datetime) -> StatusLabel:
@@ -111,6 +117,40 @@ def _live(state: TargetState, now: datetime) -> bool:
         and pending.deadline is not None
         and now < pending.deadline
     )
+
+
+ONE_IDENTITY_CAVEAT = (
+    "one identity: each rotation regenerates the client secret and the old one stops "
+    "working at once; consumers holding it are refused at the token endpoint until they "
+    "re-read Vault (tokens already issued keep working up to their lifetime); "
+    "`users: [a, b]` avoids this"
+)
+
+
+def _name(target: Target, state: TargetState | None, user_id: str) -> str:
+    """A user as people know it: its configured name (the id when unknown)."""
+    if state is not None:
+        for index, identity in enumerate(state.identities):
+            if identity.id == user_id and index < len(target.identities):
+                return f"{target.identities[index]} ({user_id})"
+    return user_id or "-"
+
+
+def identity_notes(target: Target, state: TargetState | None) -> tuple[str, ...]:
+    """Which identity is active and which is next; the single-identity secret caveat."""
+    notes = []
+    if target.two_identities:
+        active = state.active_user_id if state else ""
+        upcoming = state.next_user_id if state else ""
+        active_text = _name(target, state, active) if active else "none yet"
+        upcoming_text = _name(target, state, upcoming) if upcoming else target.identities[0]
+        notes.append(
+            f"{target.name}: identities {' and '.join(target.identities)}: active "
+            f"{active_text}; the next rotation creates its {target.kind.value} on {upcoming_text}"
+        )
+    elif target.kind.value == "secret":
+        notes.append(f"{target.name}: {ONE_IDENTITY_CAVEAT}")
+    return tuple(notes)
 
 
 def status(
@@ -142,6 +182,9 @@ def status(
         next_action=planned.what.value if planned and planned.at else None,
         rotating_owner=pending.owner if pending else None,
         rotating_until=pending.deadline if pending else None,
+        active_user_id=(state.active_user_id or None) if state else None,
+        next_user_id=(state.next_user_id or None) if state else None,
+        notes=identity_notes(target, state),
     )
 
 
@@ -189,13 +232,28 @@ def plan(
     if stuck:
         actions.append("stuck: waits for `rotator rotate --force`")
     elif rotates and reason is not None:
-        expiry = rules.new_expiry(now, target.policy.lifetime)
-        actions.append(
-            f"rotate now ({reason}): new {kind} expiring {expiry.isoformat()}"
-        )
+        actions.extend(_rotate_now(target, state, reason, now))
     elif not refused and state.current is not None and planned.rotation_at is not None:
         actions.append(f"rotate at {planned.rotation_at.isoformat()}")
     return result(target, state, Outcome.DRY_RUN, now, actions=tuple(actions), with_status=False)
+
+
+def _rotate_now(target: Target, state: TargetState, reason: str, now: datetime) -> list[str]:
+    """The plan's words for a rotation starting now: where, and what it costs consumers."""
+    kind = target.kind.value
+    where = ""
+    if target.two_identities:
+        upcoming = state.next_user_id
+        where = f" on {_name(target, state, upcoming) if upcoming else target.identities[0]}"
+        if state.current is not None:
+            where += f", not on {_name(target, state, state.active_user_id)} (in use)"
+    if kind != "secret":
+        expiry = rules.new_expiry(now, target.policy.lifetime).isoformat()
+        return [f"rotate now ({reason}): new {kind}{where} expiring {expiry}"]
+    actions = [f"rotate now ({reason}): regenerate the client secret{where}"]
+    if not target.two_identities and state.current is not None:
+        actions.append(f"caveat: {ONE_IDENTITY_CAVEAT}")
+    return actions
 
 
 def result(

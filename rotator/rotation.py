@@ -16,6 +16,21 @@ grace period; nothing else the rotator created.  A rotation goes::
     retire    after ``grace`` (and always before the old expiry) the old
               credential is removed from ZITADEL and dropped from the secret
 
+**Two identities** (``users: [a, b]``): the new credential is created on the
+identity *not* in use (``TargetState.next_user_id``), so the one consumers
+hold is never touched before the new one is promoted; the retired credential
+is the other identity's.  The steps are the same.
+
+**Client secrets** (``kind: secret``) are replaced in place: a user has one
+secret and regenerating it (the *create* step) kills the old one at once.
+So a secret rotation is never given up: nothing is left to roll back to.
+Found in ``creating`` after a crash (the new secret may exist, unstored, and
+the old one is dead), it regenerates at once and completes
+(``secret.regenerated_after_loss``); a secret that does not verify keeps its
+pending record and is retried with backoff, as a failure that alerts but
+never makes the target stuck.  With one identity there is no previous secret
+and no grace; with two, the other identity's secret is removed after grace.
+
 A rotation that is given up — never verified, found in ``creating`` after a
 crash, or its create answered with an error — becomes an *orphan record*
 in the same CAS write that ends it: the credential id if known, else the
@@ -47,6 +62,7 @@ from rotator.errors import (
     GraceNotOver,
     RotationInFlight,
     RotatorError,
+    SecretNotVerified,
     VaultError,
     VerificationError,
     ZitadelNotFound,
@@ -54,7 +70,7 @@ from rotator.errors import (
 )
 from rotator.failures import FailureClass
 from rotator.kinds import CredentialOps
-from rotator.model import CredentialKind, Target, Trigger, User
+from rotator.model import Credential, CredentialKind, Target, Trigger, User
 from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
 from rotator.presence import Presence
 from rotator.report import Outcome
@@ -70,6 +86,7 @@ class Run:
 
     target: Target
     trigger: Trigger
+    #: The identity consumers use now (the current credential's), or the only one.
     user: User
     ops: CredentialOps
     audit: AuditLog
@@ -77,14 +94,26 @@ class Run:
     rotated: bool = False
     retired: bool = False
     rotation_id: str | None = None
+    #: Every identity of the target, in configured order (empty: just ``user``).
+    users: tuple[User, ...] = ()
 
-    def emit(self, event: str, **fields: Any) -> None:
+    def identity(self, user_id: str | None) -> User:
+        """The user a credential record names ("" or unknown: the target's only user)."""
+        return next((u for u in self.users if u.id == user_id), self.user)
+
+    def spare(self, state: TargetState) -> User:
+        """Where the next credential goes: the identity not in use."""
+        return self.identity(state.next_user_id) if self.users else self.user
+
+    def emit(self, event: str, *, user: User | None = None, **fields: Any) -> None:
+        """``user``: the identity the event is about (default: the one in use)."""
+        who = user or self.user
         self.audit.emit(
             event,
             target=self.target.name,
             kind=self.target.kind.value,
-            user_id=self.user.id,
-            org=self.user.org_id,
+            user_id=who.id,
+            org=who.org_id,
             rotation_id=self.rotation_id,
             trigger=self.trigger.value,
             **fields,
@@ -143,14 +172,16 @@ class Rotation:
         backing_off = state.next_attempt_at is not None and now < state.next_attempt_at
         if backing_off and not (rotate_now or unstick):
             return state, version, Outcome.FAILED
-        state, version = self.resume(run, state, version)
-        reason = "forced" if rotate_now else self.rotation_reason(run.target, state, run.user)
+        state, version = self.resume(run, state, version, forced=rotate_now or unstick)
+        holder = run.identity(state.current.user_id) if state.current else run.user
+        reason = "forced" if rotate_now else self.rotation_reason(run.target, state, holder)
         if reason is not None:
             state, version = self.rotate(run, state, version, reason, supersede=supersede)
         return state, version, None
 
     def rotation_reason(self, target: Target, state: TargetState, user: User) -> str | None:
-        """Why a rotation should start now; None: it should not."""
+        """Why a rotation should start now; None: it should not.  ``user`` holds
+        the current credential."""
         now = self.clock.now()
         if state.current is None:
             return "no current credential"
@@ -187,6 +218,7 @@ class Rotation:
             state, version = self.retire(run, state, version, reason="superseded")
         now = self.clock.now()
         old = state.current
+        user = run.spare(state)
         rotation = uuid.uuid4()
         run.rotation_id = rotation.hex
         # Midnight, plus microseconds drawn from the rotation id: ZITADEL stores
@@ -196,7 +228,7 @@ class Rotation:
         expires_at = rules.new_expiry(now, target.policy.lifetime) + timedelta(
             microseconds=1 + rotation.int % 999_999
         )
-        pending = state.pending = Pending(
+        state.pending = Pending(
             rotation_id=run.rotation_id,
             trigger=run.trigger.value,
             phase=Phase.CREATING,
@@ -204,6 +236,7 @@ class Rotation:
             expires_at=expires_at,
             owner=self.identity,
             deadline=now + 2 * self.intent_timeout + target.policy.verify_timeout,
+            user_id=user.id,
         )
         state, version = self.save(target, state, version)  # intent
         run.emit(
@@ -213,34 +246,57 @@ class Rotation:
             expired=bool(old and old.expires_at <= now),
             new_expires_at=expires_at.isoformat(),
         )
+        state, version = self.create_and_store(run, state, version)
+        return self.verify_and_promote(run, state, version)
+
+    def create_and_store(
+        self, run: Run, state: TargetState, version: int
+    ) -> tuple[TargetState, int]:
+        """Create the credential the intent in ``state.pending`` announced, and keep
+        its secret in the state (phase CREATED)."""
+        target, pending = run.target, state.pending
+        assert pending is not None
+        user = run.identity(pending.user_id)
+        in_place = run.ops.replaces_in_place
         try:
-            credential, secret = run.ops.create(self.transport, run.user, expires_at)
+            credential, secret = run.ops.create(self.transport, user, pending.expires_at)
         except RotatorError as exc:
+            if in_place:
+                # A lost answer may have regenerated the secret: the intent in
+                # Vault stays in `creating`, and the next run regenerates again.
+                raise
             # A lost answer may still mean a created credential: record it now
             # (orphan by expiry), so the next attempt need not wait for our
             # deadline.  If even that fails, the intent in Vault says the same.
             with suppress(RotatorError):
                 self.abandon(run, state, version, error=str(exc))
             raise
-        run.emit("credential.created", new_credential_id=credential.id)
-        self.presence.forget(target.kind, run.user)
+        run.emit("credential.created", user=user, new_credential_id=credential.id)
+        self.presence.forget(target.kind, user)
 
         pending.phase, pending.credential_id, pending.secret = Phase.CREATED, credential.id, secret
-        pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
-        # A create retried below us (a 429 answered after ZITADEL acted, a
-        # transparent transport retry) leaves a twin with this rotation's
-        # expiry instant: watch for it like for any orphan.
-        state.orphans.append(self._orphan(pending, credential_id=None))
+        if pending.secret_since is None:  # (a secret regenerated again keeps the first)
+            pending.secret_since = version + 1  # check-and-set: this write makes exactly that one
+        if not in_place:
+            # A create retried below us (a 429 answered after ZITADEL acted, a
+            # transparent transport retry) leaves a twin with this rotation's
+            # expiry instant: watch for it like for any orphan.
+            state.orphans.append(self._orphan(pending, credential_id=None))
         try:
             state, version = self.save(target, state, version)  # store
         except VaultError as exc:
+            if in_place:
+                # Nothing to remove (the secret replaced the old one): the intent
+                # in Vault is still `creating`, so the next run regenerates.
+                raise
             # The intent in Vault still names this rotation's expiry instant
             # (or, after a lost CAS, the winner recorded it as an orphan): if
             # this removal fails, a later sweep finds the credential.
             with suppress(RotatorError):
-                run.ops.remove(self.transport, run.user, credential.id)
+                run.ops.remove(self.transport, user, credential.id)
             run.emit(
                 "rotation.rolled_back",
+                user=user,
                 new_credential_id=credential.id,
                 outcome="failure",
                 error=str(exc),
@@ -248,11 +304,12 @@ class Rotation:
             raise
         run.emit(
             "credential.stored",
+            user=user,
             new_credential_id=credential.id,
             vault_path=self.state_path(target),
             vault_version=version,
         )
-        return self.verify_and_promote(run, state, version)
+        return state, version
 
     def verify_and_promote(
         self, run: Run, state: TargetState, version: int
@@ -261,38 +318,54 @@ class Rotation:
         assert pending is not None
         assert pending.credential_id is not None
         assert pending.secret is not None
+        user = run.identity(pending.user_id)
         if pending.phase is Phase.CREATED:
             try:
                 self.verify(run, pending.secret)
             except VerificationError as exc:
+                if run.ops.replaces_in_place:
+                    # Nothing to roll back to: keep the secret, keep trying.
+                    raise SecretNotVerified(
+                        f"the new client secret of user {user.id} does not work yet ({exc}); "
+                        "it stays pending and is verified again at the next attempt"
+                    ) from exc
                 self.abandon(run, state, version, error=str(exc))
                 raise
             # No write of phase VERIFIED: after a crash here the credential is
             # verified once more, which costs less than a Vault write each time.
             pending.phase = Phase.VERIFIED
-            run.emit("credential.verified", new_credential_id=pending.credential_id)
+            run.emit("credential.verified", user=user, new_credential_id=pending.credential_id)
 
         now = self.clock.now()
         old = state.current
         secret_version = consumer.promote(self.store, target, pending, old, now)
         run.emit(
             "credential.promoted",
+            user=user,
             old_credential_id=old.id if old else None,
             new_credential_id=pending.credential_id,
             vault_path=target.vault_path,
             vault_version=secret_version,
         )
-        if old is not None:
+        # A credential replaced in place (one identity's client secret) is
+        # dead already: there is no previous one to keep in grace.
+        if old is not None and old.id != pending.credential_id:
             state.previous = PreviousCredential(
                 id=old.id,
                 expires_at=old.expires_at,
                 retire_at=rules.retire_at(now, old.expires_at, target.policy),
                 created_by_rotator=old.created_by_rotator,
+                user_id=old.user_id,
             )
         new = state.current = CredentialRef(
-            id=pending.credential_id, expires_at=pending.expires_at, created_at=pending.started_at
+            id=pending.credential_id,
+            expires_at=pending.expires_at,
+            created_at=pending.started_at,
+            user_id=pending.user_id,
         )
         state.pending = None
+        run.user = user  # the identity in use from now on
+        state.user_id, state.org_id = user.id, user.org_id
         failures.clear(state)
         state.last_success_at, state.consumer_version = now, secret_version
         state, version = self.save(target, state, version)
@@ -314,10 +387,11 @@ class Rotation:
     def verify(self, run: Run, secret: dict[str, str]) -> None:
         """Retry until the new credential works or ``verify_timeout`` is spent.
 
-        ZITADEL serves a new key from a projection, so the first exchanges
-        after creation may fail; only a credential that never works is wrong
-        (VerificationError: it is given up).  An unreachable ZITADEL leaves it
-        pending; the next run resumes.
+        ZITADEL serves a new key (and a regenerated secret) from a projection,
+        so the first exchanges after creation may fail; only a credential that
+        never works is wrong (VerificationError: it is given up, or, for a
+        secret, retried later).  An unreachable ZITADEL leaves it pending; the
+        next run resumes.
         """
         deadline = self.clock.now() + run.target.policy.verify_timeout
         delay = 0.2
@@ -341,6 +415,7 @@ class Rotation:
     ) -> tuple[TargetState, int]:
         previous, target = state.previous, run.target
         assert previous is not None
+        user = run.identity(previous.user_id)
         own = self.own_key_id() if self.own_key_id and target.kind is CredentialKind.KEY else None
         if previous.id == own:
             # Self-rotation with the key in a file: the file still holds the
@@ -353,14 +428,16 @@ class Rotation:
         if previous.created_by_rotator or target.adopt:
             # NotFound: removed before a crash, or by a person; the goal is reached
             with suppress(ZitadelNotFound):
-                run.ops.remove(self.transport, run.user, previous.id)
-            run.emit("credential.removed", old_credential_id=previous.id)
+                run.ops.remove(self.transport, user, previous.id)
+            self.presence.forget(target.kind, user)
+            run.emit("credential.removed", user=user, old_credential_id=previous.id)
         state.consumer_version = consumer.drop_previous(self.store, target)
         state.previous = None
         state, version = self.save(target, state, version)
         run.retired = True
         run.emit(
             "credential.retired",
+            user=user,
             old_credential_id=previous.id,
             expired=previous.expires_at <= self.clock.now(),
             vault_path=target.vault_path,
@@ -383,6 +460,7 @@ class Rotation:
         self.forget_secret(run.target, pending, version)
         run.emit(
             "rotation.rolled_back",
+            user=run.identity(pending.user_id),
             new_credential_id=pending.credential_id,
             outcome="failure",
             error=error,
@@ -397,17 +475,25 @@ class Rotation:
         live = {c.id for c in (state.current, state.previous) if c is not None}
         if state.pending is not None and state.pending.credential_id:
             live.add(state.pending.credential_id)
+        listings: dict[str, list[Credential]] = {}
+
+        def listed(user: User) -> list[Credential]:
+            if user.id not in listings:
+                everything = run.ops.list(self.transport, user)
+                listings[user.id] = [c for c in everything if c.id not in live]
+            return listings[user.id]
+
         try:
-            listed = [c for c in run.ops.list(self.transport, run.user) if c.id not in live]
             kept: list[Orphan] = []
             for orphan in state.orphans:
+                user = run.identity(orphan.user_id)
                 by_id = orphan.credential_id is not None
                 found = (
                     [orphan.credential_id]
                     if by_id
                     else [
                         c.id
-                        for c in listed
+                        for c in listed(user)
                         if c.expires_at == orphan.expires_at
                         and (c.created_at is None or c.created_at >= orphan.created_after)
                     ]
@@ -415,9 +501,10 @@ class Rotation:
                 for credential_id in found:
                     assert credential_id is not None
                     with suppress(ZitadelNotFound):
-                        run.ops.remove(self.transport, run.user, credential_id)
+                        run.ops.remove(self.transport, user, credential_id)
                         run.emit(
                             "orphan.removed",
+                            user=user,
                             credential_id=credential_id,
                             orphan_rotation_id=orphan.rotation_id,
                             found_by="id" if by_id else "expiry_instant",
@@ -433,7 +520,11 @@ class Rotation:
         state.orphans = kept
         return self.save(run.target, state, version)
 
-    def resume(self, run: Run, state: TargetState, version: int) -> tuple[TargetState, int]:
+    def resume(
+        self, run: Run, state: TargetState, version: int, *, forced: bool = False
+    ) -> tuple[TargetState, int]:
+        """``forced`` (a person's ``rotate --force``): a secret kept pending because it
+        does not verify is regenerated instead of verified once more."""
         pending = state.pending
         if pending is None:
             return state, version
@@ -447,6 +538,18 @@ class Rotation:
             )
         run.rotation_id = pending.rotation_id
         run.emit("rotation.resumed", phase=pending.phase.value)
+        lost = pending.phase is Phase.CREATING
+        if run.ops.replaces_in_place and (lost or (forced and pending.phase is Phase.CREATED)):
+            # Lost: the regeneration may have happened and its secret was never
+            # stored; the old one is dead then too.  Regenerate at once.
+            user = run.identity(pending.user_id)
+            if lost:
+                run.emit("secret.regenerated_after_loss", user=user, phase=pending.phase.value)
+            pending.owner = self.identity
+            pending.deadline = now + 2 * self.intent_timeout + run.target.policy.verify_timeout
+            state, version = self.save(run.target, state, version)  # the intent is ours now
+            state, version = self.create_and_store(run, state, version)
+            return self.verify_and_promote(run, state, version)
         if pending.phase in (Phase.CREATING, Phase.ABANDONED):
             return self.abandon(run, state, version, error=f"resumed in phase {pending.phase}")
         return self.verify_and_promote(run, state, version)
@@ -460,6 +563,7 @@ class Rotation:
             created_after=pending.started_at - _ORPHAN_SKEW,
             watch_until=self.clock.now() + self.orphan_watch,
             credential_id=credential_id,
+            user_id=pending.user_id,
         )
 
     def forget_secret(self, target: Target, pending: Pending, version: int) -> None:

@@ -39,6 +39,9 @@ class CredentialRef:
     created_at: datetime | None = None
     #: False for a credential adopted from an existing secret (``adopt: true``).
     created_by_rotator: bool = True
+    #: The identity (machine user) it belongs to; "" = the target's only user
+    #: (state written before two-identity targets existed).
+    user_id: str = ""
 
 
 @dataclass
@@ -47,6 +50,7 @@ class PreviousCredential:
     expires_at: datetime
     retire_at: datetime
     created_by_rotator: bool = True
+    user_id: str = ""
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Pending:
     #: rotation ends, the versions from there on are destroyed, so the KV
     #: history keeps no private key or token.
     secret_since: int | None = None
+    #: The identity the new credential is created on (the one not in use).
+    user_id: str = ""
 
 
 @dataclass
@@ -84,6 +90,17 @@ class Orphan:
     created_after: datetime
     watch_until: datetime
     credential_id: str | None = None
+    user_id: str = ""
+
+
+@dataclass
+class Identity:
+    """One machine user of a two-identity target, as resolved in ZITADEL."""
+
+    id: str
+    org_id: str
+    #: Its user name (a secret's ``client_id`` at the token endpoint).
+    username: str = ""
 
 
 @dataclass
@@ -111,6 +128,10 @@ class TargetState:
     org_id: str = ""
     #: The consumer secret's version after the rotator's last write to it.
     consumer_version: int | None = None
+    #: The target's users as resolved in ZITADEL, in configured order: one,
+    #: or two for a two-identity target (``users: [a, b]``).  Empty in state
+    #: written by older rotators (``user_id`` is then the only user).
+    identities: list[Identity] = field(default_factory=list)
 
     #: Changed since read and worth writing back (not stored).
     dirty: bool = field(default=False, compare=False, repr=False, metadata={"transient": True})
@@ -125,11 +146,32 @@ class TargetState:
             and self.last_success_at is None
         )
 
+    @property
+    def active_user_id(self) -> str:
+        """The identity consumers use now: the current credential's ("" = none yet)."""
+        if self.current is None:
+            return ""
+        return self.current.user_id or self.user_id
+
+    @property
+    def next_user_id(self) -> str:
+        """The identity the next rotation creates its credential on: with two
+        identities the one not in use (the one under way, if a rotation is),
+        else the only one."""
+        if len(self.identities) < 2:
+            return self.identities[0].id if self.identities else self.user_id
+        if self.pending is not None and self.pending.user_id:
+            return self.pending.user_id
+        active = self.active_user_id
+        return next((i.id for i in self.identities if i.id != active), self.identities[0].id)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for f in fields(self):
             if f.metadata.get("transient"):
                 data.pop(f.name)
+        # derived, written for people reading the state in Vault (ignored on read)
+        data["active_user_id"], data["next_user_id"] = self.active_user_id, self.next_user_id
         return {"schema": SCHEMA_VERSION, **_encode(data)}
 
     @classmethod
@@ -149,6 +191,10 @@ class TargetState:
         state.orphans = [
             Orphan(**_decode_fields(Orphan, o)) if isinstance(o, dict) else o
             for o in state.orphans
+        ]
+        state.identities = [
+            Identity(**_decode_fields(Identity, i)) if isinstance(i, dict) else i
+            for i in state.identities
         ]
         return state
 

@@ -19,7 +19,7 @@ from tests.enginekit import KitSpec, build_kit
 
 def main() -> None:
     spec = KitSpec.loads(sys.argv[1])
-    target = spec.key_target() if sys.argv[2] == "key" else spec.pat_target()
+    target = spec.target(sys.argv[2])  # key, pat, secret, twin-secret, ...
     kill_after = sys.argv[3]
 
     def die(event: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -65,6 +65,9 @@ class KitSpec:
     #: Machine users the targets rotate (fresh ones per test keep tests apart).
     key_user: str = "svc-billing"
     pat_user: str = "svc-reports"
+    secret_user: str = "svc-payroll"
+    #: The two identities of the ``twin-*`` targets (``users: [a, b]``).
+    twin_users: tuple[str, ...] | list[str] = ()
 
     def dumps(self) -> str:
         return json.dumps(self.__dict__)
@@ -78,6 +81,19 @@ class KitSpec:
 
     def pat_target(self, **kw: Any) -> Target:
         return pat_target(user=self.pat_user, **kw)
+
+    def secret_target(self, **kw: Any) -> Target:
+        return secret_target(user=self.secret_user, **kw)
+
+    def target(self, kind: str, **kw: Any) -> Target:
+        """``key``, ``pat``, ``secret``, or ``twin-<kind>`` over ``twin_users``."""
+        if kind.startswith("twin-"):
+            users = tuple(self.twin_users)
+            base = self.target(kind.removeprefix("twin-"), name=kind, **kw)
+            return replace(base, user=users[0], users=users)
+        return {"key": self.key_target, "pat": self.pat_target, "secret": self.secret_target}[
+            kind
+        ](**kw)
 
 
 @dataclass
@@ -144,6 +160,17 @@ def pat_target(name: str = "reports", user: str = "svc-reports", **kw: Any) -> T
         name=name,
         user=user,
         kind=CredentialKind.PAT,
+        vault_path=f"zitadel/{name}",
+        policy=kw.pop("policy", TEST_POLICY),
+        **kw,
+    )
+
+
+def secret_target(name: str = "payroll", user: str = "svc-payroll", **kw: Any) -> Target:
+    return Target(
+        name=name,
+        user=user,
+        kind=CredentialKind.SECRET,
         vault_path=f"zitadel/{name}",
         policy=kw.pop("policy", TEST_POLICY),
         **kw,

@@ -115,7 +115,7 @@ def test_validate_accepts_the_example_config(tmp_path: Path) -> None:
     (tmp_path / "admin-key.json").write_text(key_file_json(key_file))
     run = rotator("--config", str(example), "validate", env=env)
     assert run.code == 0, run.output
-    assert run.stdout == "config OK: 2 targets, 1 file checked\n"
+    assert run.stdout == "config OK: 3 targets, 1 file checked\n"
 
 
 def test_config_option_after_the_subcommand_and_from_the_environment(tmp_path: Path) -> None:

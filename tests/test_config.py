@@ -92,6 +92,60 @@ def test_targets_map_to_engine_targets_with_defaults_and_overrides() -> None:
     assert reports.policy == Policy(renew_before=timedelta(days=12))
 
 
+def test_a_target_with_two_identities_names_both_and_uses_the_first_as_user() -> None:
+    raw = with_("targets.1.users", ["svc-reports-a", "svc-reports-b"])
+    del raw["targets"][1]["user"]
+    billing, reports = parse(raw).targets
+    assert reports.users == ("svc-reports-a", "svc-reports-b")
+    assert reports.user == "svc-reports-a"
+    assert reports.identities == ("svc-reports-a", "svc-reports-b")
+    assert reports.two_identities
+    assert billing.users == ()
+    assert billing.identities == ("svc-billing",)
+    assert not billing.two_identities
+
+
+@pytest.mark.parametrize(
+    ("users", "field", "fragment"),
+    [
+        (["svc-a"], "targets[1].users", "exactly two machine users (got 1)"),
+        (["a", "b", "c"], "targets[1].users", "exactly two machine users (got 3)"),
+        ([], "targets[1].users", "exactly two machine users (got 0)"),
+        (["svc-a", "svc-a"], "targets[1].users", "two different users"),
+        (["svc-a", 7], "targets[1].users[1]", "non-empty string"),
+        (["svc-a", " "], "targets[1].users[1]", "non-empty string"),
+        ("svc-a", "targets[1].users", "must be a list (got a string)"),
+    ],
+)
+def test_users_must_be_two_distinct_names(users: Any, field: str, fragment: str) -> None:
+    raw = with_("targets.1.users", users)
+    del raw["targets"][1]["user"]
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    assert str(caught.value).startswith(f"{SOURCE}: {field}: "), caught.value
+    assert fragment in str(caught.value)
+
+
+def test_a_one_identity_secret_target_is_warned_about_and_a_two_identity_one_is_not() -> None:
+    single = with_("targets.1.kind", "secret")
+    warnings = [w for w in parse(single).warnings if "kind secret with one user" in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("targets[1] (reports): ")
+    assert "re-read Vault" in warnings[0]
+    assert "users: [a, b]" in warnings[0]
+    double = with_("targets.1.users", ["svc-reports-a", "svc-reports-b"])
+    del double["targets"][1]["user"]
+    double["targets"][1]["kind"] = "secret"
+    config = parse(double)
+    assert config.targets[1].kind is CredentialKind.SECRET
+    assert not [w for w in config.warnings if "kind secret" in w]
+
+
+def test_a_target_without_user_or_users_says_both() -> None:
+    with pytest.raises(ConfigError, match=r"targets\[1\]\.user: is required \(or `users"):
+        parse(with_("targets.1.user", DELETE))
+
+
 def test_trailing_slash_of_issuer_is_dropped_and_https_grpc_defaults_to_443() -> None:
     config = parse(with_("zitadel.url", "https://id.example.com/"))
     assert config.zitadel.url == "https://id.example.com"
@@ -227,6 +281,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("targets.1.kind", DELETE, "targets[1].kind", "is required"),
     ("targets.0.user", DELETE, "targets[0].user", "is required"),
     ("targets.0.user", "", "targets[0].user", "must not be empty"),
+    ("targets.0.users", ["svc-a", "svc-b"], "targets[0].users", "mutually exclusive"),
     ("targets.0.org_id", 123, "targets[0].org_id", "must be a string (got an integer) (quote it)"),
     ("targets.1.name", "billing", "targets[1].name", "duplicate target name 'billing'"),
     ("targets.1.name", "Bad Name", "targets[1].name", "lower-case"),

@@ -680,3 +680,341 @@ def test_a_create_retried_below_the_engine_leaves_no_twin(kit: FastKit) -> None:
     assert live_ids(kit, target.kind, target.user) == {result.credential_id}
     removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
     assert [e["found_by"] for e in removed] == ["expiry_instant"]
+
+
+# --------------------------------------------------------------- two identities
+
+
+def two_identity_target(kit: FastKit, kind: str, **kw: Any) -> Target:
+    """A target over two fresh machine users (same org), ``svc-<kind>-a`` and ``-b``."""
+    names = (f"svc-{kind}-a", f"svc-{kind}-b")
+    for name in names:
+        if name not in kit.zitadel.user_ids:
+            kit.zitadel.add_user(name)
+    return replace(target_of(kind, name=f"twin-{kind}", **kw), user=names[0], users=names)
+
+
+def owner_of(kit: FastKit, data: dict[str, Any]) -> str:
+    return str(data.get("userId") or data.get("user_id"))
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_two_identities_take_turns_and_the_one_in_use_is_never_touched(
+    kit: FastKit, kind: str
+) -> None:
+    target = two_identity_target(kit, kind)
+    a, b = (kit.zitadel.user_ids[name] for name in target.users)
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+    assert owner_of(kit, secret(kit, target.vault_path)) == a
+    status = kit.engine.status(target)
+    assert (status.active_user_id, status.next_user_id) == (a, b)
+    assert any("active svc-" in note and f"on svc-{kind}-b" in note for note in status.notes)
+
+    holders = [a]
+    for _ in range(4):
+        in_use = secret(kit, target.vault_path)
+        live_before = live_ids(kit, target.kind, target.identities[holders[-1] == b])
+        kit.advance(21 * DAY)
+        rotated = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert rotated.outcome is Outcome.ROTATED, rotated.error
+        data = secret(kit, target.vault_path)
+        holders.append(owner_of(kit, data))
+        assert holders[-1] != holders[-2]  # the new credential is on the other identity
+        # the identity in use kept exactly what it had: nothing created or removed there
+        assert live_ids(kit, target.kind, target.identities[holders[-2] == b]) == live_before
+        consumer_can_authenticate(kit, data)
+        consumer_can_authenticate(kit, in_use)  # consumers not yet re-read: still fine
+        assert data["previous"][ID_FIELD[kind]] == in_use[ID_FIELD[kind]]
+        status = kit.engine.status(target)
+        assert (status.active_user_id, status.next_user_id) == (holders[-1], holders[-2])
+
+        kit.advance(DAY + 60)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+        # after grace the other identity holds nothing; the one in use holds one credential
+        assert live_ids(kit, target.kind, target.identities[holders[-2] == b]) == set()
+        assert live_ids(kit, target.kind, target.identities[holders[-1] == b]) == {
+            data[ID_FIELD[kind]]
+        }
+        with pytest.raises(RotatorError):
+            consumer_can_authenticate(kit, in_use)
+    assert holders == [a, b, a, b, a]
+    removed = [e for e in kit.events() if e["event"] == "credential.removed"]
+    assert [e["user_id"] for e in removed] == holders[:-1]  # audited on the identity it was on
+
+
+def test_a_two_identity_rotation_interrupted_in_verification_resumes_on_the_same_identity(
+    kit: FastKit,
+) -> None:
+    target = two_identity_target(kit, "key", policy=QUICK_VERIFY)
+    _a, b = (kit.zitadel.user_ids[name] for name in target.users)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "unavailable", "rate": 1.0}])
+    failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.zitadel.clear_faults()
+    assert failed.outcome is Outcome.FAILED
+    assert kit.engine.status(target).next_user_id == b  # the pending rotation's identity
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    resumed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert owner_of(kit, secret(kit, target.vault_path)) == b
+    assert created_ids(kit)[-1] == resumed.credential_id  # the same credential, not a new one
+    assert kit.engine.status(target).active_user_id == b
+
+
+def test_a_twin_created_on_the_spare_identity_is_swept_there(kit: FastKit) -> None:
+    target = two_identity_target(kit, "pat")
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    real_add = kit.transport.add_pat
+
+    def add_twice(user: Any, expires_at: Any) -> Any:
+        real_add(user, expires_at)
+        return real_add(user, expires_at)
+
+    kit.transport.add_pat = add_twice  # type: ignore[method-assign]
+    rotated = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    kit.transport.add_pat = real_add  # type: ignore[method-assign]
+    assert rotated.outcome is Outcome.ROTATED
+    spare = target.users[1]
+    assert len(live_ids(kit, target.kind, spare)) == 2
+    kit.advance(60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert live_ids(kit, target.kind, spare) == {rotated.credential_id}
+    removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
+    assert [e["user_id"] for e in removed] == [kit.zitadel.user_ids[spare]]
+
+
+def test_a_lost_state_of_a_two_identity_target_adopts_what_vault_holds(kit: FastKit) -> None:
+    target = two_identity_target(kit, "key")
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.advance(DAY + 60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.store.delete_all(kit.engine.state_path(target))
+    again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert again.outcome is Outcome.UP_TO_DATE, again.error
+    status = kit.engine.status(target)
+    b = kit.zitadel.user_ids[target.users[1]]
+    assert (status.credential_id, status.active_user_id) == (second.credential_id, b)
+    assert status.next_user_id == kit.zitadel.user_ids[target.users[0]]
+
+
+def test_plan_names_the_identity_a_two_identity_rotation_uses(kit: FastKit) -> None:
+    target = two_identity_target(kit, "key")
+    plan = kit.engine.plan(target)
+    assert any(f"on {target.users[0]}" in action for action in plan.actions), plan.actions
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.advance(21 * DAY)
+    actions = kit.engine.plan(target).actions
+    rotate = next(action for action in actions if action.startswith("rotate now"))
+    assert f"on {target.users[1]} (" in rotate
+    assert f"not on {target.users[0]} (" in rotate
+
+
+# --------------------------------------------------------------- client secrets
+
+
+def secret_target(**kw: Any) -> Target:
+    return Target(
+        name=kw.pop("name", "ledger"),
+        user=kw.pop("user", "svc-payroll"),
+        kind=CredentialKind.SECRET,
+        vault_path=kw.pop("vault_path", "zitadel/ledger"),
+        policy=kw.pop("policy", TEST_POLICY),
+        **kw,
+    )
+
+
+@pytest.fixture
+def ledger(kit: FastKit) -> Target:
+    kit.zitadel.add_user("svc-payroll")
+    return secret_target()
+
+
+def client_works(kit: FastKit, data: dict[str, Any]) -> None:
+    """A consumer's client_credentials request with what it read (raises if refused)."""
+    kit.oidc.verify_secret(data["client_id"], data["client_secret"], user_id=data["user_id"])
+
+
+def test_a_secret_is_regenerated_stored_verified_and_promoted_without_previous(
+    kit: FastKit, ledger: Target
+) -> None:
+    first = kit.engine.reconcile(ledger, trigger=Trigger.CLI)
+    assert first.outcome is Outcome.ROTATED, first.error
+    data = secret(kit, ledger.vault_path)
+    user_id = kit.zitadel.user_ids["svc-payroll"]
+    assert set(data) == {"client_id", "client_secret", "user_id"}
+    assert data["user_id"] == user_id
+    assert data["client_id"] == kit.transport.resolve_user(user_id).username
+    client_works(kit, data)
+    stored = kit.store.read(ledger.vault_path)
+    assert stored is not None
+    assert stored.custom_metadata["kind"] == "secret"
+    assert stored.custom_metadata["managed-by"] == "zitadel-rotator"
+    status = kit.engine.status(ledger)
+    assert status.state == "ready"
+    assert any("one identity" in note for note in status.notes)
+
+    kit.advance(21 * DAY)
+    plan = kit.engine.plan(ledger)
+    assert any(a.startswith("caveat: one identity") for a in plan.actions), plan.actions
+    second = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    assert second.outcome is Outcome.ROTATED, second.error
+    assert second.previous_credential_id is None  # replaced in place: nothing in grace
+    new = secret(kit, ledger.vault_path)
+    assert "previous" not in new
+    assert new["client_secret"] != data["client_secret"]
+    client_works(kit, new)
+    with pytest.raises(RotatorError):  # the old one died with the regeneration
+        client_works(kit, data)
+    assert "credential.retired" not in kit.event_names()
+    assert kit.engine.status(ledger).state == "ready"
+
+
+def test_a_regenerated_secret_lost_before_it_was_stored_is_regenerated_at_once(
+    kit: FastKit, ledger: Target
+) -> None:
+    assert kit.engine.reconcile(ledger, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    before = secret(kit, ledger.vault_path)
+    kit.advance(21 * DAY)
+
+    def seal_after_regenerate(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.created":
+            kit.store.sealed = True
+
+    kit.engine.audit.subscribe(seal_after_regenerate)
+    try:
+        failed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.store.sealed = False
+        kit.engine.audit.unsubscribe(seal_after_regenerate)
+    assert failed.outcome is Outcome.FAILED
+    with pytest.raises(RotatorError):  # Vault's secret is dead: the gap this bounds
+        client_works(kit, before)
+    assert "rotation.rolled_back" not in kit.event_names()
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    resumed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert "secret.regenerated_after_loss" in kit.event_names()
+    client_works(kit, secret(kit, ledger.vault_path))
+
+
+def test_a_secret_that_does_not_verify_is_kept_and_retried_never_stuck(
+    zitadel: FakeZitadel, store: MemoryStore
+) -> None:
+    zitadel.add_user("svc-payroll")
+    target = secret_target(policy=QUICK_VERIFY)
+    with build_fast_kit(zitadel, store, max_attempts=2) as kit:
+        kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+        outcomes = []
+        for _ in range(4):  # twice max_attempts: a key would be stuck by now
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+            outcomes.append(result.outcome)
+            kit.advance(10)  # past the backoff (cap 4 s)
+        kit.zitadel.clear_faults()
+        assert outcomes == [Outcome.FAILED] * 4
+        failed = [e for e in kit.events() if e["event"] == "rotation.failed"]
+        assert {e["failure_class"] for e in failed} == {"transient"}
+        assert "target.stuck" not in kit.event_names()
+        assert "rotation.rolled_back" not in kit.event_names()
+        assert len(created_ids(kit)) == 1  # regenerated once; the same secret is retried
+        kit.advance(10)
+        done = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert done.outcome is Outcome.ROTATED, done.error
+        assert len(created_ids(kit)) == 1
+        client_works(kit, secret(kit, target.vault_path))
+
+
+def test_projection_lag_after_regeneration_is_absorbed_by_verification(
+    tmp_path: Path, store: MemoryStore
+) -> None:
+    lagging = FakeZitadel(tmp_path / "lagging", lag_ms=1500)
+    try:
+        lagging.add_user("svc-payroll")
+        with build_fast_kit(lagging, store) as kit:
+            target = secret_target()
+            assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+            kit.advance(21 * DAY)
+            result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+            assert result.outcome is Outcome.ROTATED, result.error
+            client_works(kit, secret(kit, target.vault_path))
+    finally:
+        lagging.close()
+
+
+def test_two_identity_secrets_keep_every_consumer_working_and_leave_no_old_secret_valid(
+    kit: FastKit,
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names)
+    ids = [kit.zitadel.user_ids[n] for n in names]
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    assert not kit.engine.status(target).notes[0].startswith("ledger: one identity")
+    holders = [secret(kit, target.vault_path)["user_id"]]
+    for _ in range(4):
+        held = secret(kit, target.vault_path)  # what a consumer read before the rotation
+        kit.advance(21 * DAY)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+        new = secret(kit, target.vault_path)
+        assert "previous" not in new
+        holders.append(new["user_id"])
+        client_works(kit, new)
+        client_works(kit, held)  # the identity in use was not touched: still valid in grace
+        kit.advance(DAY + 60)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+        with pytest.raises(RotatorError):  # removed, not left valid
+            client_works(kit, held)
+        spare = kit.transport.resolve_user(held["user_id"])
+        assert spare.has_secret is False
+    assert holders == [ids[0], ids[1], ids[0], ids[1], ids[0]]
+
+
+def test_identity_problems_name_a_missing_a_human_and_a_repeated_user(kit: FastKit) -> None:
+    kit.zitadel.add_user("svc-ok")
+    kit.zitadel.add_user("alice", type="human")
+    login = kit.zitadel.add_user("svc-twice")["login_name"]
+    good = replace(key_target(name="good"), user="svc-ok")
+    assert kit.engine.identity_problems(good) == []
+    bad = replace(key_target(name="bad"), user="svc-nobody", users=("svc-nobody", "alice"))
+    problems = kit.engine.identity_problems(bad)
+    assert len(problems) == 2
+    assert "'svc-nobody' not found" in problems[0]
+    assert "'alice'" in problems[1]
+    assert "human user" in problems[1]
+    same = replace(key_target(name="same"), user="svc-twice", users=("svc-twice", login))
+    assert "same user" in kit.engine.identity_problems(same)[0]
+    # and the engine refuses to rotate it: the new key would land on the one in use
+    result = kit.engine.reconcile(same, trigger=Trigger.CLI)
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "same ZITADEL user" in result.error
+
+
+def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forces_it(
+    kit: FastKit, ledger: Target
+) -> None:
+    target = replace(ledger, policy=QUICK_VERIFY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    stuck_secret = kit.store.read(kit.engine.state_path(target))
+    assert stuck_secret is not None
+    assert stuck_secret.data["pending"]["phase"] == "created"
+    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    assert forced.outcome is Outcome.ROTATED, forced.error
+    assert len(created_ids(kit)) >= 2  # regenerated, not verified once more
+    assert "secret.regenerated_after_loss" not in kit.event_names()  # nothing was lost
+    client_works(kit, secret(kit, target.vault_path))
+    # no version of the state keeps either pending secret: KV history holds none
+    path = kit.engine.state_path(target)
+    latest = kit.store.read(path)
+    assert latest is not None
+    assert latest.data.get("pending") is None
+    kept = [kit.store.version_data(path, v) for v in range(1, latest.version + 1)]
+    assert not [d for d in kept if d and (d.get("pending") or {}).get("secret")]

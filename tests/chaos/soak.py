@@ -21,11 +21,13 @@ from tests.chaos.world import ZITADEL_TIMEOUT_S, Proc, World
 METHODS = ["AddKey", "RemoveKey", "ListKeys", "AddPersonalAccessToken",
            "RemovePersonalAccessToken", "ListPersonalAccessTokens", "GetUserByID", "ListUsers",
            "AddMachineKey", "RemoveMachineKey", "ListMachineKeys",
-           "GetUserByLoginNameGlobal", "token", "userinfo", "discovery"]
+           "GetUserByLoginNameGlobal", "AddSecret", "RemoveSecret", "GenerateMachineSecret",
+           "RemoveMachineSecret", "token", "userinfo", "discovery"]
 #: Methods that change something: "slow"/"lost"/"drop" make sense only there
 #: (and at the token endpoint, which issues a token).
 ACTING = ["AddKey", "RemoveKey", "AddPersonalAccessToken", "RemovePersonalAccessToken",
-          "AddMachineKey", "RemoveMachineKey", "token"]
+          "AddMachineKey", "RemoveMachineKey", "AddSecret", "RemoveSecret",
+          "GenerateMachineSecret", "RemoveMachineSecret", "token"]
 CODES = ["unavailable", "resource_exhausted", "internal", "deadline_exceeded"]
 #: A one-shot command that has not finished by then is a hang (a violation).
 ONE_SHOT_DEADLINE_S = 120.0

@@ -44,10 +44,22 @@ RETIRE_MARGIN_S = 2 * 3600
 @dataclass(frozen=True)
 class Target:
     name: str
-    kind: str  # key | pat
+    kind: str  # key | pat | secret
     api: str  # v1 | v2
-    user: str  # user name in org acme
+    user: str  # user name in org acme (the first of two identities)
     user_id: str
+    #: A two-identity target (``users: [a, b]``): both users and their ids.
+    users: tuple[str, ...] = ()
+    user_ids: tuple[str, ...] = ()
+
+    @property
+    def all_user_ids(self) -> tuple[str, ...]:
+        return self.user_ids or (self.user_id,)
+
+    def config(self) -> dict[str, Any]:
+        """The target's entry in the rotator's configuration."""
+        who: dict[str, Any] = {"users": list(self.users)} if self.users else {"user": self.user}
+        return {"name": self.name, **who, "kind": self.kind, "vault_path": self.vault_path}
 
     @property
     def vault_path(self) -> str:
@@ -186,11 +198,18 @@ class World:
         self.webhook = WebhookSink()
         self.targets: list[Target] = []
         for api in ("v2", "v1"):
-            for kind in ("key", "pat"):
+            for kind in ("key", "pat", "secret"):
                 for i in range(targets_per_kind):
                     user = f"svc-{kind}-{api}-{i}"
                     user_id = self.emulator.add_user(user, org="acme")["id"]
                     self.targets.append(Target(f"{kind}-{api}-{i}", kind, api, user, user_id))
+                    if kind == "pat":
+                        continue  # two identities work alike for every kind: keys and secrets
+                    # and one target over two identities used in turn
+                    users = (f"svc-{kind}-{api}-{i}a", f"svc-{kind}-{api}-{i}b")
+                    ids = tuple(self.emulator.add_user(u, org="acme")["id"] for u in users)
+                    self.targets.append(Target(f"twin-{kind}-{api}-{i}", kind, api, users[0],
+                                               ids[0], users, ids))
         self.audit_files = {api: root / f"audit-{api}.jsonl" for api in ("v1", "v2")}
         self.configs = {api: self._write_config(api) for api in ("v1", "v2")}
         self.procs: list[Proc] = []
@@ -217,10 +236,7 @@ class World:
             "audit": {"file": str(self.audit_files[api])},
             "notify": {"webhook_url": self.webhook.url, "format": "generic",
                        "timeout": "2s"},
-            "targets": [
-                {"name": t.name, "user": t.user, "kind": t.kind, "vault_path": t.vault_path}
-                for t in self.targets if t.api == api
-            ],
+            "targets": [t.config() for t in self.targets if t.api == api],
         }
         if api == "v1":
             raw["zitadel"]["grpc_target"] = self.emulator.grpc_target
