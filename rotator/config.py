@@ -40,10 +40,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from rotator.errors import ConfigError
-from rotator.model import CredentialKind, Policy, Schedule, Target
+from rotator.model import Algorithm, CredentialKind, Policy, Schedule, Target
 from rotator.webkeys import WebKeyTarget, check_target
 from rotator.windows import FreezeWindow, RotationWindow
-from rotator.zitadel.webkeys import Algorithm
 
 DEFAULT_CONFIG_PATH = "/etc/zitadel-rotator/config.yaml"
 DEFAULT_K8S_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"

@@ -37,9 +37,8 @@ from typing import Any, Protocol
 
 from rotator import windows
 from rotator.errors import CasConflict, ConfigError, RotatorError, ZitadelError
-from rotator.model import Schedule
+from rotator.model import Algorithm, Schedule, WebKeyInfo
 from rotator.ports import Clock, SecretStore
-from rotator.zitadel.webkeys import Algorithm, WebKeyInfo
 
 #: ZITADEL's JWKS cache max-age (OIDC.JWKSCacheControlMaxAge)
 JWKS_MAX_AGE = timedelta(minutes=5)

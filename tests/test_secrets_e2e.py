@@ -156,7 +156,8 @@ def test_validate_online_checks_every_identity_in_zitadel(
     assert online.code == 2, online.output
     errors = [line for line in online.stderr.splitlines() if line.startswith("rotator: error:")]
     assert len(errors) == 2, online.stderr
-    assert "payroll: user 'svc-nobody-here' not found" in errors[0]
+    assert "payroll: " in errors[0]
+    assert "user 'svc-nobody-here' not found" in errors[0]
     assert "ledger: " in errors[1]
     assert "human user" in errors[1] or "not a machine user" in errors[1]  # v2 / v1 words
 

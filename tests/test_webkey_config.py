@@ -13,7 +13,7 @@ import pytest
 
 from rotator.config import Config, parse_config
 from rotator.errors import ConfigError
-from rotator.zitadel.webkeys import Algorithm
+from rotator.model import Algorithm
 
 SOURCE = "config.yaml"
 BASE: dict[str, Any] = {

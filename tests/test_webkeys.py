@@ -18,10 +18,11 @@ import pytest
 
 from rotator.audit import AuditLog
 from rotator.errors import ConfigError
+from rotator.model import Algorithm
 from rotator.vault import VaultStore
 from rotator.webkeys import EMERGENCY_WARNING, WebKeyRotation, WebKeyTarget, check_target
 from rotator.zitadel.oidc import OidcClient, TokenSource
-from rotator.zitadel.webkeys import Algorithm, WebKeyClient
+from rotator.zitadel.webkeys import WebKeyClient
 from tests.emulator.support import sign_assertion, token_request
 from tests.harness.emulator import Emulator
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,48 +19,12 @@ import httpx
 
 from rotator.errors import ZitadelError
 from rotator.keys import sign_assertion
+from rotator.model import Algorithm, WebKeyInfo
 from rotator.zitadel.codes import error_for, http_status_code_name
 from rotator.zitadel.oidc import JWT_BEARER_GRANT, OidcClient, connection_error
 
 SERVICE = "zitadel.webkey.v2.WebKeyService"
 JWKS_PATH = "/oauth/v2/keys"
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """``rsa`` (bits 2048/3072/4096, hasher sha256/384/512), ``ecdsa`` (curve
-    P256/P384/P521) or ``ed25519``."""
-
-    kind: str = "rsa"
-    bits: int = 2048
-    hasher: str = "sha256"
-    curve: str = "P256"
-
-    def request(self) -> dict[str, Any]:
-        """The CreateWebKeyRequest ``key`` oneof (protojson)."""
-        if self.kind == "ecdsa":
-            # ZITADEL's enum calls P-521 "P512" (§12)
-            name = {"P256": "P256", "P384": "P384", "P521": "P512"}[self.curve]
-            return {"ecdsa": {"curve": f"ECDSA_CURVE_{name}"}}
-        if self.kind == "ed25519":
-            return {"ed25519": {}}
-        return {"rsa": {"bits": f"RSA_BITS_{self.bits}",
-                        "hasher": f"RSA_HASHER_{self.hasher.upper()}"}}
-
-    def describe(self) -> str:
-        if self.kind == "ecdsa":
-            return f"ECDSA {self.curve}"
-        if self.kind == "ed25519":
-            return "Ed25519"
-        return f"RSA-{self.bits}/{self.hasher.upper()}"
-
-
-@dataclass(frozen=True)
-class WebKeyInfo:
-    id: str
-    #: "INITIAL", "ACTIVE", "INACTIVE" (REMOVED keys are not listed)
-    state: str
-    created: datetime | None
 
 
 def _state(raw: object) -> str:
