@@ -61,11 +61,26 @@ def run(argv: list[str], env: dict[str, str], *, stderr_tty: bool) -> tuple[int,
                 break
             seen += chunk
         elif process.poll() is not None:
+            # it exited between the select and the poll: what it wrote last may still be unread
+            seen += _drain(controller)
             break
     os.close(controller)
     code = process.wait(timeout=30)
     reader.join(timeout=30)
     return code, b"".join(stdout).decode(), seen.decode(errors="replace")
+
+
+def _drain(controller: int) -> bytes:
+    data = b""
+    while select.select([controller], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def config(tmp_path: Path, emulator: Emulator, vault_url: str, mount: str) -> Path:

@@ -21,6 +21,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { file_zitadel_user_v2_user_service, UserService } from "@zitadel/proto/zitadel/user/v2/user_service_pb.js";
 import { file_zitadel_management } from "@zitadel/proto/zitadel/management_pb.js";
 import { file_zitadel_org_v2_org_service } from "@zitadel/proto/zitadel/org/v2/org_service_pb.js";
+import { file_zitadel_webkey_v2_webkey_service } from "@zitadel/proto/zitadel/webkey/v2/webkey_service_pb.js";
 
 const emu = JSON.parse(readFileSync(process.env.EMULATOR_JSON, "utf8"));
 const issuer = emu.issuer;
@@ -202,6 +203,7 @@ test("every message the emulator reads or writes matches @zitadel/proto field by
   const files = []; const seen = new Set();
   const add = (f) => { if (!seen.has(f.name)) { seen.add(f.name); files.push(f); f.dependencies.forEach(add); } };
   add(file_zitadel_user_v2_user_service); add(file_zitadel_management); add(file_zitadel_org_v2_org_service);
+  add(file_zitadel_webkey_v2_webkey_service);
   const registry = createRegistry(...files);
   const ours = JSON.parse(readFileSync(emu.descriptors, "utf8"));
   const v1Packages = ["zitadel.management.v1.", "zitadel.user.v1.", "zitadel.metadata.v1.", "zitadel.v1."];
