@@ -405,7 +405,7 @@ def _targets_of(config: Config, args: argparse.Namespace) -> list[Target]:
     if args.command == "inventory":
         from rotator.inventory_cli import check_args  # noqa: PLC0415
 
-        problem = check_args(args)
+        problem = check_args(args, config.zitadel.api)
         if problem:
             raise UsageError(problem)
     return list(config.targets)

@@ -103,10 +103,14 @@ def add_parser(command: Callable[[str, str, str], argparse.ArgumentParser]) -> N
     )
 
 
-def check_args(args: argparse.Namespace) -> str | None:
-    """A usage error, before anything connects."""
+def check_args(args: argparse.Namespace, api: str) -> str | None:
+    """A usage error, before anything connects (``api``: ``zitadel.api``)."""
     if args.org and args.all_orgs:
         return "inventory: give --org or --all-orgs, not both"
+    if args.all_orgs and api == "v1":
+        # v1 has no instance-wide user listing: it would fail in ZITADEL, not here
+        return ("inventory: --all-orgs needs zitadel.api: v2; v1 lists users per "
+                "organization only: name the orgs with --org")
     return None
 
 
@@ -132,6 +136,11 @@ def own_org(app: App) -> str:
 
 def cmd_inventory(app: App, args: argparse.Namespace) -> int:
     transport = cast(InventoryTransport, app.transport)
+    problem = check_args(args, app.api)  # zitadel.api: auto may have found v1
+    if problem:
+        from rotator.cli import UsageError  # noqa: PLC0415
+
+        raise UsageError(problem)
     orgs: list[str] | None = None if args.all_orgs else (list(args.org) or [own_org(app)])
     thresholds = Thresholds(expiring=args.expiring, horizon=args.horizon)
     inventory = take_inventory(transport, orgs, read_managed(app), app.clock.now(), thresholds)

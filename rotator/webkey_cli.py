@@ -102,7 +102,7 @@ def plan(app: App, horizon: timedelta, out: TextIO) -> list[dict[str, Any]]:
     document = []
     for target in app.config.webkey_targets:
         state, _ = run.rotation.load(target)
-        steps = project(target, state, now, horizon)
+        steps = project(target, state, now, horizon, **run.retry)
         first = run.steps(target, state)[:1]
         from rotator.webkey_runner import describe  # noqa: PLC0415
 

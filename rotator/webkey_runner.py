@@ -68,8 +68,11 @@ class WebKeyRunner:
                  confirm_delay: float = 1.0) -> None:
         self.app = app
         config = app.config
-        self.retry = {"retry_base": config.daemon.retry_base,
-                      "retry_cap": config.daemon.retry_cap}
+        #: failed steps and rolled-back cycles back off like key targets' retries;
+        #: after daemon.max_attempts rollbacks in a row no cycle starts by itself
+        self.retry: dict[str, Any] = {"retry_base": config.daemon.retry_base,
+                                      "retry_cap": config.daemon.retry_cap,
+                                      "max_rollbacks": config.daemon.max_attempts}
         prefix = config.vault.state_prefix.strip("/")
         key_file = app.key_file
         if key_file is None:  # an App built by hand (tests): the token source's provider
@@ -79,6 +82,7 @@ class WebKeyRunner:
             self.client, app.store, clock=app.clock,
             state_path=lambda t: f"{prefix}/webkeys/{t.name}",
             emit=self._emit, confirm_attempts=confirm_attempts, confirm_delay=confirm_delay,
+            **self.retry,
         )
 
     def _emit(self, event: str, **fields: Any) -> None:
@@ -138,7 +142,9 @@ class WebKeyRunner:
         except RotatorError:
             published = None
         steps = self.steps(target, state)
-        first = steps[0] if steps else None
+        # a cycle held after rollbacks in a row has no time: it sorts last, show it first
+        held = [s for s in steps if s.step == "create" and s.at is None and s.note]
+        first = (held or steps)[0] if steps else None
         applies = emergency_applies(state, now)
         return WebKeyStatus(
             target=target.name, kind="webkey", active_key_id=state.current,
@@ -159,6 +165,8 @@ def describe(step: NextStep) -> str:
         "activate": f"activate {step.key_id or 'the new key'}",
         "delete": f"delete {step.key_id or 'the previous key'}",
     }.get(step.step, step.step)
+    if step.at is None and step.note:  # held (e.g. after rollbacks in a row): the note says why
+        return f"{what}: {step.note}"
     when = step.at.isoformat(timespec="seconds") if step.at else "never (no window fits)"
     return f"{what} at {when}" + (f" ({step.note})" if step.note else "")
 

@@ -143,6 +143,10 @@ class WebKeyState:
     last_error: str | None = None
     #: failed passes in a row (reset when a step succeeds)
     attempts: int = 0
+    #: cycles rolled back in a row (reset by an activation that takes), and when the
+    #: last one was: the next cycle waits (backoff), then none starts by itself
+    rollbacks: int = 0
+    rolled_back_at: str | None = None
     warning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,8 +200,13 @@ class WebKeyRotation:
                  emit: Callable[..., Any] = lambda *a, **k: None,
                  confirm_attempts: int = 5, confirm_delay: float = 1.0,
                  window_open: Callable[[WebKeyTarget, datetime], bool] | None = None,
+                 retry_base: timedelta = timedelta(minutes=1),
+                 retry_cap: timedelta = timedelta(hours=1),
+                 max_rollbacks: int = 5,
                  ) -> None:
         self.api, self.store, self.clock, self.state_path = api, store, clock, state_path
+        #: a rolled-back cycle is retried after these (see :func:`cycle_due`)
+        self.retry_base, self.retry_cap, self.max_rollbacks = retry_base, retry_cap, max_rollbacks
         self.emit = emit
         self.confirm_attempts, self.confirm_delay = confirm_attempts, confirm_delay
         self.window_open = window_open or _schedule_open
@@ -258,10 +267,10 @@ class WebKeyRotation:
                 state.next_at = _iso(run.now)
             self._write(run)
         if state.step == "idle":
-            due = _at(state.active_since)
-            if not (rotate_now or emergency
-                    or (due is not None and due + run.target.every <= run.now)):
-                return WebKeyResult(run.target.name, "up_to_date", state)
+            due = cycle_due(run.target, state, run.now, retry_base=self.retry_base,
+                            retry_cap=self.retry_cap, max_rollbacks=self.max_rollbacks)
+            if not (rotate_now or emergency or (due.at is not None and due.at <= run.now)):
+                return WebKeyResult(run.target.name, "up_to_date", state, detail=due.note)
             self._start(run, "emergency" if emergency else "requested" if rotate_now else "due")
         if state.step == "creating":
             self._create(run)
@@ -338,6 +347,7 @@ class WebKeyRotation:
                               Retiring(previous, _iso(run.now + retain), bool(owned))]
         state.current, state.active_since = state.new, _iso(run.now)
         state.step, state.new, state.previous, state.next_at = "idle", None, None, None
+        state.rollbacks, state.rolled_back_at = 0, None
         state.last_result = "activated"
         self._write(run)
         run.emit("webkey.activated", outcome="success", key_id=state.current,
@@ -386,6 +396,9 @@ class WebKeyRotation:
         state.step, state.new, state.next_at = "idle", None, None
         state.active_since = state.active_since or _iso(now)
         state.last_result, state.last_error = "rolled_back", detail
+        # without a cool-down the next cycle would start at once (active_since is
+        # unchanged), leaving one more key published for retain per cycle
+        state.rollbacks, state.rolled_back_at = state.rollbacks + 1, _iso(now)
         self._write(run)
         emit("rotation.rolled_back", outcome="failure", error=detail, key_id=failed,
              previous_key_id=state.previous)
@@ -433,15 +446,41 @@ def _retry_at(state: WebKeyState, now: datetime, base: timedelta, cap: timedelta
     return now + delay
 
 
+def cycle_due(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
+              retry_base: timedelta = timedelta(minutes=1),
+              retry_cap: timedelta = timedelta(hours=1),
+              max_rollbacks: int | None = None) -> NextStep:
+    """When an idle target's next cycle starts by itself: ``every`` after the
+    current key became active; after a rollback not before ``retry_base``
+    (doubling per rollback in a row, at most ``retry_cap``) has passed, and
+    after ``max_rollbacks`` in a row never (``rotator rotate TARGET`` starts one)."""
+    since = _at(state.active_since) or now
+    at: datetime | None = since + target.every
+    rolled_back = _at(state.rolled_back_at)
+    if not state.rollbacks or rolled_back is None:
+        return NextStep("create", at)
+    if max_rollbacks is not None and state.rollbacks >= max_rollbacks:
+        return NextStep("create", None, note=f"held: {state.rollbacks} rollbacks in a row; "
+                        f"fix the cause, then `rotator rotate {target.name}` starts a cycle")
+    delay: timedelta = min(retry_cap, retry_base * 2 ** (state.rollbacks - 1))
+    cooled = rolled_back + delay
+    if at is None or cooled > at:
+        return NextStep("create", cooled, note=f"cool-down after {state.rollbacks} "
+                        f"rollback{'s' if state.rollbacks > 1 else ''} in a row")
+    return NextStep("create", at)
+
+
 def _activation_at(target: WebKeyTarget, due: datetime) -> datetime | None:
     return windows.next_allowed(due, target.schedule.windows, target.schedule.freeze)
 
 
 def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
                retry_base: timedelta = timedelta(minutes=1),
-               retry_cap: timedelta = timedelta(hours=1)) -> list[NextStep]:
+               retry_cap: timedelta = timedelta(hours=1),
+               max_rollbacks: int | None = None) -> list[NextStep]:
     """The cycle step and the deletions to come, soonest first.  A failed
-    step is retried after a doubling delay (``retry_base`` .. ``retry_cap``)."""
+    step is retried after a doubling delay (``retry_base`` .. ``retry_cap``),
+    and so is a rolled-back cycle (:func:`cycle_due`)."""
     steps: list[NextStep] = []
     at: datetime | None
     if state.current is None and state.step == "idle":
@@ -459,8 +498,8 @@ def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
         steps.append(NextStep("activate", at, state.new,
                               note=None if at == due else "held by windows or a freeze"))
     else:
-        since = _at(state.active_since) or now
-        steps.append(NextStep("create", since + target.every))
+        steps.append(cycle_due(target, state, now, retry_base=retry_base, retry_cap=retry_cap,
+                               max_rollbacks=max_rollbacks))
     steps += [NextStep("delete", _at(r.delete_at), r.kid,
                        note=None if r.owned or target.adopt else "kept: not created by the "
                        "rotator (adopt: false)")
@@ -468,19 +507,20 @@ def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
     return sorted(steps, key=lambda s: s.at or datetime.max.replace(tzinfo=now.tzinfo))
 
 
-def next_run_at(target: WebKeyTarget, state: WebKeyState, now: datetime, **retry: timedelta
+def next_run_at(target: WebKeyTarget, state: WebKeyState, now: datetime, **retry: Any
                 ) -> datetime | None:
     """When reconcile has something to do next: the daemon's time for the target."""
     times = [s.at for s in next_steps(target, state, now, **retry) if s.at is not None]
     return min(times) if times else None
 
 
-def project(target: WebKeyTarget, state: WebKeyState, now: datetime, horizon: timedelta
-            ) -> list[NextStep]:
+def project(target: WebKeyTarget, state: WebKeyState, now: datetime, horizon: timedelta,
+            **retry: Any) -> list[NextStep]:
     """Every step of the coming cycles up to ``now + horizon`` (plan --horizon),
-    assuming each step succeeds on time."""
+    assuming each step succeeds on time (``retry``: as for :func:`next_steps`)."""
     end = now + horizon
-    out = [s for s in next_steps(target, state, now) if s.at is not None and s.at <= end]
+    out = [s for s in next_steps(target, state, now, **retry)
+           if s.at is not None and s.at <= end]
     cycle = next((s for s in out if s.step in ("create", "confirm", "activate")), None)
     at = cycle.at if cycle is not None else None
     step = cycle.step if cycle is not None else None
@@ -518,6 +558,7 @@ __all__ = [
     "WebKeyState",
     "WebKeyTarget",
     "check_target",
+    "cycle_due",
     "emergency_applies",
     "next_run_at",
     "next_steps",

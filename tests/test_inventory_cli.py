@@ -31,6 +31,7 @@ class World:
     console: str  # the user name of the console-made user with a key and a secret
     vault: OpenBao
     mount: str
+    api: str
 
     def run(self, config: Path, *args: str) -> Run:
         return rotator("--config", str(config), "inventory", *args, env=self.env)
@@ -96,7 +97,7 @@ def world(
     secrets = [console["client_secret"], console["key_file"]["key"],
                expiring["users"][0]["pats"][0]["token"], ledger["users"][0]["pats"][0]["token"]]
     return World(emulator, admin, viewer_config, env, expected, secrets, f"{prefix}console",
-                 openbao, kv_mount)
+                 openbao, kv_mount, api)
 
 
 def _records(run: Run) -> list[dict[str, Any]]:
@@ -147,6 +148,19 @@ def test_the_table_shows_managed_targets_and_relative_expiry(world: World) -> No
     assert "(in 29d)" in managed or "(in 30d)" in managed
     assert any("unmanaged, expired" in line and "ago)" in line for line in lines)
     assert any("9999-12-31 23:59 UTC (never)" in line for line in lines)
+
+
+def test_all_orgs_with_v1_is_a_usage_error(world: World) -> None:
+    run = world.run(world.admin, "--all-orgs")
+    if world.api == "v2":
+        assert run.code == 0, run.output
+        return
+    assert run.code == 2, run.output
+    (line,) = run.stderr.strip().splitlines()
+    assert "--all-orgs" in line
+    assert "v1 lists users per organization only" in line
+    assert "--org" in line
+    assert "v2" in line
 
 
 def test_an_org_it_cannot_read_is_reported_not_empty(world: World) -> None:

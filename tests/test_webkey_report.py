@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rotator.metrics import Metrics
 from rotator.notify import from_audit
-from rotator.webkey_runner import WebKeyStatus
+from rotator.webkey_runner import WebKeyStatus, describe
 from rotator.webkeys import WebKeyState, WebKeyTarget, next_steps, project
 
 NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
@@ -54,3 +54,26 @@ def test_next_steps_and_projection_follow_the_state() -> None:
                           last_error="not served yet")
     (retry,) = next_steps(target, failing, NOW)
     assert (retry.step, retry.at) == ("confirm", NOW + timedelta(minutes=4))
+
+
+def test_after_a_rollback_the_next_cycle_is_shown_with_its_cool_down() -> None:
+    target = WebKeyTarget("signing", every=timedelta(days=30))
+    retry = {"retry_base": timedelta(minutes=10), "retry_cap": timedelta(hours=1),
+             "max_rollbacks": 5}
+    old = (NOW - timedelta(days=40)).isoformat()
+    rolled = WebKeyState(current="k1", active_since=old, rollbacks=3,
+                         rolled_back_at=NOW.isoformat(), last_result="rolled_back")
+    (step,) = next_steps(target, rolled, NOW, **retry)
+    assert step.at == NOW + timedelta(minutes=40)
+    assert describe(step) == ("create and publish a new key at 2026-12-01T12:40:00+00:00 "
+                              "(cool-down after 3 rollbacks in a row)")
+    capped = WebKeyState(current="k1", active_since=old, rollbacks=4,
+                         rolled_back_at=NOW.isoformat())
+    assert next_steps(target, capped, NOW, **retry)[0].at == NOW + timedelta(hours=1)
+    held = WebKeyState(current="k1", active_since=old, rollbacks=5,
+                       rolled_back_at=NOW.isoformat())
+    (step,) = next_steps(target, held, NOW, **retry)
+    assert step.at is None
+    assert describe(step) == ("create and publish a new key: held: 5 rollbacks in a row; fix "
+                              "the cause, then `rotator rotate signing` starts a cycle")
+    assert project(target, held, NOW, timedelta(days=90), **retry) == []

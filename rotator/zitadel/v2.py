@@ -358,21 +358,9 @@ class UserServiceTransport:
     def _others_visible(self, org_id: str | None) -> int | ZitadelPermissionDenied | None:
         """How many users other than the identity itself it may list in ``org_id``
         (ListUsers filters by ``user.read``, §4): 0 means it sees none there."""
-        queries = []
-        if org_id:
-            queries.append(
-                UserServiceSearchQuery(
-                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
-                )
-            )
-        request = UserServiceListUsersRequest(
-            query=UserServiceListQuery(offset=0, limit=2, asc=True), queries=queries
-        )
         try:
-            response = self._call(
-                "ListUsers",
-                "probe which users the identity may see",
-                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            response = self._list_users(
+                _in_org(org_id), limit=2, context="probe which users the identity may see"
             )
         except ZitadelPermissionDenied as exc:
             return exc
@@ -406,21 +394,9 @@ class UserServiceTransport:
                     user_name=user, method=UserServiceTextQueryMethod.TEXT_QUERY_METHOD_EQUALS
                 )
             )
-        queries = [query]
-        if org_id:
-            queries.append(
-                UserServiceSearchQuery(
-                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
-                )
-            )
-        request = UserServiceListUsersRequest(
-            query=UserServiceListQuery(offset=0, limit=10, asc=True), queries=queries
-        )
         where = f" in org {org_id}" if org_id else ""
-        response = self._call(
-            "ListUsers",
-            f"look up user {user!r}{where}",
-            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        response = self._list_users(
+            _in_org(org_id, query), limit=10, context=f"look up user {user!r}{where}"
         )
         found = response.result or []
         if not found:
@@ -621,28 +597,20 @@ class UserServiceTransport:
 
     def list_machine_users(self, org_id: str | None) -> list[User]:
         """Machine users of ``org_id`` (or of every readable org), 1,000 a page."""
-        queries = [
+        queries = _in_org(
+            org_id,
             UserServiceSearchQuery(
                 type_query=UserServiceTypeQuery(type=UserServiceType.TYPE_MACHINE)
-            )
-        ]
-        if org_id:
-            queries.append(
-                UserServiceSearchQuery(
-                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
-                )
-            )
+            ),
+        )
         where = f"org {org_id}" if org_id else "every readable org"
 
         def page(offset: int) -> tuple[list[Any], int | None]:
-            request = UserServiceListUsersRequest(
-                query=UserServiceListQuery(offset=offset, limit=MAX_PAGE_SIZE, asc=True),
-                queries=queries,
-            )
-            response = self._call(
-                "ListUsers",
-                f"list machine users of {where}",
-                lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+            response = self._list_users(
+                queries,
+                offset=offset,
+                limit=MAX_PAGE_SIZE,
+                context=f"list machine users of {where}",
             )
             total = response.details.total_result if response.details else None
             return list(response.result or []), int(total) if total is not None else None
@@ -656,20 +624,37 @@ class UserServiceTransport:
         ]
 
     def org_has_readable_users(self, org_id: str) -> bool:
-        request = UserServiceListUsersRequest(
-            query=UserServiceListQuery(offset=0, limit=1, asc=True),
-            queries=[
-                UserServiceSearchQuery(
-                    organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
-                )
-            ],
-        )
-        response = self._call(
-            "ListUsers",
-            f"probe users of org {org_id}",
-            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        """Whether the identity may list any user of ``org_id`` (itself included):
+        ListUsers filters by ``user.read`` (§4), so none means "not readable"."""
+        response = self._list_users(
+            _in_org(org_id), limit=1, context=f"probe users of org {org_id}"
         )
         return bool(response.result)
+
+    def _list_users(
+        self, queries: list[UserServiceSearchQuery], *, limit: int, context: str, offset: int = 0
+    ) -> Any:
+        """One ListUsers page (what look-ups, probes and the inventory share)."""
+        request = UserServiceListUsersRequest(
+            query=UserServiceListQuery(offset=offset, limit=limit, asc=True), queries=queries
+        )
+        return self._call(
+            "ListUsers",
+            context,
+            lambda z: z.users.list_users(request, _request_timeout=self._timeout),
+        )
+
+
+def _in_org(org_id: str | None, *queries: UserServiceSearchQuery) -> list[UserServiceSearchQuery]:
+    """``queries``, and the organization query when ``org_id`` is given."""
+    if not org_id:
+        return list(queries)
+    return [
+        *queries,
+        UserServiceSearchQuery(
+            organization_id_query=UserServiceOrganizationIdQuery(organization_id=org_id)
+        ),
+    ]
 
 
 def no_answer(exc: urllib3.exceptions.HTTPError, method: str, context: str) -> ZitadelError:

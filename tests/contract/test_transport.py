@@ -39,6 +39,7 @@ from rotator.errors import (
 from rotator.keys import build_key_file, generate_key_pair
 from rotator.model import NEVER_EXPIRES, Credential, CredentialKind, User
 from rotator.ports import ZitadelTransport
+from rotator.zitadel import visibility
 from rotator.zitadel.oidc import OidcClient, TokenSource
 from rotator.zitadel.v1 import ManagementTransport
 from rotator.zitadel.v2 import UserServiceTransport
@@ -302,6 +303,32 @@ def test_a_user_is_found_by_id_login_name_and_user_name(backend: Backend) -> Non
 def test_an_unknown_user_is_not_found(backend: Backend, name: str) -> None:
     with pytest.raises(ZitadelNotFound):
         backend.transport.resolve_user(name)
+
+
+def test_a_user_it_cannot_see_is_reported_as_maybe_unseen_naming_the_role(
+    backend: Backend,
+) -> None:
+    """The admin has no role in globex: the v1 call is refused, v2 (and the
+    fake) list nothing there.  Either way the error names the user, the org
+    and the role to grant, never a bare "not found"."""
+    globex = backend.org_ids["globex"]
+    with pytest.raises((ZitadelNotFound, ZitadelPermissionDenied)) as caught:
+        backend.transport.resolve_user("svc-ledger", org_id=globex)
+    message = str(caught.value)
+    assert "'svc-ledger'" in message
+    assert f"org {globex}" in message
+    assert f"grant it {visibility.ROLE} in org {globex}" in message
+    if backend.name != "v1":  # v2 rules: an empty answer, the probe sees nobody there
+        assert isinstance(caught.value, ZitadelNotFound)
+        assert "may exist unseen" in message
+
+
+def test_a_user_missing_where_it_may_list_users_does_not_exist(backend: Backend) -> None:
+    acme = backend.org_ids["acme"]
+    with pytest.raises(ZitadelNotFound) as caught:
+        backend.transport.resolve_user("svc-nobody", org_id=acme)
+    message = str(caught.value)
+    assert f"user 'svc-nobody' not found in org {acme}: it does not exist" in message
 
 
 @v2_rules

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from tests.emulator import domain as dm
@@ -367,7 +368,7 @@ def error_response(err: EmuError) -> Response:
             json.dumps(body).encode())
 
 
-def _not_found() -> Response:
+def not_found() -> Response:
     # Go's http.NotFound, as connect-go's generated service mux answers unknown procedures.
     return 404, {"Content-Type": "text/plain; charset=utf-8",
                  "X-Content-Type-Options": "nosniff"}, b"404 page not found\n"
@@ -410,7 +411,27 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
            body: bytes, *, no_v2_keys: bool = False, service: str = SERVICE) -> Response:
     """Connect unary over HTTP/1.1 or HTTP/2.  ``headers``: lower-cased names."""
     if not exists(method, no_v2_keys=no_v2_keys, service=service):
-        return _not_found()
+        return not_found()
+    return serve_unary(domain, method, http_method, headers, body, codec=Codec(
+        decode_proto=decode_proto, json_schema=request_schema, invoke=invoke,
+        encode_proto=encode_proto))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One Connect service's message handling (the UserService here, the
+    WebKeyService in tests/emulator/webkeys.py): what :func:`serve_unary` needs."""
+
+    decode_proto: Callable[[str, bytes], dict[str, Any]]
+    json_schema: Callable[[str], Msg]
+    invoke: Callable[[Any, str, Mapping[str, str], dict[str, Any]], dict[str, Any]]
+    encode_proto: Callable[[str, dict[str, Any]], bytes]
+
+
+def serve_unary(domain: dm.Domain, method: str, http_method: str, headers: Mapping[str, str],
+                body: bytes, *, codec: Codec) -> Response:
+    """A known procedure's Connect unary call: faults, method, codec, decode,
+    invoke, encode, errors (as connect-go answers them)."""
     try:
         after = domain.faults.check(method)
     except EmuError as err:
@@ -418,24 +439,24 @@ def handle(domain: dm.Domain, method: str, http_method: str, headers: Mapping[st
     if http_method != "POST":
         return 405, {"Allow": "POST", "Content-Type": "text/plain"}, b"405 method not allowed\n"
     content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    codec = CODECS.get(content_type)
-    if codec is None:
+    kind = CODECS.get(content_type)
+    if kind is None:
         return 415, {"Accept-Post": "application/json, application/proto"}, b""
     try:
-        if codec == "proto":
-            req = decode_proto(method, body)
+        if kind == "proto":
+            req = codec.decode_proto(method, body)
         else:
             try:
                 raw = json.loads(body or b"{}")
             except ValueError as exc:
                 raise EmuError("invalid_argument",
                                f"unmarshal message: proto: syntax error ({exc})") from exc
-            req = decode(request_schema(method), raw)
-        result = invoke(domain, method, headers, req)
+            req = decode(codec.json_schema(method), raw)
+        result = codec.invoke(domain, method, headers, req)
         if after is not None:
             after.apply()  # ZITADEL acted; the answer is late, lost or dropped
-        if codec == "proto":
-            return 200, {"Content-Type": "application/proto"}, encode_proto(method, result)
+        if kind == "proto":
+            return 200, {"Content-Type": "application/proto"}, codec.encode_proto(method, result)
     except EmuError as err:
         return error_response(err)
     except DropConnection:

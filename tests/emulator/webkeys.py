@@ -389,44 +389,16 @@ def encode_proto(method: str, result: dict[str, Any]) -> bytes:
 
 def handle(domain: Domain, method: str, http_method: str, headers: Mapping[str, str],
            body: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Connect unary (JSON or proto codec), like connect_v2.handle for the UserService."""
+    """Connect unary (JSON or proto codec), as connect_v2.handle for the UserService."""
     from tests.emulator import connect_v2, wire
-    from tests.emulator.faults import DropConnection
-    from tests.emulator.protojson import decode, schema_of
+    from tests.emulator.protojson import schema_of
 
     if not exists(method):
-        return 404, {"Content-Type": "text/plain; charset=utf-8",
-                     "X-Content-Type-Options": "nosniff"}, b"404 page not found\n"
-    try:
-        after = domain.faults.check(method)
-    except EmuError as err:
-        return connect_v2.error_response(err)
-    if http_method != "POST":
-        return 405, {"Allow": "POST", "Content-Type": "text/plain"}, b"405 method not allowed\n"
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    codec = connect_v2.CODECS.get(content_type)
-    if codec is None:
-        return 415, {"Accept-Post": "application/json, application/proto"}, b""
-    try:
-        if codec == "proto":
-            req = decode_proto(method, body)
-        else:
-            try:
-                raw = json.loads(body or b"{}")
-            except ValueError as exc:
-                raise EmuError("invalid_argument",
-                               f"unmarshal message: proto: syntax error ({exc})") from exc
-            req = decode(schema_of(wire.descriptor_of(_types(method)[0])), raw)
-        result = invoke(domain, method, headers, req)
-        if after is not None:
-            after.apply()  # ZITADEL acted; the answer is late, lost or dropped
-        if codec == "proto":
-            return 200, {"Content-Type": "application/proto"}, encode_proto(method, result)
-    except EmuError as err:
-        return connect_v2.error_response(err)
-    except DropConnection:
-        raise
-    return 200, {"Content-Type": "application/json"}, json.dumps(result).encode()
+        return connect_v2.not_found()
+    codec = connect_v2.Codec(decode_proto=decode_proto,
+                             json_schema=lambda m: schema_of(wire.descriptor_of(_types(m)[0])),
+                             invoke=invoke, encode_proto=encode_proto)
+    return connect_v2.serve_unary(domain, method, http_method, headers, body, codec=codec)
 
 
 __all__ = ["SERVICE", "EmuError", "KeyConfig", "WebKey", "WebKeys", "exists", "invoke"]

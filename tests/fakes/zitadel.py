@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from rotator.errors import ZitadelNotFound, ZitadelRejected
+from rotator.errors import ZitadelError, ZitadelNotFound, ZitadelPermissionDenied, ZitadelRejected
 from rotator.model import (
     Credential,
     CredentialKind,
@@ -57,6 +57,7 @@ from rotator.model import (
     secret_credential,
 )
 from rotator.ports import Clock
+from rotator.zitadel import visibility
 from rotator.zitadel.codes import error_for, is_secret_not_existing
 from rotator.zitadel.oidc import OidcClient
 from tests.emulator import keys as keymat
@@ -264,6 +265,31 @@ class FakeTransport:
     # -- users -------------------------------------------------------------------------------
 
     def resolve_user(self, user: str, org_id: str | None = None) -> User:
+        """As the v2 transport: "not found" says whether the caller may see the
+        user (rotator/zitadel/visibility.py), probed by listing the org's users."""
+        try:
+            return self._resolve_user(user, org_id)
+        except ZitadelPermissionDenied as exc:
+            raise visibility.refused(user, org_id, exc, identity=self._caller_id) from None
+        except ZitadelNotFound as exc:
+            if exc.method != "ListUsers":
+                raise
+            raise visibility.not_found(user, org_id, identity=self._caller_id,
+                                       probe=lambda: self._others_visible(org_id),
+                                       method="ListUsers") from None
+
+    def _others_visible(self, org_id: str | None) -> int | ZitadelPermissionDenied | None:
+        queries: list[Any] = [OrgIdQ(org_id)] if org_id else []
+        try:
+            _, users = self._call("ListUsers", "probe which users the identity may see",
+                                  lambda c: self._domain.list_users_v2(c, queries, 0, 2, True))
+        except ZitadelPermissionDenied as exc:
+            return exc
+        except ZitadelError:
+            return None
+        return sum(1 for u in users if u.id != self._caller_id)
+
+    def _resolve_user(self, user: str, org_id: str | None = None) -> User:
         if user.isdigit():
             found = self._call("GetUserByID", f"look up user {user}",
                                lambda c: self._domain.get_user_by_id_v2(c, user))
