@@ -44,11 +44,38 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rotator.keys import generate_key_pair
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import BAO_BINARY, OpenBao
 from tests.harness.processes import die_with_parent, free_port
 
 CORES = len(os.sched_getaffinity(0))
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used so far."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def load() -> str:
+    """The 1-minute load average, as the figures were taken under it."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def keygen_cpu_ms(samples: int = 20) -> float:
+    """CPU of one RSA-2048 key generation on this machine now (what a key
+    rotation cannot go below), averaged: its time varies with the primes found."""
+    started = time.process_time()
+    for _ in range(samples):
+        generate_key_pair()
+    return (time.process_time() - started) / samples * 1000
 
 
 @dataclass
@@ -64,6 +91,10 @@ class Run:
     exit_code: int
     failed: int
     calls: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds the emulator and OpenBao spent meanwhile (not the rotator's).
+    emulator_cpu: float = 0.0
+    vault_cpu: float = 0.0
+    stdout: bytes = b""
 
     @property
     def zitadel_rps(self) -> float:
@@ -125,7 +156,8 @@ class Bench:
     # -- configs ------------------------------------------------------------------
 
     def config(self, name: str, targets: Sequence[dict[str, Any]], *, concurrency: int = 16,
-               rate_limit: int = 0, listen_port: int | None = None) -> Path:
+               rate_limit: int = 0, listen_port: int | None = None,
+               reconcile_interval: str = "1h") -> Path:
         zitadel: dict[str, Any] = {"url": self.emu.issuer, "api": "v2",
                                    "credentials": {"key_file": str(self.emu.admin_key_file)}}
         if rate_limit:
@@ -136,7 +168,8 @@ class Bench:
                       "auth": {"method": "token", "token_env": "VAULT_TOKEN"}},
             "policy": {"lifetime": "30d", "renew_before": "10d", "grace": "1d"},
             "daemon": {"listen": f"127.0.0.1:{listen_port or free_port()}",
-                       "concurrency": concurrency, "reconcile_interval": "1h", "jitter": "0s"},
+                       "concurrency": concurrency, "reconcile_interval": reconcile_interval,
+                       "jitter": "0s"},
             "targets": list(targets),
         }
         path = self.workdir / f"{name}.yaml"
@@ -148,9 +181,14 @@ class Bench:
 
     # -- running the CLI ----------------------------------------------------------------
 
+    def servers_cpu(self) -> tuple[float, float]:
+        emu = self.emu.process.pid if self.emu.process else None
+        return process_cpu(emu), process_cpu(self.bao.process.pid)
+
     def cli(self, label: str, config: Path, *args: str) -> Run:
         self.emu.reset_counters()
         self.audit.delta()
+        emu_before, bao_before = self.servers_cpu()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         proc = subprocess.run(
@@ -158,18 +196,22 @@ class Bench:
             capture_output=True, env=self.env(), check=False, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        emu_after, bao_after = self.servers_cpu()
         counters = self.emu.counters()
         run = Run(
             label=label, wall=wall,
             cpu=(after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
             zitadel_calls=int(counters["total"]), vault_calls=self.audit.delta(),
             rate_limited=int(counters["rate_limited"]), exit_code=proc.returncode,
-            failed=proc.stdout.count(b"rotation.failed"), calls=dict(counters["calls"]))
+            failed=proc.stdout.count(b"rotation.failed"), calls=dict(counters["calls"]),
+            emulator_cpu=emu_after - emu_before, vault_cpu=bao_after - bao_before,
+            stdout=proc.stdout)
         self.runs.append(run)
         status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
-        print(f"  {label}: {wall:.2f}s wall, {run.cpu:.2f}s CPU, {run.zitadel_calls} ZITADEL "
-              f"calls, {run.vault_calls} Vault calls, {run.rate_limited} x 429, "
-              f"{run.failed} failed, {status}", flush=True)
+        print(f"  {label}: {wall:.2f}s wall, {run.cpu:.2f}s CPU (emulator {run.emulator_cpu:.2f}s, "
+              f"OpenBao {run.vault_cpu:.2f}s), {run.zitadel_calls} ZITADEL calls, "
+              f"{run.vault_calls} Vault calls, {run.rate_limited} x 429, {run.failed} failed, "
+              f"{status}, load {load()}", flush=True)
         if proc.returncode != 0:
             errors = re.findall(rb'"error": ?"([^"]{0,200})', proc.stdout)[:2]
             tail = proc.stderr.decode(errors="replace").strip().splitlines()[-2:]
@@ -214,6 +256,51 @@ class Bench:
         print(f"  {label}: VmRSS {rss_kib / 1024:.0f} MiB after {wall:.1f}s{note}", flush=True)
         return rss_kib / 1024
 
+    def due_delay(self, others: list[dict[str, Any]], due_in: float, timeout: float) -> float:
+        """Seconds between a PAT target's due time and its ``rotation.started`` in a
+        daemon that reconciles ``others`` all the while (``reconcile_interval: 1s``:
+        the pass queue never runs dry).  The due target comes first in the config, so
+        the first pass learns its due time at once; it comes due ``due_in`` seconds
+        after seeding, by then the daemon is well into passing over the others."""
+        renew_before = timedelta(days=10)  # the bench's policy
+        due_at = datetime.now(UTC) + timedelta(seconds=due_in)
+        target = self.idle_targets("due-", 1, expires=due_at + renew_before)[0]
+        config = self.config("due", [target, *others], reconcile_interval="1s")
+        out = self.workdir / "due-daemon.out"
+        self.audit.delta()
+        with out.open("wb") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rotator", "--config", str(config), "run"],
+                stdout=sink, stderr=subprocess.DEVNULL, env=self.env(), stdin=subprocess.DEVNULL)
+        started_at: datetime | None = None
+        begun = time.perf_counter()
+        try:
+            while time.perf_counter() - begun < timeout and started_at is None:
+                time.sleep(0.5)
+                for line in out.read_bytes().splitlines():
+                    if b'"rotation.started"' in line and target["name"].encode() in line:
+                        event = json.loads(line)
+                        started_at = datetime.fromisoformat(event["timestamp"])
+                        break
+            wall = time.perf_counter() - begun
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        vault_rps = self.audit.delta() / wall
+        if started_at is None:
+            print(f"  due rotation with {len(others)} others reconciled: NOT started within "
+                  f"{timeout:.0f}s", flush=True)
+            return float("nan")
+        delay = (started_at - due_at).total_seconds()
+        print(f"  due rotation with {len(others)} others reconciled all the while: started "
+              f"{delay:.2f}s after its due time ({vault_rps:.0f} Vault requests/s meanwhile), "
+              f"load {load()}", flush=True)
+        return delay
+
     # -- fleets ---------------------------------------------------------------------------
 
     def key_targets(self, prefix: str, count: int) -> list[dict[str, Any]]:
@@ -223,10 +310,11 @@ class Bench:
         return [{"name": u["username"], "user": u["login_name"], "kind": "key",
                  "vault_path": f"zitadel/{u['username']}"} for u in users]
 
-    def idle_targets(self, prefix: str, count: int) -> list[dict[str, Any]]:
+    def idle_targets(self, prefix: str, count: int,
+                     expires: datetime | None = None) -> list[dict[str, Any]]:
         """``count`` PAT targets whose PAT (25 days left: nothing due) is already
         at the consumer path; the rotator adopts them on its first pass."""
-        expires = datetime.now(UTC) + timedelta(days=25)
+        expires = expires or datetime.now(UTC) + timedelta(days=25)
         users = self.emu.bulk(count, prefix=prefix, pats_per_user=1,
                               expiration=expires.isoformat())["users"]
         client = self.bao.client()
@@ -248,6 +336,41 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def rotate_figures(bench: Bench, fig: dict[str, float], *, n: int, rtt: float, latency_ms: int,
+                   conc: int) -> None:
+    """``rotate --all`` of n keys at concurrency 1 and ``conc``; one PAT rotation."""
+    print("rotate --all (keys):", flush=True)
+    bench.emu.set_faults(latency_ms=latency_ms)
+    one = bench.cli("one key (start-up cost)", bench.config("one", bench.key_targets("k1-", 1)),
+                    "rotate", "--all")
+    c1 = bench.cli("concurrency 1", bench.config("c1", bench.key_targets("kc1-", n),
+                                                 concurrency=1),
+                   "rotate", "--all", "--concurrency", "1")
+    cn = bench.cli(f"concurrency {conc}",
+                   bench.config("cn", bench.key_targets("kcn-", n)),
+                   "rotate", "--all", "--concurrency", str(conc))
+    calls_per_rotation = cn.zitadel_calls / n
+    # the CLI's own start-up (imports, config, login) is paid once per run
+    cpu_per_rotation = max(cn.cpu - one.cpu, 0.0) / max(n - 1, 1)
+    fig.update(emulator_ms=cn.emulator_cpu / n * 1000, openbao_ms=cn.vault_cpu / n * 1000,
+               c1_cpu_ms=max(c1.cpu - one.cpu, 0.0) / max(n - 1, 1) * 1000,
+               load_rotate=os.getloadavg()[0])
+    latency_bound = n * calls_per_rotation * rtt / conc
+    cpu_floor = n * cpu_per_rotation / CORES
+    fig.update(c1_wall=c1.wall, cn_wall=cn.wall, speedup=c1.wall / cn.wall,
+               calls_per_rotation=calls_per_rotation,
+               vault_per_rotation=cn.vault_calls / n, cpu_ms=cpu_per_rotation * 1000,
+               latency_bound=latency_bound, cpu_floor=cpu_floor,
+               vs_bound=cn.wall / max(latency_bound, cpu_floor))
+
+    user = bench.emu.bulk(1, prefix="pat1-")["users"][0]  # no PAT yet: rotate creates one
+    pat = {"name": user["username"], "user": user["login_name"], "kind": "pat",
+           "vault_path": f"zitadel/{user['username']}"}
+    pat_run = bench.cli("rotate one PAT target (v2)", bench.config("pat1", [pat]),
+                        "rotate", pat["name"])
+    fig["pat_wall"] = pat_run.wall
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./scripts/bench scale",
                                      description=__doc__.splitlines()[0])
@@ -265,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     small = min(1000, big)
     rate_keys = args.rate_keys or n
     print(f"scale benchmark: {n} keys, idle {small} and {big} targets, RTT {args.latency_ms} ms, "
-          f"{CORES} cores", flush=True)
+          f"{CORES} cores, load {load()}", flush=True)
+    keygen_ms = keygen_cpu_ms()
+    print(f"RSA-2048 key generation alone: {keygen_ms:.0f} ms CPU, load {load()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
             audited_openbao(Path(tmp) / "vault-audit.log") as bao, \
@@ -273,28 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = Path(tmp)
         audit = VaultAudit(workdir / "vault-audit.log")
         bench = Bench(emu, bao, bao.enable_kv(), workdir, audit)
-        fig: dict[str, float] = {}
+        fig: dict[str, float] = {"keygen_ms": keygen_ms, "load_start": os.getloadavg()[0]}
 
-        print("rotate --all (keys):", flush=True)
-        emu.set_faults(latency_ms=args.latency_ms)
-        one = bench.cli("one key (start-up cost)", bench.config("one", bench.key_targets("k1-", 1)),
-                        "rotate", "--all")
-        c1 = bench.cli("concurrency 1", bench.config("c1", bench.key_targets("kc1-", n),
-                                                     concurrency=1),
-                       "rotate", "--all", "--concurrency", "1")
-        cn = bench.cli(f"concurrency {args.concurrency}",
-                       bench.config("cn", bench.key_targets("kcn-", n)),
-                       "rotate", "--all", "--concurrency", str(args.concurrency))
-        calls_per_rotation = cn.zitadel_calls / n
-        # the CLI's own start-up (imports, config, login) is paid once per run
-        cpu_per_rotation = max(cn.cpu - one.cpu, 0.0) / max(n - 1, 1)
-        latency_bound = n * calls_per_rotation * rtt / args.concurrency
-        cpu_floor = n * cpu_per_rotation / CORES
-        fig.update(c1_wall=c1.wall, cn_wall=cn.wall, speedup=c1.wall / cn.wall,
-                   calls_per_rotation=calls_per_rotation,
-                   vault_per_rotation=cn.vault_calls / n, cpu_ms=cpu_per_rotation * 1000,
-                   latency_bound=latency_bound, cpu_floor=cpu_floor,
-                   vs_bound=cn.wall / max(latency_bound, cpu_floor))
+        rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
+                       conc=args.concurrency)
 
         print("rate budget:", flush=True)
         emu.set_faults(latency_ms=args.latency_ms, rate_limit=50)
@@ -329,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"idle_vault_{count}": once.vault_calls / count,
                         f"plan_zitadel_{count}": plan.zitadel_calls / count})
 
+        print("due rotation during reconciles:", flush=True)
+        # due when the daemon is a few seconds into passing over the others
+        fig["due_delay"] = bench.due_delay(idle[:small], due_in=12.0, timeout=90)
+
         print("daemon memory:", flush=True)
         fig["rss_10"] = bench.daemon_rss("10 targets", cfg_ten, 10, timeout=120)
         fig[f"rss_{big}"] = bench.daemon_rss(f"{big} targets", cfg_big, big, timeout=900)
@@ -341,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, rtt_ms: int,
             rate_keys: int) -> None:
     rows = [
+        ("load average (1 min) at start / after rotate --all",
+         f"{fig['load_start']:.1f} / {fig['load_rotate']:.1f}"),
+        ("RSA-2048 key generation alone (CPU)", f"{fig['keygen_ms']:.0f} ms"),
         (f"rotate --all {n} keys, concurrency 1", f"{fig['c1_wall']:.1f} s"),
         (f"rotate --all {n} keys, concurrency {conc}", f"{fig['cn_wall']:.1f} s"),
         ("  speed-up", f"{fig['speedup']:.1f}x"),
@@ -350,6 +464,11 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
         ("  ZITADEL calls per rotation", f"{fig['calls_per_rotation']:.2f}"),
         ("  Vault calls per rotation", f"{fig['vault_per_rotation']:.2f}"),
         ("  rotator CPU per rotation (start-up excl.)", f"{fig['cpu_ms']:.0f} ms"),
+        ("    of it not key generation", f"{fig['cpu_ms'] - fig['keygen_ms']:.0f} ms"),
+        ("    at concurrency 1", f"{fig['c1_cpu_ms']:.0f} ms"),
+        ("  emulator / OpenBao CPU per rotation",
+         f"{fig['emulator_ms']:.0f} / {fig['openbao_ms']:.0f} ms"),
+        ("rotate one PAT target (v2, wall, start-up incl.)", f"{fig['pat_wall']:.2f} s"),
         (f"rate_limit 40, {rate_keys} keys: ZITADEL requests/s", f"{fig['rl40_rps']:.1f}"),
         ("  429s / failed targets", f"{fig['rl40_429']:.0f} / {fig['rl40_failed']:.0f}"),
         (f"no client limit, emulator 50/s, {rate_keys} keys: requests/s",
@@ -365,7 +484,9 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
              f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
             (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
         ]
-    rows += [("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
+    rows += [(f"due rotation's start delay, {small} others reconciled",
+              f"{fig['due_delay']:.2f} s"),
+             ("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
              (f"daemon RSS, {big} targets", f"{fig[f'rss_{big}']:.0f} MiB"),
              ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB")]
     width = max(len(k) for k, _ in rows)
