@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,8 +45,6 @@ from typing import Any, Protocol, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-import requests.adapters
-import requests.utils
 
 from rotator import netcause
 from rotator.clock import Clock, SystemClock
@@ -59,6 +56,7 @@ from rotator.errors import (
     VaultUnavailable,
 )
 from rotator.model import StoredSecret
+from rotator.vault_http import VaultSession
 
 log = logging.getLogger(__name__)
 
@@ -214,34 +212,6 @@ def _metadata_payload(custom_metadata: Mapping[str, str]) -> dict[str, str]:
     return {key: str(value) for key, value in custom_metadata.items() if value not in ("", None)}
 
 
-#: Connections kept open to Vault: one per worker thread (``daemon.concurrency`` is at
-#: most 256), so none is reopened per request (requests keeps 10 by default).
-POOL_SIZE = 256
-
-
-def http_session(url: str, ca_file: str | None = None) -> requests.Session:
-    """A requests session for Vault at ``url`` that reads the environment once.
-
-    With ``trust_env`` (the default) requests re-reads every environment
-    variable on every request to look for proxy settings and a CA bundle:
-    about a millisecond of CPU each, more than the rest of a Vault call.  The
-    same settings are taken here once, with requests' own functions and
-    precedence: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` for this URL, and
-    ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` unless ``ca_file`` is given.
-    (``.netrc`` credentials, which requests would also add, have no use with
-    Vault's token header and are not read.)
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = requests.utils.get_environ_proxies(url)
-    env_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    session.verify = ca_file or env_bundle or True
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
 class VaultStore:
     """:class:`rotator.ports.SecretStore` on one KV v2 mount."""
 
@@ -274,7 +244,7 @@ class VaultStore:
         clock: Clock | None = None,
     ) -> VaultStore:
         """A store with its own hvac client; ``timeout`` bounds every request (seconds)."""
-        session = http_session(url, ca_file)
+        session = VaultSession(url, ca_file)
         client = hvac.Client(
             url=url,
             timeout=timeout,
