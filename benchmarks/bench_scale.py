@@ -310,6 +310,12 @@ class Bench:
         return [{"name": u["username"], "user": u["login_name"], "kind": "key",
                  "vault_path": f"zitadel/{u['username']}"} for u in users]
 
+    def pat_targets(self, prefix: str, count: int) -> list[dict[str, Any]]:
+        """``count`` machine users without credentials, as PAT targets."""
+        users = self.emu.bulk(count, prefix=prefix)["users"]
+        return [{"name": u["username"], "user": u["login_name"], "kind": "pat",
+                 "vault_path": f"zitadel/{u['username']}"} for u in users]
+
     def idle_targets(self, prefix: str, count: int,
                      expires: datetime | None = None) -> list[dict[str, Any]]:
         """``count`` PAT targets whose PAT (25 days left: nothing due) is already
@@ -350,6 +356,7 @@ def rotate_figures(bench: Bench, fig: dict[str, float], *, n: int, rtt: float, l
                    bench.config("cn", bench.key_targets("kcn-", n)),
                    "rotate", "--all", "--concurrency", str(conc))
     calls_per_rotation = cn.zitadel_calls / n
+    fig["startup_wall"] = one.wall  # start-up and one rotation: what a run pays once
     # the CLI's own start-up (imports, config, login) is paid once per run
     cpu_per_rotation = max(cn.cpu - one.cpu, 0.0) / max(n - 1, 1)
     fig.update(emulator_ms=cn.emulator_cpu / n * 1000, openbao_ms=cn.vault_cpu / n * 1000,
@@ -362,13 +369,37 @@ def rotate_figures(bench: Bench, fig: dict[str, float], *, n: int, rtt: float, l
                vault_per_rotation=cn.vault_calls / n, cpu_ms=cpu_per_rotation * 1000,
                latency_bound=latency_bound, cpu_floor=cpu_floor,
                vs_bound=cn.wall / max(latency_bound, cpu_floor))
+    # without the start-up both runs pay once (it weighs on a reduced-size run)
+    c1_net, cn_net = c1.wall - one.wall, cn.wall - one.wall
+    fig.update(speedup_net=c1_net / cn_net if cn_net > 0 else float("nan"),
+               vs_bound_net=cn_net / max(latency_bound, cpu_floor))
 
-    user = bench.emu.bulk(1, prefix="pat1-")["users"][0]  # no PAT yet: rotate creates one
-    pat = {"name": user["username"], "user": user["login_name"], "kind": "pat",
-           "vault_path": f"zitadel/{user['username']}"}
+    pat = bench.pat_targets("pat1-", 1)[0]  # no PAT yet: rotate creates one
     pat_run = bench.cli("rotate one PAT target (v2)", bench.config("pat1", [pat]),
                         "rotate", pat["name"])
     fig["pat_wall"] = pat_run.wall
+
+
+def rate_figures(bench: Bench, fig: dict[str, float], *, keys: int, latency_ms: int,
+                 conc: int) -> None:
+    """Requests/s and 429s against an emulator that allows 50 requests/s: key
+    rotations (as the issue asks), and PAT rotations, which need no key
+    generation and so ask for more than 50/s even on a loaded machine."""
+    print("rate budget (emulator limit 50 requests/s):", flush=True)
+    bench.emu.set_faults(latency_ms=latency_ms, rate_limit=50)
+    startup = fig["startup_wall"]
+    for kind, make in (("keys", bench.key_targets), ("PATs", bench.pat_targets)):
+        for limit in (40, 0):
+            label = f"{keys} {kind}, " + (f"zitadel.rate_limit {limit}" if limit else
+                                          "no client limit")
+            tag = f"{kind.lower()}{limit}"
+            run = bench.cli(label, bench.config(f"rl-{tag}", make(f"rl{tag}-", keys),
+                                                rate_limit=limit),
+                            "rotate", "--all", "--concurrency", str(conc))
+            fig.update({f"rl_{tag}_rps": run.zitadel_calls / max(run.wall - startup, 1e-3),
+                        f"rl_{tag}_429": run.rate_limited, f"rl_{tag}_failed": run.failed,
+                        f"rl_{tag}_exit": run.exit_code})
+    bench.emu.set_faults(latency_ms=latency_ms)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,18 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
                        conc=args.concurrency)
 
-        print("rate budget:", flush=True)
-        emu.set_faults(latency_ms=args.latency_ms, rate_limit=50)
-        rl40 = bench.cli("zitadel.rate_limit 40 (emulator limit 50/s)",
-                         bench.config("rl40", bench.key_targets("krl40-", rate_keys),
-                                      rate_limit=40),
-                         "rotate", "--all", "--concurrency", str(args.concurrency))
-        rl0 = bench.cli("no client limit (emulator limit 50/s)",
-                        bench.config("rl0", bench.key_targets("krl0-", rate_keys)),
-                        "rotate", "--all", "--concurrency", str(args.concurrency))
-        emu.set_faults(latency_ms=args.latency_ms)
-        fig.update(rl40_rps=rl40.zitadel_rps, rl40_429=rl40.rate_limited, rl40_failed=rl40.failed,
-                   rl0_rps=rl0.zitadel_rps, rl0_429=rl0.rate_limited, rl0_failed=rl0.failed)
+        rate_figures(bench, fig, keys=rate_keys, latency_ms=args.latency_ms,
+                     conc=args.concurrency)
 
         print(f"idle passes (v2, PAT targets adopted from bulk seeding, RTT {args.latency_ms} ms):",
               flush=True)
@@ -458,9 +479,11 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
         (f"rotate --all {n} keys, concurrency 1", f"{fig['c1_wall']:.1f} s"),
         (f"rotate --all {n} keys, concurrency {conc}", f"{fig['cn_wall']:.1f} s"),
         ("  speed-up", f"{fig['speedup']:.1f}x"),
+        ("  speed-up, start-up excl. (one-key run's wall)", f"{fig['speedup_net']:.1f}x"),
         (f"  latency bound (N x calls x {rtt_ms} ms / {conc})", f"{fig['latency_bound']:.1f} s"),
         (f"  CPU floor (N x CPU / {CORES} cores)", f"{fig['cpu_floor']:.1f} s"),
         ("  wall / max(bound, floor)", f"{fig['vs_bound']:.2f}x"),
+        ("  the same, start-up excl.", f"{fig['vs_bound_net']:.2f}x"),
         ("  ZITADEL calls per rotation", f"{fig['calls_per_rotation']:.2f}"),
         ("  Vault calls per rotation", f"{fig['vault_per_rotation']:.2f}"),
         ("  rotator CPU per rotation (start-up excl.)", f"{fig['cpu_ms']:.0f} ms"),
@@ -469,12 +492,18 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
         ("  emulator / OpenBao CPU per rotation",
          f"{fig['emulator_ms']:.0f} / {fig['openbao_ms']:.0f} ms"),
         ("rotate one PAT target (v2, wall, start-up incl.)", f"{fig['pat_wall']:.2f} s"),
-        (f"rate_limit 40, {rate_keys} keys: ZITADEL requests/s", f"{fig['rl40_rps']:.1f}"),
-        ("  429s / failed targets", f"{fig['rl40_429']:.0f} / {fig['rl40_failed']:.0f}"),
-        (f"no client limit, emulator 50/s, {rate_keys} keys: requests/s",
-         f"{fig['rl0_rps']:.1f}"),
-        ("  429s / failed targets", f"{fig['rl0_429']:.0f} / {fig['rl0_failed']:.0f}"),
     ]
+    for kind in ("keys", "PATs"):
+        for limit in (40, 0):
+            tag = f"{kind.lower()}{limit}"
+            what = f"rate_limit {limit}" if limit else "no client limit"
+            exit_code = fig[f"rl_{tag}_exit"]
+            rows += [
+                (f"{what}, emulator 50/s, {rate_keys} {kind}: requests/s (start-up excl.)",
+                 f"{fig[f'rl_{tag}_rps']:.1f}"),
+                ("  429s / failed targets / exit",
+                 f"{fig[f'rl_{tag}_429']:.0f} / {fig[f'rl_{tag}_failed']:.0f} / {exit_code:.0f}"),
+            ]
     for count in sorted({small, big}):
         rows += [
             (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
