@@ -18,7 +18,12 @@ Measured (issue 16):
   --targets PAT targets (v2), adopted from bulk-seeded PATs;
 - daemon RSS (VmRSS) after its first pass at 10 and --targets targets;
 - requests/s with ``zitadel.rate_limit: 40``, and 429s / failed targets with an
-  emulator limit of 50 requests/s and no client limit.
+  emulator limit of 50 requests/s and no client limit, for key rotations and for
+  PAT rotations (no key generation: they ask for more than 50/s on any machine);
+- ``rotate T`` of one PAT target (v2), wall time with the start-up;
+- a due rotation's start delay in a daemon that reconciles 1,000 others all the while;
+- the load average, RSA-2048 key generation alone (what a key rotation's CPU
+  cannot go below), and the emulator's and OpenBao's CPU per rotation.
 """
 
 from __future__ import annotations
