@@ -101,6 +101,11 @@ class VaultSession(requests.Session):
                 return response
         return super().request(method, url, *args, **kwargs)
 
+    def close(self) -> None:
+        super().close()
+        if self._fast is not None:
+            self._fast.clear()
+
     def _plain(self, kwargs: Mapping[str, Any]) -> bool:
         """Nothing in the call or the session that requests' own path must handle."""
         if self._fast is None or any(kwargs.get(name) for name in _REQUESTS_ONLY):

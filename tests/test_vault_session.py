@@ -140,3 +140,11 @@ def test_tls_trusts_the_configured_ca_and_refuses_an_unknown_one(
     with pytest.raises(requests.exceptions.SSLError) as refused:
         VaultSession(url).request("POST", f"{url}/active/x", json={}, timeout=5)
     assert "certificate verify failed" in str(refused.value)
+
+
+def test_closing_the_session_closes_its_connections(openbao: OpenBao) -> None:
+    session = VaultSession(openbao.url)
+    assert session.request("GET", f"{openbao.url}/v1/sys/health", timeout=5).ok
+    session.close()
+    assert session._fast is not None
+    assert not session._fast.pools  # the kept connections are gone
