@@ -3,11 +3,15 @@
 ZITADEL Cloud allows 50 requests/s per client IP and bans the IP for a
 minute when that is exceeded for long (``shared/zitadel-api.md`` §13);
 self-hosted instances may have quotas.  :class:`RateLimiter` is a token
-bucket (``rate`` per second, ``burst`` at once) that also slows down by
-itself: a 429 / ``RESOURCE_EXHAUSTED`` halves the rate it allows, and every
-call answered since creeps it back up (additive increase, multiplicative
-decrease, as TCP does).  Without a configured rate it only does the latter,
-starting from ``unlimited``.
+bucket (``rate`` per second, ``burst`` at once: a quarter of a second's worth
+unless configured, so no one-second window sees more than ``1.25 x rate``)
+that also slows down by itself: a 429 / ``RESOURCE_EXHAUSTED`` halves the rate
+it allows, and every call answered since creeps it back up (additive
+increase, multiplicative decrease, as TCP does).  Without a configured rate
+it only does the latter: the first 429 halves the rate it measured over the
+last second.  The answers to calls that were already sent when the rate was
+cut halve nothing more (for a second): a burst of throttled answers to
+sixteen calls in flight is one signal, not sixteen.
 
 :class:`LimitedTransport` puts every call of a ZITADEL transport through it
 and retries a throttled call after the bucket allows it again, so a 429 is
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar, cast
@@ -34,6 +39,9 @@ UNLIMITED = 1_000_000.0
 _FLOOR = 0.5
 #: Throttled answers retried at most this often per call.
 _THROTTLE_RETRIES = 8
+#: The window over which the sending rate is measured, and after a cut in
+#: which further throttled answers (to calls sent before it) cut nothing.
+_WINDOW = 1.0
 
 
 class RateLimiter:
@@ -46,12 +54,15 @@ class RateLimiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.limit = rate or UNLIMITED
-        self.burst = float(burst or max(1, round(rate)) if rate else 1_000)
+        self.burst = float(burst or max(1, round(rate / 4)) if rate else 1_000)
         self._rate = self.limit
         self._tokens = self.burst
         self._clock, self._sleep = clock, sleep
         self._stamp = clock()
         self._lock = threading.Lock()
+        #: When the calls of the last ``_WINDOW`` were let through.
+        self._sent: deque[float] = deque()
+        self._calm_until = float("-inf")
         #: How many calls were throttled by ZITADEL, and how long callers waited here.
         self.throttled = 0
         self.waited = 0.0
@@ -70,17 +81,29 @@ class RateLimiter:
                 self._stamp = now
                 if self._tokens >= 1 - 1e-9:  # float dust must not make a caller spin
                     self._tokens -= 1
+                    self._sent.append(now)
+                    while self._sent[0] <= now - _WINDOW:
+                        self._sent.popleft()
                     return
                 wait = max((1 - self._tokens) / self._rate, 1e-6)
             self.waited += wait
             self._sleep(wait)
 
     def throttled_by_server(self) -> None:
-        """ZITADEL answered 429: halve the rate and drain the bucket."""
+        """ZITADEL answered 429: halve the rate and drain the bucket (once per
+        window: later answers were sent before the cut)."""
         with self._lock:
             self.throttled += 1
-            self._rate = max(_FLOOR, min(self._rate, self.limit) / 2)
+            now = self._clock()
+            if now < self._calm_until:
+                return
+            while self._sent and self._sent[0] <= now - _WINDOW:
+                self._sent.popleft()
+            # what was really sent, when that is less than the allowed rate (no limit set)
+            sending = min(self._rate, self.limit, float(len(self._sent) or self._rate))
+            self._rate = max(_FLOOR, sending / 2)
             self._tokens = min(self._tokens, 0.0)
+            self._calm_until = now + _WINDOW
 
     def answered(self) -> None:
         """A call went through: creep back towards the configured rate."""

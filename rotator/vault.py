@@ -56,6 +56,7 @@ from rotator.errors import (
     VaultUnavailable,
 )
 from rotator.model import StoredSecret
+from rotator.vault_http import VaultSession
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +254,13 @@ class VaultStore:
         clock: Clock | None = None,
     ) -> VaultStore:
         """A store with its own hvac client; ``timeout`` bounds every request (seconds)."""
+        session = VaultSession(url, ca_file)
         client = hvac.Client(
             url=url,
             timeout=timeout,
-            verify=ca_file if ca_file else True,
+            verify=session.verify,
             namespace=namespace,
+            session=session,
         )
         return cls(client, mount, auth=auth, retry=retry, clock=clock)
 

@@ -984,7 +984,7 @@ def test_identity_problems_name_a_missing_a_human_and_a_repeated_user(kit: FastK
     bad = replace(key_target(name="bad"), user="svc-nobody", users=("svc-nobody", "alice"))
     problems = kit.engine.identity_problems(bad)
     assert len(problems) == 2
-    assert "'svc-nobody'" in problems[0]  # in the transport's not-found wording
+    assert "'svc-nobody' not found" in problems[0]
     assert "'alice'" in problems[1]
     assert "human user" in problems[1]
     same = replace(key_target(name="same"), user="svc-twice", users=("svc-twice", login))

@@ -44,7 +44,7 @@ def test_a_throttled_answer_halves_the_rate_and_is_retried_not_raised() -> None:
         answer = next(answers)
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return str(answer)
 
     assert bucket.call(call) == "ok"
     assert bucket.throttled == 1
@@ -99,3 +99,34 @@ def test_threads_share_one_budget() -> None:
     for th in threads:
         th.join()
     assert max(done) >= 99 / 200 * 0.9  # 100 requests at 200/s: about half a second
+
+
+def test_throttled_answers_to_calls_already_in_flight_cut_the_rate_once() -> None:
+    bucket, t = limiter(40)
+    for _ in range(16):  # sixteen workers' calls, all answered 429 at once
+        bucket.throttled_by_server()
+    assert bucket.throttled == 16
+    assert bucket.rate == 20
+    t.now += 1.0  # a second later the server still throttles: that is news
+    bucket.throttled_by_server()
+    assert bucket.rate == 10
+
+
+def test_without_a_configured_rate_a_429_halves_the_rate_measured_over_the_last_second() -> None:
+    bucket, t = limiter(None)
+    for _ in range(120):  # 120 calls in 2 s: 60 in the last second
+        bucket.acquire()
+        t.now += 2 / 120
+    bucket.throttled_by_server()
+    assert bucket.rate == pytest.approx(30, abs=1)
+
+
+def test_by_default_no_one_second_window_sees_more_than_a_quarter_above_the_rate() -> None:
+    bucket, t = limiter(40)
+    sent: list[float] = []
+    for _ in range(200):
+        bucket.acquire()
+        sent.append(t.now)
+    busiest = max(sum(1 for s in sent if start <= s < start + 1.0) for start in sent)
+    assert busiest <= 40 * 1.25  # ZITADEL's own window, e.g. 50/s, is not crossed at 40
+    assert bucket.burst == 10

@@ -258,7 +258,11 @@ class OidcClient:
                 ],
             }
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout), verify=tls_verify(verify_tls), event_hooks=hooks
+            timeout=httpx.Timeout(timeout),
+            verify=tls_verify(verify_tls),
+            event_hooks=hooks,
+            # one kept-alive connection per worker thread (httpx keeps 20; concurrency <= 256)
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
         self._endpoints: Endpoints | None = None
         self._lock = threading.Lock()

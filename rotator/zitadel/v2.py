@@ -91,6 +91,8 @@ DEFAULT_TIMEOUT = 10.0
 PAGE_SIZE = 100
 #: ZITADEL's ``MaxQueryLimit``; larger limits are refused (§4.2).
 MAX_PAGE_SIZE = 1000
+#: Connections kept open to ZITADEL: one per worker thread (daemon.concurrency <= 256).
+CONNECTION_POOL_SIZE = 256
 _MAX_SERVER_TEXT = 300
 
 T = TypeVar("T")
@@ -240,6 +242,9 @@ class _Sdk:
         # What Zitadel.with_access_token builds, without the SDK's other 30 services.
         config = Configuration(PersonalAccessTokenAuthenticator(issuer, token))
         config.default_headers = dict(options.default_headers)
+        # The SDK keeps 5 connections per CPU (10 on two cores): fewer than the
+        # worker threads, and every request past them opens a new connection.
+        config.connection_pool_maxsize = CONNECTION_POOL_SIZE
         if options.ca_cert_path:
             config.ssl_ca_cert = options.ca_cert_path
         if options.insecure:

@@ -580,6 +580,7 @@ CREATE INDEX IF NOT EXISTS pats_by_org
 CREATE INDEX IF NOT EXISTS pats_active
   ON pats (removed_at, created_k, length(id), id, user_id, org_id);
 CREATE INDEX IF NOT EXISTS users_by_org ON users (org_id);
+CREATE INDEX IF NOT EXISTS users_by_username ON users (username);
 """
 
 
@@ -1612,6 +1613,10 @@ class Domain:
             elif isinstance(q, UserNameQ) and q.method == 0:
                 where.append("u.username = ?")
                 args.append(q.value)
+            elif isinstance(q, LoginNameQ) and q.method == 0 and "@" in q.value:
+                # a login name is ``username@org domain``: its user name is indexed
+                where.append("u.username = ?")
+                args.append(q.value.rsplit("@", 1)[0])
             elif isinstance(q, TypeQ):
                 where.append("u.type = ?")
                 args.append(q.type)

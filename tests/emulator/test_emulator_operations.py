@@ -623,6 +623,24 @@ def test_v2_list_users_narrows_by_ids_and_name_with_the_same_answer(
     assert [u["userId"] for u in by_name["result"]] == [acme["users"][11]["id"]]
 
 
+def test_v2_list_users_by_exact_login_name_finds_that_user_only(
+    fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
+) -> None:
+    emu, acme, _ = fleet
+    token = admin_token(emu)
+    user = acme["users"][5]
+    username, domain = user["login_name"].rsplit("@", 1)
+
+    def found(login_name: str) -> list[str]:
+        answer = connect(emu.issuer, "ListUsers", {"queries": [{"loginNameQuery": {
+            "loginName": login_name, "method": "TEXT_QUERY_METHOD_EQUALS"}}]}, token)
+        assert answer.status_code == 200, answer.text
+        return [u["userId"] for u in answer.json().get("result", [])]
+
+    assert found(user["login_name"]) == [user["id"]]
+    assert found(f"{username}@other.{domain}") == []  # the user name, in no org of that domain
+
+
 def test_bulk_seeding_is_one_transaction_with_working_credentials(
     fleet: tuple[Emulator, dict[str, Any], dict[str, Any]],
 ) -> None:
