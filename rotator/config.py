@@ -88,7 +88,7 @@ class ZitadelConfig:
     #: OAuth), shared by all threads; 0: no client-side limit (a 429 still
     #: slows the rotator down).  ZITADEL Cloud allows 50/s per client IP.
     rate_limit: int = 0
-    #: Requests allowed at once above the rate (0: as many as ``rate_limit``).
+    #: Requests allowed at once above the rate (0: a quarter of ``rate_limit``, at least 1).
     rate_burst: int = 0
 
     @property
