@@ -774,7 +774,12 @@ def _identity_problems(config: Config) -> list[str]:
             sys.stderr.write(f"rotator: warning: ZITADEL not reachable, users not checked: "
                              f"{app.zitadel_error}\n")
             return []
-        return [p for target in config.targets for p in app.engine.identity_problems(target)]
+        problems = [p for target in config.targets for p in app.engine.identity_problems(target)]
+        if config.webkey_targets:
+            from rotator.webkey_runner import WebKeyRunner  # noqa: PLC0415
+
+            problems += WebKeyRunner(app).permission_problems()
+        return problems
     finally:
         app.close()
 

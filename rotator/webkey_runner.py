@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rotator.errors import RotatorError
+from rotator.errors import RotatorError, ZitadelPermissionDenied
 from rotator.report import Outcome, RotationResult
 from rotator.webkeys import (
     EMERGENCY_WARNING,
@@ -84,6 +84,19 @@ class WebKeyRunner:
             emit=self._emit, confirm_attempts=confirm_attempts, confirm_delay=confirm_delay,
             **self.retry,
         )
+
+    def permission_problems(self) -> list[str]:
+        """``validate --online``: can the rotator's identity read the web keys?
+        Only reading can be probed without a side effect; creating, activating
+        and deleting need the same instance role (IAM_OWNER), so a refusal here
+        names it."""
+        try:
+            self.client.list()
+        except ZitadelPermissionDenied as exc:
+            names = ", ".join(t.name for t in self.targets)
+            return [f"{names}: the rotator's identity may not read the instance's web keys "
+                    f"(iam.web_key.read): grant it IAM_OWNER ({exc})"]
+        return []
 
     def _emit(self, event: str, **fields: Any) -> None:
         self.app.audit.emit(event, **fields)

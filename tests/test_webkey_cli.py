@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import yaml
 
 from tests.emulator.support import access_token, sign_assertion, token_request
 from tests.harness.audit_schema import problems
@@ -205,3 +206,19 @@ def test_a_process_killed_after_create_resumes_without_a_second_key(wk: WebKeySe
     wk.advance(timedelta(days=1, minutes=1))
     assert wk.run("run", "--once").code == 0
     assert wk.signing_kid() == orphan
+
+
+def test_validate_online_names_the_role_web_keys_need(wk: WebKeySetup, tmp_path: Path) -> None:
+    assert wk.run("validate", "--online").code == 0  # an IAM_OWNER identity reads web keys
+    manager = wk.emu.add_user("org-only-rotator", roles=["ORG_USER_MANAGER"], key=True)
+    key_path = tmp_path / "manager-key.json"
+    key_path.write_text(json.dumps(manager["key_file"]))
+    raw = yaml.safe_load(wk.path.read_text())
+    raw["zitadel"]["credentials"]["key_file"] = str(key_path)
+    wk.path.write_text(yaml.safe_dump(raw))
+
+    refused = wk.run("validate", "--online")
+    assert refused.code == 2, refused.output
+    (line,) = [row for row in refused.stderr.splitlines() if "web keys" in row]
+    assert line.startswith(f"rotator: error: {wk.path}: signing: the rotator's identity may not "
+                           "read the instance's web keys (iam.web_key.read): grant it IAM_OWNER")
