@@ -6,8 +6,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.test_chart import ROOT, Tools, ci_values, tools  # noqa: F401 - the fixture
+import yaml
+
+from tests.test_chart import (  # noqa: F401 - tools: the fixture
+    ROOT,
+    Tools,
+    ci_values,
+    load_rendered_config,
+    render,
+    tools,
+    write_config,
+)
 
 
 def test_the_schema_hints_are_current() -> None:
@@ -39,3 +50,30 @@ def test_the_camel_case_key_is_accepted(tools: Tools) -> None:  # noqa: F811
     result = tools.helm_template(ci_values("default"), sets=["daemon.reconcileInterval=5m"])
     assert result.returncode == 0, result.stderr
     assert "reconcile_interval: 5m" in result.stdout
+
+
+WEBKEY = {"name": "signing", "kind": "webkey", "every": "90d", "publish_ahead": "1d",
+          "retain": "90d", "algorithm": {"ecdsa": {"curve": "P384"}}}
+
+
+def test_a_web_key_target_renders_into_a_config_the_rotator_loads(
+    tools: Tools, tmp_path: Path  # noqa: F811
+) -> None:
+    values = yaml.safe_load(ci_values("default").read_text())
+    values["targets"] = [*values["targets"], WEBKEY]
+    path = tmp_path / "webkey-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    config = load_rendered_config(write_config(render(tools, path), tmp_path, "webkey"))
+    (signing,) = config.webkey_targets
+    assert (signing.name, signing.algorithm.kind, signing.algorithm.curve) == (
+        "signing", "ecdsa", "P384")
+
+
+def test_a_web_key_target_with_a_vault_path_is_refused_by_the_schema(
+    tools: Tools, tmp_path: Path  # noqa: F811
+) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump({"targets": [{**WEBKEY, "vault_path": "zitadel/signing"}]}))
+    result = tools.helm_template(ci_values("default"), bad)
+    assert result.returncode != 0
+    assert "at '/targets/0'" in result.stderr, result.stderr
