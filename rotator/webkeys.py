@@ -259,7 +259,7 @@ class WebKeyRotation:
             state.active_since = _iso(run.now)
             self._write(run)
         self._retire(run)
-        if emergency and state.step in ("creating", "created", "published") \
+        if emergency and state.step in ("creating", "created", "published", "activating") \
                 and not state.emergency:
             # a normal cycle is under way: its new key is activated now, as an emergency
             state.emergency, state.warning = True, EMERGENCY_WARNING

@@ -394,3 +394,27 @@ def test_validate_rules() -> None:
     with pytest.raises(ConfigError, match="retain: must be at least 12h"):
         check_target(WebKeyTarget("t", retain=timedelta(hours=1)))
     check_target(WebKeyTarget("t", retain=timedelta(hours=1)), force=True)
+
+
+def test_an_emergency_during_activation_activates_at_once_and_deletes_the_compromised_key(
+    world: World,
+) -> None:
+    """An activation that failed leaves the cycle at step ``activating``; the
+    operator then declares the active key compromised: the pass is an emergency
+    (no ``retain`` for the compromised key), not a normal activation."""
+    rot = world.rotation()
+    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1))
+    compromised = world.active()
+    assert rot.reconcile(target, rotate_now=True).outcome == "waiting"
+    world.clock.advance(timedelta(hours=2))
+    world.emu.set_faults(rules=[{"method": "ActivateWebKey", "code": "internal", "count": 1}])
+    failed = rot.reconcile(target)
+    world.emu.clear_faults()
+    assert (failed.outcome, failed.state.step) == ("failed", "activating")
+
+    result = rot.reconcile(target, rotate_now=True, emergency=True, trigger="cli")
+    assert result.outcome == "activated"
+    assert result.state.emergency
+    assert result.warnings == [EMERGENCY_WARNING]
+    assert compromised not in world.states()
+    assert compromised not in world.api.published()
