@@ -13,7 +13,8 @@ A cycle goes, one step per reconcile when its time has come::
                does not (or the key was never served), the previous key is
                activated again and the cycle is reported ``rolled_back``
     retire     ``retain`` after activation the previous key is deleted - only
-               if the rotator created it, or the target says ``adopt: true``
+               if the rotator created it, or the target says ``adopt: true``, or
+               it is the key an emergency declared compromised
 
 Every side effect is preceded by a CAS write of the state saying what is about
 to happen, so a crash at any point resumes: a ``creating`` intent looks for an
@@ -22,9 +23,10 @@ re-activates (ActivateWebKey on the active key is a no-op); deletions are
 idempotent in ZITADEL (an unknown or removed key deletes fine).
 
 ``emergency`` creates and activates at once (no ``publish_ahead``) and deletes
-the compromised key right after activation: relying parties with a cached JWKS
-reject new tokens until they refresh, and every token the old key signed stops
-verifying.  The state, the audit trail and ``status`` say so.
+the compromised key (the one active when it was declared, whoever created it:
+``adopt`` does not protect a compromised key) right after activation: relying
+parties with a cached JWKS reject new tokens until they refresh, and every token
+the old key signed stops verifying.  The state, the audit trail and ``status`` say so.
 """
 
 from __future__ import annotations
@@ -118,6 +120,9 @@ class Retiring:
     kid: str
     delete_at: str  # ISO instant
     owned: bool
+    #: the active key when the operator declared an emergency: deleted whoever
+    #: created it (``adopt`` protects keys from routine retirement, not this)
+    compromised: bool = False
 
 
 @dataclass
@@ -343,12 +348,12 @@ class WebKeyRotation:
         retain = timedelta(0) if state.emergency else target.retain
         if previous and previous != state.new:
             owned = previous in state.owned or target.adopt
-            state.retiring = [*state.retiring,
-                              Retiring(previous, _iso(run.now + retain), bool(owned))]
+            state.retiring = [*state.retiring, Retiring(previous, _iso(run.now + retain),
+                                                        bool(owned), state.emergency)]
         state.current, state.active_since = state.new, _iso(run.now)
         state.step, state.new, state.previous, state.next_at = "idle", None, None, None
         state.rollbacks, state.rolled_back_at = 0, None
-        state.last_result = "activated"
+        state.last_result, state.last_error = "activated", None
         self._write(run)
         run.emit("webkey.activated", outcome="success", key_id=state.current,
                  previous_key_id=previous, warning=state.warning)
@@ -414,11 +419,11 @@ class WebKeyRotation:
                 continue
             if item.kid == state.current:
                 state.retiring.remove(item)  # rolled back onto it: it signs again
-            elif item.owned or target.adopt:
+            elif item.owned or item.compromised or target.adopt:
                 self.api.delete(item.kid)
                 state.retiring.remove(item)
                 emit("webkey.deleted", outcome="success", key_id=item.kid,
-                     reason="emergency" if state.emergency else "retained")
+                     reason="compromised" if item.compromised else "retained")
             else:
                 state.retiring.remove(item)
                 emit("webkey.kept", outcome=None, key_id=item.kid,
@@ -501,8 +506,8 @@ def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
         steps.append(cycle_due(target, state, now, retry_base=retry_base, retry_cap=retry_cap,
                                max_rollbacks=max_rollbacks))
     steps += [NextStep("delete", _at(r.delete_at), r.kid,
-                       note=None if r.owned or target.adopt else "kept: not created by the "
-                       "rotator (adopt: false)")
+                       note=None if r.owned or r.compromised or target.adopt
+                       else "kept: not created by the rotator (adopt: false)")
               for r in state.retiring]
     return sorted(steps, key=lambda s: s.at or datetime.max.replace(tzinfo=now.tzinfo))
 

@@ -173,7 +173,7 @@ def test_emergency_is_refused_for_other_kinds_and_warns_for_web_keys(wk: WebKeyS
     assert status.code == 0, status.output
     assert "signing: WARNING: emergency rotation: the new key signs at once" in status.stdout
     deleted = [e for e in wk.audit() if e["event"] == "webkey.deleted"]
-    assert [(e["key_id"], e["reason"]) for e in deleted] == [(compromised, "emergency")]
+    assert [(e["key_id"], e["reason"]) for e in deleted] == [(compromised, "compromised")]
     # the danger passes with the JWKS cache's max-age
     wk.advance(timedelta(minutes=6))
     assert "WARNING" not in wk.run("status", "signing").stdout

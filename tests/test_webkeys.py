@@ -418,3 +418,21 @@ def test_an_emergency_during_activation_activates_at_once_and_deletes_the_compro
     assert result.warnings == [EMERGENCY_WARNING]
     assert compromised not in world.states()
     assert compromised not in world.api.published()
+
+
+def test_an_emergency_deletes_the_compromised_key_even_one_the_rotator_did_not_create(
+    world: World,
+) -> None:
+    """``adopt: false`` protects keys the rotator did not create from routine
+    retirement, not a key the operator declared compromised: it is deleted as
+    soon as the new key signs, and the audit trail says why."""
+    rot = world.rotation()
+    compromised = world.active()  # the instance's initial key: not the rotator's
+    result = rot.reconcile(WebKeyTarget("instance-keys"), emergency=True, trigger="cli")
+    assert result.outcome == "activated"
+    assert compromised not in world.states()
+    assert compromised not in world.api.published()
+    assert result.warnings == [EMERGENCY_WARNING]
+    (deleted,) = [e for e in world.events if e["event"] == "webkey.deleted"]
+    assert (deleted["key_id"], deleted["reason"]) == (compromised, "compromised")
+    assert not [e for e in world.events if e["event"] == "webkey.kept"]
