@@ -200,6 +200,12 @@ def test_a_process_killed_after_create_resumes_without_a_second_key(wk: WebKeySe
                             text=True, timeout=120, check=False)
     assert killed.returncode == 137, killed.stderr
     (orphan,) = set(wk.keys()) - before
+    # the killed process's claim holds until its deadline: no one acts meanwhile...
+    yielded = wk.run("rotate", "signing")
+    assert yielded.code == 1, yielded.output
+    assert "web key target signing is run by" in yielded.output
+    assert set(wk.keys()) - before == {orphan}
+    wk.advance(timedelta(minutes=10))  # ... then another process takes over
     resumed = wk.run("rotate", "signing")
     assert resumed.code == 0, resumed.output
     assert set(wk.keys()) - before == {orphan}  # found, not created again
