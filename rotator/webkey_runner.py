@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from rotator.app import process_identity
 from rotator.errors import RotatorError, ZitadelPermissionDenied
 from rotator.report import Outcome, RotationResult
 from rotator.webkeys import (
@@ -82,6 +83,11 @@ class WebKeyRunner:
             self.client, app.store, clock=app.clock,
             state_path=lambda t: f"{prefix}/webkeys/{t.name}",
             emit=self._emit, confirm_attempts=confirm_attempts, confirm_delay=confirm_delay,
+            identity=process_identity(config),
+            # a step's claim outlives its calls (the confirm polls included); each
+            # state write renews it
+            claim_timeout=(6 * max(config.zitadel.timeout, config.vault.timeout)
+                           + timedelta(seconds=confirm_attempts * confirm_delay)),
             **self.retry,
         )
 

@@ -13,7 +13,8 @@ A cycle goes, one step per reconcile when its time has come::
                does not (or the key was never served), the previous key is
                activated again and the cycle is reported ``rolled_back``
     retire     ``retain`` after activation the previous key is deleted - only
-               if the rotator created it, or the target says ``adopt: true``
+               if the rotator created it, or the target says ``adopt: true``, or
+               it is the key an emergency declared compromised
 
 Every side effect is preceded by a CAS write of the state saying what is about
 to happen, so a crash at any point resumes: a ``creating`` intent looks for an
@@ -22,13 +23,16 @@ re-activates (ActivateWebKey on the active key is a no-op); deletions are
 idempotent in ZITADEL (an unknown or removed key deletes fine).
 
 ``emergency`` creates and activates at once (no ``publish_ahead``) and deletes
-the compromised key right after activation: relying parties with a cached JWKS
-reject new tokens until they refresh, and every token the old key signed stops
-verifying.  The state, the audit trail and ``status`` say so.
+the compromised key (the one active when it was declared, whoever created it:
+``adopt`` does not protect a compromised key) right after activation: relying
+parties with a cached JWKS reject new tokens until they refresh, and every token
+the old key signed stops verifying.  The state, the audit trail and ``status`` say so.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +40,13 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from rotator import windows
-from rotator.errors import CasConflict, ConfigError, RotatorError, ZitadelError
+from rotator.errors import (
+    CasConflict,
+    ConfigError,
+    RotationInFlight,
+    RotatorError,
+    ZitadelError,
+)
 from rotator.model import Algorithm, Schedule, WebKeyInfo
 from rotator.ports import Clock, SecretStore
 
@@ -48,6 +58,14 @@ TOKEN_LIFETIME = timedelta(hours=12)
 EMERGENCY_WARNING = ("emergency rotation: the new key signs at once; relying parties with a "
                      "cached JWKS reject new tokens until they refresh it (up to 5 min), and "
                      "every token the compromised key signed stops verifying")
+
+
+def compromised_kept_warning(kid: str, error: str) -> str:
+    """The emergency warning when the compromised key could not be deleted (yet)."""
+    return ("emergency rotation: the new key signs at once; relying parties with a cached "
+            "JWKS reject new tokens until they refresh it (up to 5 min); the compromised key "
+            f"{kid} could NOT be deleted yet ({error}): tokens it signed still verify until "
+            "a later pass deletes it")
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,11 @@ class Retiring:
     kid: str
     delete_at: str  # ISO instant
     owned: bool
+    #: the last failed deletion (retried on the next pass)
+    error: str | None = None
+    #: the active key when the operator declared an emergency: deleted whoever
+    #: created it (``adopt`` protects keys from routine retirement, not this)
+    compromised: bool = False
 
 
 @dataclass
@@ -148,6 +171,10 @@ class WebKeyState:
     rollbacks: int = 0
     rolled_back_at: str | None = None
     warning: str | None = None
+    #: the process running this target's side-effect steps, until ``deadline``
+    #: (ISO): no other process acts on the target before then
+    owner: str | None = None
+    deadline: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "webkey", **asdict(self)}
@@ -203,6 +230,8 @@ class WebKeyRotation:
                  retry_base: timedelta = timedelta(minutes=1),
                  retry_cap: timedelta = timedelta(hours=1),
                  max_rollbacks: int = 5,
+                 identity: str | None = None,
+                 claim_timeout: timedelta = timedelta(minutes=5),
                  ) -> None:
         self.api, self.store, self.clock, self.state_path = api, store, clock, state_path
         #: a rolled-back cycle is retried after these (see :func:`cycle_due`)
@@ -210,6 +239,11 @@ class WebKeyRotation:
         self.emit = emit
         self.confirm_attempts, self.confirm_delay = confirm_attempts, confirm_delay
         self.window_open = window_open or _schedule_open
+        #: owner of the claims written here (as rotation intents: host and pid by default)
+        self.identity = identity or f"{os.environ.get('HOSTNAME') or socket.gethostname()}" \
+            f"-{os.getpid()}"
+        #: how long a claim holds without a state write renewing it
+        self.claim_timeout = claim_timeout
 
     # -- state I/O (CAS)
 
@@ -235,13 +269,20 @@ class WebKeyRotation:
 
         run = _Pass(target, state, version, now, emit)
         try:
-            return self._advance(run, rotate_now=rotate_now, emergency=emergency)
-        except CasConflict:
+            result = self._advance(run, rotate_now=rotate_now, emergency=emergency)
+            self._release(run)
+            return result
+        except CasConflict as exc:
+            # another process acts on the target (its claim, or a write that won):
+            # it owns the step; recording a failure would only disturb it
+            emit("rotation.yielded", outcome="conflict", error=str(exc))
             raise
         except RotatorError as exc:
             state, version = self.load(target)
             state.last_error = str(exc)
             state.attempts += 1
+            if state.owner == self.identity:
+                state.owner = state.deadline = None
             self._save(target, state, version)
             emit("rotation.failed", outcome="failure", error=str(exc),
                  error_type=type(exc).__name__, attempt=state.attempts)
@@ -249,17 +290,48 @@ class WebKeyRotation:
 
     def _write(self, run: _Pass) -> None:
         run.state.attempts = 0
+        if run.state.owner == self.identity:  # each step written renews the claim
+            run.state.deadline = _iso(self.clock.now() + self.claim_timeout)
         run.version = self._save(run.target, run.state, run.version)
+
+    def _claim(self, run: _Pass) -> None:
+        """Before any side effect: the target is ours (CAS), or this raises
+        :class:`RotationInFlight` while another process's claim is live (a
+        second process, e.g. ``rotate --emergency`` beside the daemon, stops
+        here: two activations at once roll each other back)."""
+        state = run.state
+        if state.owner == self.identity:
+            return
+        self._yield_to_owner(run)
+        state.owner = self.identity
+        self._write(run)  # a CasConflict here: another process claimed it first
+
+    def _yield_to_owner(self, run: _Pass) -> None:
+        """Raise :class:`RotationInFlight` while another process's claim is live:
+        not even a state write (it would make the owner's next CAS write lose)."""
+        state = run.state
+        deadline = _at(state.deadline)
+        if state.owner and state.owner != self.identity and deadline is not None \
+                and self.clock.now() < deadline:
+            raise RotationInFlight(f"web key target {run.target.name} is run by {state.owner} "
+                                   f"until {state.deadline}",
+                                   path=self.state_path(run.target))
+
+    def _release(self, run: _Pass) -> None:
+        if run.state.owner == self.identity:
+            run.state.owner = run.state.deadline = None
+            run.version = self._save(run.target, run.state, run.version)
 
     def _advance(self, run: _Pass, *, rotate_now: bool, emergency: bool) -> WebKeyResult:
         state = run.state
+        self._yield_to_owner(run)
         if state.current is None:  # first run: learn the active key
             active = [k.id for k in self.api.list() if k.state == "ACTIVE"]
             state.current = active[0] if active else None
             state.active_since = _iso(run.now)
             self._write(run)
         self._retire(run)
-        if emergency and state.step in ("creating", "created", "published") \
+        if emergency and state.step in ("creating", "created", "published", "activating") \
                 and not state.emergency:
             # a normal cycle is under way: its new key is activated now, as an emergency
             state.emergency, state.warning = True, EMERGENCY_WARNING
@@ -286,6 +358,7 @@ class WebKeyRotation:
 
     def _start(self, run: _Pass, reason: str) -> None:
         state = run.state
+        self._claim(run)
         state.step, state.intent_at = "creating", _iso(run.now)
         # what exists before the create: a key beyond these after a crash is ours
         state.known = [k.id for k in self.api.list()]
@@ -298,6 +371,7 @@ class WebKeyRotation:
 
     def _create(self, run: _Pass) -> None:
         state = run.state
+        self._claim(run)
         found = self._created_since(state)
         kid = found if found is not None else self.api.create(run.target.algorithm)
         state.new, state.step = kid, "created"
@@ -326,6 +400,7 @@ class WebKeyRotation:
                 return f"activation due at {state.next_at}"
             if not self.window_open(run.target, run.now):
                 return "activation held: outside windows or in a freeze"
+        self._claim(run)
         active = [k.id for k in self.api.list() if k.state == "ACTIVE"]
         state.previous = next((k for k in active if k != state.new), state.current)
         state.step = "activating"
@@ -335,6 +410,7 @@ class WebKeyRotation:
     def _activate(self, run: _Pass) -> WebKeyResult:
         state, target = run.state, run.target
         assert state.new is not None
+        self._claim(run)
         self.api.activate(state.new)
         signing = self._confirm_signing(state.new)
         if signing != state.new:
@@ -343,17 +419,21 @@ class WebKeyRotation:
         retain = timedelta(0) if state.emergency else target.retain
         if previous and previous != state.new:
             owned = previous in state.owned or target.adopt
-            state.retiring = [*state.retiring,
-                              Retiring(previous, _iso(run.now + retain), bool(owned))]
+            state.retiring = [*state.retiring, Retiring(previous, _iso(run.now + retain),
+                                                        bool(owned), compromised=state.emergency)]
         state.current, state.active_since = state.new, _iso(run.now)
         state.step, state.new, state.previous, state.next_at = "idle", None, None, None
         state.rollbacks, state.rolled_back_at = 0, None
-        state.last_result = "activated"
+        state.last_result, state.last_error = "activated", None
         self._write(run)
         run.emit("webkey.activated", outcome="success", key_id=state.current,
                  previous_key_id=previous, warning=state.warning)
         if state.emergency:
             self._retire(run)
+            kept = next((r for r in state.retiring if r.kid == previous and r.compromised), None)
+            if kept is not None:  # the warning says what happened, not what was meant to
+                state.warning = compromised_kept_warning(kept.kid, kept.error or "not deleted")
+                self._write(run)
         run.emit("rotation.completed", outcome="success", key_id=state.current)
         return WebKeyResult(target.name, "activated", state,
                             warnings=[state.warning] if state.warning else [])
@@ -406,19 +486,39 @@ class WebKeyRotation:
 
     def _retire(self, run: _Pass) -> None:
         """Delete the retiring keys whose ``retain`` is over (never earlier);
-        deletion is not held by windows.  Keys not ours stay unless ``adopt``."""
-        state, target, now, emit = run.state, run.target, run.now, run.emit
-        for item in list(state.retiring):
-            at = _at(item.delete_at)
-            if at is None or at > now:
-                continue
+        deletion is not held by windows.  Keys not ours stay unless ``adopt``.
+        A key ZITADEL lists as ACTIVE is skipped (it signs); a failed deletion
+        is recorded on the key and retried next pass, the pass goes on."""
+        state, target, emit = run.state, run.target, run.emit
+        now = self.clock.now()  # an emergency retires right after activation
+        due = [r for r in state.retiring if (_at(r.delete_at) or now) <= now]
+        if not due:
+            return
+        listed: dict[str, str] | None = None
+        for item in due:
             if item.kid == state.current:
                 state.retiring.remove(item)  # rolled back onto it: it signs again
-            elif item.owned or target.adopt:
-                self.api.delete(item.kid)
+            elif item.owned or item.compromised or target.adopt:
+                self._claim(run)
+                try:
+                    if listed is None:
+                        listed = {k.id: k.state for k in self.api.list()}
+                    if listed.get(item.kid) == "ACTIVE":
+                        emit("webkey.kept", outcome=None, key_id=item.kid,
+                             reason="ZITADEL lists it as ACTIVE (it signs tokens): not "
+                             "deleted; retried once another key is active")
+                        continue
+                    self.api.delete(item.kid)
+                except ZitadelError as exc:
+                    item.error = str(exc)
+                    state.last_error = f"deleting web key {item.kid} failed: {exc}"
+                    self._write(run)
+                    emit("webkey.delete_failed", outcome="failure", key_id=item.kid,
+                         error=str(exc), error_type=type(exc).__name__)
+                    continue
                 state.retiring.remove(item)
                 emit("webkey.deleted", outcome="success", key_id=item.kid,
-                     reason="emergency" if state.emergency else "retained")
+                     reason="compromised" if item.compromised else "retained")
             else:
                 state.retiring.remove(item)
                 emit("webkey.kept", outcome=None, key_id=item.kid,
@@ -501,8 +601,8 @@ def next_steps(target: WebKeyTarget, state: WebKeyState, now: datetime, *,
         steps.append(cycle_due(target, state, now, retry_base=retry_base, retry_cap=retry_cap,
                                max_rollbacks=max_rollbacks))
     steps += [NextStep("delete", _at(r.delete_at), r.kid,
-                       note=None if r.owned or target.adopt else "kept: not created by the "
-                       "rotator (adopt: false)")
+                       note=None if r.owned or r.compromised or target.adopt
+                       else "kept: not created by the rotator (adopt: false)")
               for r in state.retiring]
     return sorted(steps, key=lambda s: s.at or datetime.max.replace(tzinfo=now.tzinfo))
 

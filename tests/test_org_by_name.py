@@ -153,3 +153,30 @@ def test_org_and_org_id_are_mutually_exclusive(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{path}: targets[0].org: give org (a name or domain) or org_id, not both"
     )
+
+
+def test_a_throttled_org_lookup_is_retried_and_slows_the_shared_limiter(
+    setup: Setup,  # noqa: F811 - the fixture
+) -> None:
+    """ListOrganizations answered 429 (ZITADEL's quota) goes through the rotator's
+    rate limiter like every other call: retried after the rate is cut, not an error."""
+    from rotator.ratelimit import RateLimiter
+    from rotator.zitadel.oidc import OidcClient, TokenSource
+    from rotator.zitadel.orgs import sdk_lookup
+
+    emu = setup.emulator
+    key_file = json.loads(emu.admin_key_file.read_text())
+    limiter = RateLimiter(50)
+    with OidcClient(emu.issuer) as oidc:
+        token = TokenSource(oidc, lambda: key_file)
+        token()  # the OAuth token first: the faults are for the lookup
+        lookup = sdk_lookup(emu.issuer, token, timeout=5, call=limiter.call)
+        emu.set_faults(rules=[{"method": "ListOrganizations", "code": "resource_exhausted",
+                               "count": 2}])
+        try:
+            by_name, _ = lookup("acme")
+        finally:
+            emu.clear_faults()
+    assert [org.name for org in by_name] == ["acme"]
+    assert limiter.throttled == 2
+    assert limiter.rate < 50

@@ -145,6 +145,9 @@ class Front:
     issuer: str | None = None
     refuse_tokens: bool = False
     token_status: int = 400
+    #: a raw body answered with 200 to Connect calls (and the token endpoint) instead
+    #: of the echoed refusal: a front that says OK with something that is not the answer
+    ok_body: str | None = None
     requests: list[tuple[str, str, dict[str, str], str]] = field(default_factory=list)
 
     @property
@@ -183,7 +186,14 @@ def front() -> Iterator[Front]:
             body = self.rfile.read(length).decode(errors="replace")
             f.requests.append((self.command, self.path, dict(self.headers), body))
             echo = _echo(self, body)
-            if self.path == "/.well-known/openid-configuration":
+            if f.ok_body is not None and self.path != "/.well-known/openid-configuration":
+                data = f.ok_body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            elif self.path == "/.well-known/openid-configuration":
                 self._answer(
                     200,
                     {
@@ -321,6 +331,45 @@ def test_an_echoed_bearer_token_stays_out_of_v1_errors() -> None:
     assert "you sent" in str(caught.value)
     assert REDACTED in str(caught.value)
     assert_clean(str(caught.value), [ACCESS_TOKEN])
+
+
+def test_an_echoed_bearer_token_stays_out_of_web_key_errors(front: Front) -> None:
+    from rotator.zitadel.webkeys import WebKeyClient
+
+    with OidcClient(front.url) as oidc:
+        client = WebKeyClient(oidc, lambda: ACCESS_TOKEN, new_key_file)
+        with pytest.raises(ZitadelError) as caught:
+            client.list()
+    assert caught.value.code == "permission_denied"
+    assert "you sent" in str(caught.value)
+    assert REDACTED in str(caught.value)
+    assert_clean(str(caught.value), [ACCESS_TOKEN])
+    assert len(str(caught.value)) < 400, "server text is cut to length"
+
+
+_NOT_AN_OBJECT = ["<html>OK</html>", "[1, 2]", '"text"']
+
+
+@pytest.mark.parametrize(("call", "body"), [
+    *[(call, body) for body in _NOT_AN_OBJECT
+      for call in ("list", "signing_kid", "published")],
+    ("list", '{"webKeys": [{"state": "STATE_ACTIVE"}]}'),
+    ("list", '{"webKeys": "none"}'),
+    ("list", '{"webKeys": [{"id": "k1", "creationDate": "yesterday"}]}'),
+    ("signing_kid", '{"id_token": 5}'),
+    ("signing_kid", '{"id_token": "WzFd.e30.sig"}'),  # header [1]
+])
+def test_a_malformed_ok_answer_to_a_web_key_call_is_a_zitadel_error(
+    front: Front, call: str, body: str
+) -> None:
+    """Not ValueError or AttributeError: those would escape the web key pass."""
+    from rotator.zitadel.webkeys import WebKeyClient
+
+    front.ok_body = body
+    with OidcClient(front.url) as oidc:
+        client = WebKeyClient(oidc, lambda: ACCESS_TOKEN, new_key_file)
+        with pytest.raises(ZitadelError, match=r"not|without"):
+            getattr(client, call)()
 
 
 # --------------------------------------------------------------------------- a lying Vault

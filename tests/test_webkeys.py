@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from rotator.audit import AuditLog
-from rotator.errors import ConfigError
+from rotator.errors import ConfigError, RotationInFlight
 from rotator.model import Algorithm
 from rotator.vault import VaultStore
 from rotator.webkeys import (
@@ -394,3 +394,166 @@ def test_validate_rules() -> None:
     with pytest.raises(ConfigError, match="retain: must be at least 12h"):
         check_target(WebKeyTarget("t", retain=timedelta(hours=1)))
     check_target(WebKeyTarget("t", retain=timedelta(hours=1)), force=True)
+
+
+def test_an_emergency_during_activation_activates_at_once_and_deletes_the_compromised_key(
+    world: World,
+) -> None:
+    """An activation that failed leaves the cycle at step ``activating``; the
+    operator then declares the active key compromised: the pass is an emergency
+    (no ``retain`` for the compromised key), not a normal activation."""
+    rot = world.rotation()
+    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1))
+    compromised = world.active()
+    assert rot.reconcile(target, rotate_now=True).outcome == "waiting"
+    world.clock.advance(timedelta(hours=2))
+    world.emu.set_faults(rules=[{"method": "ActivateWebKey", "code": "internal", "count": 1}])
+    failed = rot.reconcile(target)
+    world.emu.clear_faults()
+    assert (failed.outcome, failed.state.step) == ("failed", "activating")
+
+    result = rot.reconcile(target, rotate_now=True, emergency=True, trigger="cli")
+    assert result.outcome == "activated"
+    assert result.state.emergency
+    assert result.warnings == [EMERGENCY_WARNING]
+    assert compromised not in world.states()
+    assert compromised not in world.api.published()
+
+
+def test_an_emergency_deletes_the_compromised_key_even_one_the_rotator_did_not_create(
+    world: World,
+) -> None:
+    """``adopt: false`` protects keys the rotator did not create from routine
+    retirement, not a key the operator declared compromised: it is deleted as
+    soon as the new key signs, and the audit trail says why."""
+    rot = world.rotation()
+    compromised = world.active()  # the instance's initial key: not the rotator's
+    result = rot.reconcile(WebKeyTarget("instance-keys"), emergency=True, trigger="cli")
+    assert result.outcome == "activated"
+    assert compromised not in world.states()
+    assert compromised not in world.api.published()
+    assert result.warnings == [EMERGENCY_WARNING]
+    (deleted,) = [e for e in world.events if e["event"] == "webkey.deleted"]
+    assert (deleted["key_id"], deleted["reason"]) == (compromised, "compromised")
+    assert not [e for e in world.events if e["event"] == "webkey.kept"]
+
+
+def test_a_second_process_stops_before_any_side_effect_while_a_step_is_claimed(
+    world: World,
+) -> None:
+    """``rotate --emergency`` beside the daemon: the daemon's activation holds
+    the target's claim (owner and deadline in the state, written by CAS before
+    ActivateWebKey), so the emergency yields instead of activating at the same
+    time (where the loser's rollback would re-activate the compromised key)."""
+    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1))
+    emergency = world.rotation(identity="operator-cli")
+    seen: dict[str, Any] = {}
+
+    class ActivationInterleaved(WebKeyClient):
+        def activate(self, key_id: str) -> None:
+            if not seen:  # the other process arrives while the daemon activates
+                before = world.states()
+                try:
+                    emergency.reconcile(target, emergency=True, trigger="cli")
+                except RotationInFlight as exc:
+                    seen["error"] = str(exc)
+                seen["unchanged"] = world.states() == before
+            super().activate(key_id)
+
+    api = world.api
+    daemon = WebKeyRotation(
+        ActivationInterleaved(api.oidc, api._token, api._key_file), world.store,
+        clock=world.clock, state_path=lambda t: f"zitadel-rotator/webkeys/{t.name}",
+        emit=lambda event, **fields: world.events.append({"event": event, **fields}),
+        confirm_delay=0.01, identity="daemon-1")
+    assert daemon.reconcile(target, rotate_now=True).outcome == "waiting"
+    world.clock.advance(timedelta(hours=2))
+    result = daemon.reconcile(target)
+    assert result.outcome == "activated"
+    assert "is run by daemon-1" in seen["error"]
+    assert seen["unchanged"], "the second process changed no key"
+    assert world.active() == result.state.current
+    assert (result.state.owner, result.state.deadline) == (None, None), "claim released"
+    assert any(e["event"] == "rotation.yielded" and e["outcome"] == "conflict"
+               for e in world.events)
+    # once the claim is released the operator's emergency runs
+    assert emergency.reconcile(target, emergency=True, trigger="cli").outcome == "activated"
+
+
+def test_a_claim_left_by_a_crashed_process_expires(world: World) -> None:
+    target = WebKeyTarget("instance-keys", publish_ahead=timedelta(hours=1))
+    crashed = world.rotation(identity="crashed", claim_timeout=timedelta(minutes=5))
+    crashed.reconcile(target)
+    state, version = crashed.load(target)
+    state.owner, state.deadline = "crashed", (world.clock.now() + timedelta(minutes=5)).isoformat()
+    world.store.write("zitadel-rotator/webkeys/instance-keys", state.to_dict(), cas=version)
+    other = world.rotation(identity="other")
+    keys = set(world.states())
+    with pytest.raises(RotationInFlight):
+        other.reconcile(target, rotate_now=True)
+    assert set(world.states()) == keys
+    world.clock.advance(timedelta(minutes=6))
+    assert other.reconcile(target, rotate_now=True).outcome == "waiting"
+
+
+def test_retiring_skips_a_key_zitadel_lists_as_active_and_the_cycle_goes_on(
+    world: World,
+) -> None:
+    """Someone re-activated the previous key by hand: it is not deleted (ZITADEL
+    would refuse, and it signs), it is reported, and later steps still run."""
+    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1),
+                          retain=timedelta(hours=12), every=timedelta(days=1))
+    rot = world.rotation()
+    initial = world.active()
+    rot.reconcile(target, rotate_now=True)
+    world.clock.advance(timedelta(hours=2))
+    assert rot.reconcile(target).outcome == "activated"
+    world.api.activate(initial)  # by hand
+    world.clock.advance(timedelta(days=1))
+    result = rot.reconcile(target)
+    assert result.outcome == "waiting", "the next cycle created and published its key"
+    assert initial in world.states()
+    assert [r.kid for r in result.state.retiring] == [initial]
+    (kept,) = [e for e in world.events if e["event"] == "webkey.kept"]
+    assert kept["key_id"] == initial
+    assert "ACTIVE" in kept["reason"]
+
+
+def test_a_failed_deletion_is_retried_later_and_does_not_block_the_cycle(
+    world: World,
+) -> None:
+    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1),
+                          retain=timedelta(hours=12), every=timedelta(days=1))
+    rot = world.rotation()
+    initial = world.active()
+    rot.reconcile(target, rotate_now=True)
+    world.clock.advance(timedelta(hours=2))
+    assert rot.reconcile(target).outcome == "activated"
+    world.clock.advance(timedelta(days=1))
+    world.emu.set_faults(rules=[{"method": "DeleteWebKey", "code": "internal", "count": 1}])
+    result = rot.reconcile(target)
+    world.emu.clear_faults()
+    assert result.outcome == "waiting", "the next cycle created and published its key"
+    assert result.state.step == "published"
+    (retiring,) = result.state.retiring
+    assert (retiring.kid, bool(retiring.error)) == (initial, True)
+    assert [e["key_id"] for e in world.events if e["event"] == "webkey.delete_failed"] \
+        == [initial]
+    rot.reconcile(target)
+    assert initial not in world.states()
+
+
+def test_an_emergency_whose_compromised_key_cannot_be_deleted_says_so(world: World) -> None:
+    rot = world.rotation()
+    compromised = world.active()
+    world.api.list()  # a fresh API token: the fault hits only the deletion
+    world.emu.set_faults(rules=[{"method": "DeleteWebKey", "code": "internal", "count": 1}])
+    result = rot.reconcile(WebKeyTarget("instance-keys"), emergency=True, trigger="cli")
+    world.emu.clear_faults()
+    assert result.outcome == "activated"
+    (warning,) = result.warnings
+    assert f"compromised key {compromised} could NOT be deleted yet" in warning
+    assert "still verify" in warning
+    assert compromised in world.states()
+    rot.reconcile(WebKeyTarget("instance-keys"))  # the next pass deletes it
+    assert compromised not in world.states()

@@ -139,16 +139,21 @@ def sdk_lookup(
             query=OrganizationServiceListQuery(offset=0, limit=10, asc=True),
             queries=[query],
         )
-        try:
-            response = call(
-                lambda: api.list_organizations(
+
+
+        def once() -> Any:
+            # converted here, inside ``call``: the limiter retries (and slows
+            # down for) a 429 only when it sees ZitadelUnavailable
+            try:
+                return api.list_organizations(
                     request, _request_timeout=(min(5.0, timeout), timeout)
                 )
-            )
-        except sdk.ApiError as exc:
-            raise api_error(exc, METHOD, what, current) from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise no_answer(exc, METHOD, what) from exc
+            except sdk.ApiError as exc:
+                raise api_error(exc, METHOD, what, current) from None
+            except urllib3.exceptions.HTTPError as exc:
+                raise no_answer(exc, METHOD, what) from exc
+
+        response = call(once)
         return [
             Org(o.id, o.name or "", o.primary_domain or "") for o in response.result or [] if o.id
         ]

@@ -20,10 +20,13 @@ import httpx
 from rotator.errors import ZitadelError
 from rotator.keys import sign_assertion
 from rotator.model import Algorithm, WebKeyInfo
+from rotator.redact import server_text
 from rotator.zitadel.codes import error_for, http_status_code_name
 from rotator.zitadel.oidc import JWT_BEARER_GRANT, OidcClient, connection_error
 
 SERVICE = "zitadel.webkey.v2.WebKeyService"
+#: ZITADEL's (or a front's) error text kept in an error, after redaction
+_MAX_SERVER_TEXT = 300
 JWKS_PATH = "/oauth/v2/keys"
 
 
@@ -51,10 +54,11 @@ class WebKeyClient:
 
     def _call(self, method: str, body: Mapping[str, Any]) -> dict[str, Any]:
         what = f"{SERVICE}/{method}"
+        token = self._token()
         try:
             response = self._http.post(
                 f"{self.oidc.issuer}/{SERVICE}/{method}", json=dict(body),
-                headers={"Authorization": f"Bearer {self._token()}",
+                headers={"Authorization": f"Bearer {token}",
                          "Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             raise connection_error(exc, what) from exc
@@ -66,18 +70,35 @@ class WebKeyClient:
             code = http_status_code_name(response.status_code)
             message = f"HTTP {response.status_code}"
             if isinstance(payload, dict):
-                code = str(payload.get("code") or code)
-                message = str(payload.get("message") or message)
+                # a front that echoes the request could quote the bearer token
+                code = server_text(str(payload.get("code") or code), (token,), limit=40)
+                message = server_text(str(payload.get("message") or message), (token,),
+                                      limit=_MAX_SERVER_TEXT)
             raise error_for(code, message, status=response.status_code, method=method)
-        return payload if isinstance(payload, dict) else {}
+        if not isinstance(payload, dict):
+            raise error_for("unknown", f"{method} answered 200 with a body that is not a "
+                            "JSON object", method=method)
+        return payload
 
     def list(self) -> list[WebKeyInfo]:
         out = []
-        for raw in self._call("ListWebKeys", {}).get("webKeys", []):
+        keys = self._call("ListWebKeys", {}).get("webKeys", [])
+        if not isinstance(keys, list):
+            raise error_for("unknown", "ListWebKeys answered webKeys that is not a list",
+                            method="ListWebKeys")
+        for raw in keys:
+            if not isinstance(raw, dict) or not raw.get("id"):
+                raise error_for("unknown", "ListWebKeys answered a web key without an id",
+                                method="ListWebKeys")
             created = raw.get("creationDate")
-            out.append(WebKeyInfo(
-                str(raw["id"]), _state(raw.get("state")),
-                datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None))
+            try:
+                when = (datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+                        if created else None)
+            except ValueError as exc:
+                raise error_for("unknown", f"ListWebKeys answered web key {raw['id']} with "
+                                "a creationDate that is not a timestamp",
+                                method="ListWebKeys") from exc
+            out.append(WebKeyInfo(str(raw["id"]), _state(raw.get("state")), when))
         return out
 
     def create(self, algorithm: Algorithm) -> str:
@@ -127,14 +148,20 @@ class WebKeyClient:
             raise error_for(http_status_code_name(response.status_code),
                             f"HTTP {response.status_code}", status=response.status_code,
                             method=what)
-        token = response.json().get("id_token")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        token = answer.get("id_token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or token.count(".") != 2:
             raise error_for("unknown", "token response without an id_token", method=what)
         try:
-            kid = _b64_json(token.split(".")[0]).get("kid")
+            header = _b64_json(token.split(".")[0])
         except ValueError as exc:
             raise error_for("unknown", "id_token header is not JSON", method=what) from exc
-        return str(kid or "")
+        if not isinstance(header, dict):
+            raise error_for("unknown", "id_token header is not a JSON object", method=what)
+        return str(header.get("kid") or "")
 
 
 __all__ = ["Algorithm", "WebKeyClient", "WebKeyInfo", "ZitadelError"]
