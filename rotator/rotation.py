@@ -101,6 +101,11 @@ class Run:
         """The user a credential record names ("" or unknown: the target's only user)."""
         return next((u for u in self.users if u.id == user_id), self.user)
 
+    @property
+    def alone(self) -> bool:
+        """One identity: while its credential is replaced, no other one works."""
+        return len(self.users) < 2
+
     def spare(self, state: TargetState) -> User:
         """Where the next credential goes: the identity not in use."""
         return self.identity(state.next_user_id) if self.users else self.user
@@ -172,7 +177,9 @@ class Rotation:
         backing_off = state.next_attempt_at is not None and now < state.next_attempt_at
         if backing_off and not (rotate_now or unstick):
             return state, version, Outcome.FAILED
-        state, version = self.resume(run, state, version, forced=rotate_now or unstick)
+        # Only a person's --force (unstick) regenerates a pending secret; a plain
+        # `rotate` finishes what is under way (consumers may hold it already).
+        state, version = self.resume(run, state, version, forced=unstick)
         holder = run.identity(state.current.user_id) if state.current else run.user
         reason = "forced" if rotate_now else self.rotation_reason(run.target, state, holder)
         if reason is not None:
@@ -524,7 +531,9 @@ class Rotation:
         self, run: Run, state: TargetState, version: int, *, forced: bool = False
     ) -> tuple[TargetState, int]:
         """``forced`` (a person's ``rotate --force``): a secret kept pending because it
-        does not verify is regenerated instead of verified once more."""
+        does not verify is regenerated instead of verified once more -- unless
+        consumers read it already while another identity still works: with two
+        identities a secret is promoted only once verified (a crash came after)."""
         pending = state.pending
         if pending is None:
             return state, version
@@ -539,6 +548,8 @@ class Rotation:
         run.rotation_id = pending.rotation_id
         run.emit("rotation.resumed", phase=pending.phase.value)
         lost = pending.phase is Phase.CREATING
+        if forced and not run.alone and pending.phase is Phase.CREATED and pending.secret:
+            forced = not consumer.holds(self.store, run.target, pending.secret)
         if run.ops.replaces_in_place and (lost or (forced and pending.phase is Phase.CREATED)):
             # Lost: the regeneration may have happened and its secret was never
             # stored; the old one is dead then too.  Regenerate at once.

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from rotator import consumer
 from rotator.errors import RotatorError
 from rotator.failures import Backoff
 from rotator.model import CredentialKind, Schedule, Target, Trigger
@@ -1006,7 +1007,9 @@ def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forc
     stuck_secret = kit.store.read(kit.engine.state_path(target))
     assert stuck_secret is not None
     assert stuck_secret.data["pending"]["phase"] == "created"
-    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    forced = kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, unstick=True, supersede=True
+    )  # what `rotator rotate --force` asks
     assert forced.outcome is Outcome.ROTATED, forced.error
     assert len(created_ids(kit)) >= 2  # regenerated, not verified once more
     assert "secret.regenerated_after_loss" not in kit.event_names()  # nothing was lost
@@ -1018,3 +1021,48 @@ def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forc
     assert latest.data.get("pending") is None
     kept = [kit.store.version_data(path, v) for v in range(1, latest.version + 1)]
     assert not [d for d in kept if d and (d.get("pending") or {}).get("secret")]
+
+
+class _Crash(BaseException):
+    """The process dies here (not an error the engine could catch)."""
+
+
+def crash_after_promotion(kit: FastKit, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation dies right after writing the consumer secret, before its state save."""
+    real = consumer.promote
+
+    def promote_then_die(*args: Any, **kwargs: Any) -> int:
+        real(*args, **kwargs)
+        raise _Crash()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(consumer, "promote", promote_then_die)
+        with pytest.raises(_Crash):
+            kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["rotate", "rotate-force"])
+def test_a_rotate_after_a_crash_past_promotion_keeps_the_secret_consumers_already_read(
+    kit: FastKit, monkeypatch: pytest.MonkeyPatch, force: bool
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    crash_after_promotion(kit, target, monkeypatch)
+    held = secret(kit, target.vault_path)  # consumers read the new secret already
+    client_works(kit, held)
+    created = len(created_ids(kit))
+
+    kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, unstick=force, supersede=force
+    )
+    client_works(kit, held)  # finished, not regenerated under the consumers
+    regenerated = [e for e in kit.events() if e["event"] == "credential.created"][created:]
+    assert [e for e in regenerated if e["user_id"] == held["user_id"]] == []
+    assert "secret.regenerated_after_loss" not in kit.event_names()
+    state = kit.store.read(kit.engine.state_path(target))
+    assert state is not None
+    assert state.data.get("pending") is None
