@@ -180,6 +180,10 @@ class Rotation:
         # Only a person's --force (unstick) regenerates a pending secret; a plain
         # `rotate` finishes what is under way (consumers may hold it already).
         state, version = self.resume(run, state, version, forced=unstick)
+        if run.rotated:
+            # The rotation under way is finished: it is the one asked for, and a
+            # second would regenerate a secret again or refuse for its grace.
+            return state, version, None
         holder = run.identity(state.current.user_id) if state.current else run.user
         reason = "forced" if rotate_now else self.rotation_reason(run.target, state, holder)
         if reason is not None:

@@ -1041,14 +1041,16 @@ def crash_after_promotion(kit: FastKit, target: Target, monkeypatch: pytest.Monk
             kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
 
 
-@pytest.mark.parametrize("force", [False, True], ids=["rotate", "rotate-force"])
+@pytest.mark.parametrize(
+    ("identities", "force"), [(1, False), (2, False), (2, True)], ids=["one", "two", "two-force"]
+)
 def test_a_rotate_after_a_crash_past_promotion_keeps_the_secret_consumers_already_read(
-    kit: FastKit, monkeypatch: pytest.MonkeyPatch, force: bool
+    kit: FastKit, monkeypatch: pytest.MonkeyPatch, identities: int, force: bool
 ) -> None:
-    names = ("svc-payroll-a", "svc-payroll-b")
+    names = ("svc-payroll-a", "svc-payroll-b")[:identities]
     for name in names:
         kit.zitadel.add_user(name)
-    target = secret_target(user=names[0], users=names)
+    target = secret_target(user=names[0], users=names if identities == 2 else ())
     assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
     kit.advance(21 * DAY)
     crash_after_promotion(kit, target, monkeypatch)
@@ -1066,3 +1068,26 @@ def test_a_rotate_after_a_crash_past_promotion_keeps_the_secret_consumers_alread
     state = kit.store.read(kit.engine.state_path(target))
     assert state is not None
     assert state.data.get("pending") is None
+
+
+@pytest.mark.parametrize("identities", [1, 2], ids=["one", "two"])
+def test_a_rotate_with_a_rotation_under_way_finishes_it_and_starts_no_second(
+    kit: FastKit, identities: int
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")[:identities]
+    for name in names:
+        kit.zitadel.add_user(name)
+    users = names if identities == 2 else ()
+    target = secret_target(user=names[0], users=users, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    created = len(created_ids(kit))
+
+    done = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, supersede=False)
+    assert done.outcome is Outcome.ROTATED, done.error  # not refused for the grace it began
+    assert len(created_ids(kit)) == created  # the pending secret, verified: none regenerated
+    assert kit.event_names().count("rotation.completed") == 2
+    client_works(kit, secret(kit, target.vault_path))
