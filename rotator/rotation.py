@@ -96,10 +96,18 @@ class Run:
     rotation_id: str | None = None
     #: Every identity of the target, in configured order (empty: just ``user``).
     users: tuple[User, ...] = ()
+    #: Users the state named that the target no longer lists: a credential
+    #: may still be in grace (or an orphan) there.
+    former: tuple[User, ...] = ()
 
     def identity(self, user_id: str | None) -> User:
-        """The user a credential record names ("" or unknown: the target's only user)."""
-        return next((u for u in self.users if u.id == user_id), self.user)
+        """The user a credential record names ("": the target's only user).  One
+        no longer configured is still that user: a credential is removed only
+        by its own user id."""
+        if not user_id:
+            return self.user
+        known = next((u for u in (*self.users, *self.former) if u.id == user_id), None)
+        return known or User(id=user_id, org_id=self.user.org_id, username="")
 
     @property
     def alone(self) -> bool:

@@ -22,6 +22,7 @@ import pytest
 from rotator import consumer
 from rotator.errors import RotatorError
 from rotator.failures import Backoff
+from rotator.kinds import ops_for
 from rotator.model import CredentialKind, Schedule, Target, Trigger
 from rotator.report import Outcome
 from rotator.windows import RotationWindow
@@ -1091,3 +1092,68 @@ def test_a_rotate_with_a_rotation_under_way_finishes_it_and_starts_no_second(
     assert len(created_ids(kit)) == created  # the pending secret, verified: none regenerated
     assert kit.event_names().count("rotation.completed") == 2
     client_works(kit, secret(kit, target.vault_path))
+
+
+@pytest.mark.parametrize("kind", ["key", "secret"])
+def test_a_credential_in_grace_on_an_identity_taken_out_of_users_is_removed_from_that_identity(
+    kit: FastKit, kind: str
+) -> None:
+    for name in ("svc-a", "svc-b", "svc-c"):
+        kit.zitadel.add_user(name)
+    if kind == "key":
+        base = replace(key_target(name="twin"), user="svc-a", users=("svc-a", "svc-b"))
+    else:
+        base = secret_target(user="svc-a", users=("svc-a", "svc-b"))
+    assert kit.engine.reconcile(base, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(base, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    held_by_a = live_ids(kit, base.kind, "svc-a") if kind == "key" else set()
+    # svc-a, whose credential is in grace, is replaced by svc-c
+    changed = replace(base, user="svc-b", users=("svc-b", "svc-c"))
+    kit.advance(DAY + 60)
+    retired = kit.engine.reconcile(changed, trigger=Trigger.SCHEDULE)
+    assert retired.outcome is Outcome.RETIRED, retired.error
+    a = kit.transport.resolve_user("svc-a")
+    if kind == "key":
+        assert held_by_a
+        assert live_ids(kit, base.kind, "svc-a") == set()
+    else:
+        assert a.has_secret is False
+    removed = [e for e in kit.events() if e["event"] == "credential.removed"]
+    assert [e["user_id"] for e in removed] == [a.id]
+
+
+def test_state_from_before_two_identities_keeps_its_user_in_use_when_users_are_listed(
+    kit: FastKit,
+) -> None:
+    for name in ("svc-a", "svc-b"):
+        kit.zitadel.add_user(name)
+    single = replace(key_target(name="twin"), user="svc-a")
+    assert kit.engine.reconcile(single, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    a, b = (kit.zitadel.user_ids[n] for n in ("svc-a", "svc-b"))
+    # as an older rotator wrote it: no identities, records naming no user
+    path = kit.engine.state_path(single)
+    old = kit.store.read(path)
+    assert old is not None
+    legacy = {**old.data, "identities": [], "current": {**old.data["current"], "user_id": ""}}
+    kit.store.write(path, legacy, cas=old.version)
+    first_key = live_ids(kit, single.kind, "svc-a")
+
+    twin = replace(single, user="svc-b", users=("svc-b", "svc-a"))  # a is listed second
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.UP_TO_DATE
+    status = kit.engine.status(twin)
+    assert (status.active_user_id, status.next_user_id) == (a, b)
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    kit.advance(DAY + 60)
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+    assert first_key
+    assert live_ids(kit, single.kind, "svc-a") == set()
+    assert len(live_ids(kit, single.kind, "svc-b")) == 1
+
+
+def test_removing_a_secret_by_another_users_id_is_a_rotator_error(kit: FastKit) -> None:
+    kit.zitadel.add_user("svc-a")
+    a = kit.transport.resolve_user("svc-a")
+    with pytest.raises(RotatorError, match=f"does not belong to user {a.id}"):
+        ops_for(CredentialKind.SECRET).remove(kit.transport, a, "12345")
