@@ -29,7 +29,11 @@ the old one is dead), it regenerates at once and completes
 (``secret.regenerated_after_loss``); a secret that does not verify keeps its
 pending record and is retried with backoff, as a failure that alerts but
 never makes the target stuck.  With one identity there is no previous secret
-and no grace; with two, the other identity's secret is removed after grace.
+and no grace, and *promote* comes before *verify*: the old secret is dead
+already, so consumers get the new one at once rather than a dead one for as
+long as verification fails.  With two identities the other identity's secret
+still works: verify comes first, and it is removed after grace.  Only a
+person's ``rotate --force`` regenerates a pending secret again.
 
 A rotation that is given up — never verified, found in ``creating`` after a
 crash, or its create answered with an error — becomes an *orphan record*
@@ -338,15 +342,22 @@ class Rotation:
         assert pending.credential_id is not None
         assert pending.secret is not None
         user = run.identity(pending.user_id)
+        # One identity's secret, replaced in place: the old one died with the
+        # regeneration, so consumers get the new one now instead of a dead one
+        # for as long as verification fails (it goes on, alerting, until it works).
+        early = pending.phase is Phase.CREATED and run.ops.replaces_in_place and run.alone
+        if early and not consumer.holds(self.store, target, pending.secret):
+            self.promote(run, state, user, before_verification=True)
         if pending.phase is Phase.CREATED:
             try:
                 self.verify(run, pending.secret)
             except VerificationError as exc:
                 if run.ops.replaces_in_place:
                     # Nothing to roll back to: keep the secret, keep trying.
+                    where = "already in Vault (the old one is dead), " if early else ""
                     raise SecretNotVerified(
                         f"the new client secret of user {user.id} does not work yet ({exc}); "
-                        "it stays pending and is verified again at the next attempt"
+                        f"it is {where}kept pending and verified again at the next attempt"
                     ) from exc
                 self.abandon(run, state, version, error=str(exc))
                 raise
@@ -357,15 +368,10 @@ class Rotation:
 
         now = self.clock.now()
         old = state.current
-        secret_version = consumer.promote(self.store, target, pending, old, now)
-        run.emit(
-            "credential.promoted",
-            user=user,
-            old_credential_id=old.id if old else None,
-            new_credential_id=pending.credential_id,
-            vault_path=target.vault_path,
-            vault_version=secret_version,
-        )
+        if early:  # promoted above: only the version is read back
+            secret_version = consumer.promote(self.store, target, pending, old, now)
+        else:
+            secret_version = self.promote(run, state, user)
         # A credential replaced in place (one identity's client secret) is
         # dead already: there is no previous one to keep in grace.
         if old is not None and old.id != pending.credential_id:
@@ -402,6 +408,28 @@ class Rotation:
             duration_ms=round((self.clock.now() - run.started).total_seconds() * 1000),
         )
         return self.retire_if_due(run, state, version)  # a grace of zero: at once
+
+    def promote(
+        self, run: Run, state: TargetState, user: User, *, before_verification: bool = False
+    ) -> int:
+        """Write the pending credential as the consumer secret; its version."""
+        pending, old = state.pending, state.current
+        assert pending is not None
+        version = consumer.promote(self.store, run.target, pending, old, self.clock.now())
+        why = {
+            "before_verification": True,
+            "reason": "one identity: the old client secret died with the regeneration",
+        }
+        run.emit(
+            "credential.promoted",
+            user=user,
+            old_credential_id=old.id if old else None,
+            new_credential_id=pending.credential_id,
+            vault_path=run.target.vault_path,
+            vault_version=version,
+            **(why if before_verification else {}),
+        )
+        return version
 
     def verify(self, run: Run, secret: dict[str, str]) -> None:
         """Retry until the new credential works or ``verify_timeout`` is spent.

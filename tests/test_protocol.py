@@ -1157,3 +1157,59 @@ def test_removing_a_secret_by_another_users_id_is_a_rotator_error(kit: FastKit) 
     a = kit.transport.resolve_user("svc-a")
     with pytest.raises(RotatorError, match=f"does not belong to user {a.id}"):
         ops_for(CredentialKind.SECRET).remove(kit.transport, a, "12345")
+
+
+def test_one_identitys_new_secret_reaches_vault_before_verification_which_keeps_alerting(
+    kit: FastKit, ledger: Target
+) -> None:
+    target = replace(ledger, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, target.vault_path)
+    kit.advance(21 * DAY)
+    # the token endpoint works, userinfo does not: the new secret cannot be proven
+    kit.zitadel.set_faults(rules=[{"method": "userinfo", "code": "internal", "rate": 1.0}])
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome)
+        kit.advance(10)  # past the backoff
+    in_vault = secret(kit, target.vault_path)
+    kit.zitadel.clear_faults()
+
+    assert outcomes == [Outcome.FAILED] * 3
+    assert in_vault != held  # the regenerated secret, not the dead one
+    client_works(kit, in_vault)
+    with pytest.raises(RotatorError):
+        client_works(kit, held)
+    promoted = [e for e in kit.events() if e["event"] == "credential.promoted"][1:]
+    assert len(promoted) == 1  # once, not at every retry
+    assert promoted[0]["before_verification"] is True
+    assert "one identity" in promoted[0]["reason"]
+    failed = [e for e in kit.events() if e["event"] == "rotation.failed"]
+    assert len(failed) == 3
+    assert all("userinfo" in e["error"] for e in failed)
+    assert "rotation.rolled_back" not in kit.event_names()
+    assert "target.stuck" not in kit.event_names()
+
+    done = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert done.outcome is Outcome.ROTATED, done.error
+    assert len(created_ids(kit)) == 2  # verified at last, never regenerated
+    assert secret(kit, target.vault_path) == in_vault
+    assert kit.event_names()[-3:] == [
+        "rotation.resumed", "credential.verified", "rotation.completed"
+    ]
+
+
+def test_two_identities_promote_a_secret_only_once_it_verified(kit: FastKit) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, target.vault_path)
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "userinfo", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    assert secret(kit, target.vault_path) == held  # the other identity's: it still works
+    client_works(kit, held)
+    assert kit.event_names().count("credential.promoted") == 1  # the first rotation's only
