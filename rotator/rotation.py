@@ -588,9 +588,12 @@ class Rotation:
         run.rotation_id = pending.rotation_id
         run.emit("rotation.resumed", phase=pending.phase.value)
         lost = pending.phase is Phase.CREATING
-        if forced and not run.alone and pending.phase is Phase.CREATED and pending.secret:
-            forced = not consumer.holds(self.store, run.target, pending.secret)
-        if run.ops.replaces_in_place and (lost or (forced and pending.phase is Phase.CREATED)):
+        # --force regenerates a secret that does not verify, but with two identities
+        # never one consumers read already (verified before its promotion, then a crash)
+        redo = run.ops.replaces_in_place and forced and pending.phase is Phase.CREATED
+        if redo and not run.alone and pending.secret:
+            redo = not consumer.holds(self.store, run.target, pending.secret)
+        if run.ops.replaces_in_place and (lost or redo):
             # Lost: the regeneration may have happened and its secret was never
             # stored; the old one is dead then too.  Regenerate at once.
             user = run.identity(pending.user_id)
