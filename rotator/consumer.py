@@ -81,6 +81,12 @@ def _instant(text: str | None) -> datetime | None:
         return None
 
 
+def holds(store: SecretStore, target: Target, payload: dict[str, str]) -> bool:
+    """Whether the consumer secret already is ``payload`` (promoted, maybe before a crash)."""
+    existing = store.read(target.vault_path)
+    return existing is not None and ops_for(target.kind).same(existing.data, payload)
+
+
 def promote(
     store: SecretStore,
     target: Target,

@@ -91,7 +91,7 @@ class Engine:
         if waiting is not None and not (rotate_now or unstick or dry_run):
             return self._failed(target, waiting)
         try:
-            state, version, users = self._load(target)
+            state, version, users, former = self._load(target)
         except RotatorError as exc:
             return self._early_failure(target, exc, record=not dry_run)
         self.failures.forget(target)
@@ -102,7 +102,7 @@ class Engine:
             return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
 
         ops = ops_for(target.kind)
-        run = Run(target, trigger, holder, ops, self.audit, started=now, users=users)
+        run = Run(target, trigger, holder, ops, self.audit, started=now, users=users, former=former)
         try:
             state, version, stopped = self.rotation.converge(
                 run, state, version, rotate_now=rotate_now, unstick=unstick, supersede=supersede
@@ -188,12 +188,18 @@ class Engine:
             raise ValueError(f"target {target.name} names org {target.org!r}: no OrgDirectory")
         return self.orgs.org_id(target.org)
 
-    def _load(self, target: Target) -> tuple[TargetState, int, tuple[User, ...]]:
+    def _load(
+        self, target: Target
+    ) -> tuple[TargetState, int, tuple[User, ...], tuple[User, ...]]:
+        """The state, its version, the target's users, and the users the state
+        named that the target no longer lists."""
         raw = self.store.read(self.state_path(target))
         state = TargetState.from_dict(dict(raw.data)) if raw else None
         if state is not None:
             failures.forgive_if_changed(state, target)
+            _name_the_user_of_legacy_records(state)
         users = self._resolve_users(target, state)
+        former = _former_users(state, users) if state is not None else ()
         if state is None or state.is_blank():
             # first run, lost state, or only failures so far: what does Vault hold?
             state = state or TargetState(target=target.name, kind=target.kind.value, user_id="")
@@ -210,7 +216,7 @@ class Engine:
         learned = (state.user_id, state.org_id, state.user_ref, state.identities)
         # what was learned (an adopted credential, the users) is kept for the next run
         state.dirty = raw is None or known != learned
-        return state, raw.version if raw else 0, users
+        return state, raw.version if raw else 0, users, former
 
     # ------------------------------------------------------------ failures
 
@@ -302,5 +308,23 @@ def _user_ref(target: Target) -> str:
 
 def _holder(state: TargetState, users: tuple[User, ...]) -> User:
     """The identity in use: the current credential's, else the first."""
-    active = state.current.user_id if state.current else ""
+    active = state.active_user_id
     return next((u for u in users if u.id == active), users[0])
+
+
+def _name_the_user_of_legacy_records(state: TargetState) -> None:
+    """Records written before two identities name no user: they are all the
+    state's only user then (``user_id``), whatever ``users:`` says now."""
+    if not state.user_id:
+        return
+    for record in (state.current, state.previous, state.pending, *state.orphans):
+        if record is not None and not record.user_id:
+            record.user_id = state.user_id
+
+
+def _former_users(state: TargetState, users: tuple[User, ...]) -> tuple[User, ...]:
+    configured = {u.id for u in users}
+    named = [User(id=i.id, org_id=i.org_id, username=i.username) for i in state.identities]
+    if not named and state.user_id:  # written before two identities
+        named = [User(id=state.user_id, org_id=state.org_id, username="")]
+    return tuple(u for u in named if u.id not in configured)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from rotator.errors import VerificationError, VerificationReason, ZitadelNotFound
+from rotator.errors import RotatorError, VerificationError, VerificationReason, ZitadelNotFound
 from rotator.keys import KeyPair, build_key_file, generate_key_pair
 from rotator.model import NEVER_EXPIRES, Credential, CredentialKind, User
 from rotator.ports import Verifier, ZitadelTransport
@@ -182,7 +182,7 @@ class SecretOps:
 
     def remove(self, transport: ZitadelTransport, user: User, credential_id: str) -> None:
         if credential_id != user.id:  # a secret's id is its user's: anything else is a bug
-            raise ValueError(f"secret {credential_id} does not belong to user {user.id}")
+            raise RotatorError(f"secret {credential_id} does not belong to user {user.id}")
         if not transport.remove_secret(user):
             raise ZitadelNotFound(f"user {user.id} has no client secret", code="not_found")
 

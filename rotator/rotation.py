@@ -29,7 +29,11 @@ the old one is dead), it regenerates at once and completes
 (``secret.regenerated_after_loss``); a secret that does not verify keeps its
 pending record and is retried with backoff, as a failure that alerts but
 never makes the target stuck.  With one identity there is no previous secret
-and no grace; with two, the other identity's secret is removed after grace.
+and no grace, and *promote* comes before *verify*: the old secret is dead
+already, so consumers get the new one at once rather than a dead one for as
+long as verification fails.  With two identities the other identity's secret
+still works: verify comes first, and it is removed after grace.  Only a
+person's ``rotate --force`` regenerates a pending secret again.
 
 A rotation that is given up — never verified, found in ``creating`` after a
 crash, or its create answered with an error — becomes an *orphan record*
@@ -96,10 +100,23 @@ class Run:
     rotation_id: str | None = None
     #: Every identity of the target, in configured order (empty: just ``user``).
     users: tuple[User, ...] = ()
+    #: Users the state named that the target no longer lists: a credential
+    #: may still be in grace (or an orphan) there.
+    former: tuple[User, ...] = ()
 
     def identity(self, user_id: str | None) -> User:
-        """The user a credential record names ("" or unknown: the target's only user)."""
-        return next((u for u in self.users if u.id == user_id), self.user)
+        """The user a credential record names ("": the target's only user).  One
+        no longer configured is still that user: a credential is removed only
+        by its own user id."""
+        if not user_id:
+            return self.user
+        known = next((u for u in (*self.users, *self.former) if u.id == user_id), None)
+        return known or User(id=user_id, org_id=self.user.org_id, username="")
+
+    @property
+    def alone(self) -> bool:
+        """One identity: while its credential is replaced, no other one works."""
+        return len(self.users) < 2
 
     def spare(self, state: TargetState) -> User:
         """Where the next credential goes: the identity not in use."""
@@ -172,7 +189,13 @@ class Rotation:
         backing_off = state.next_attempt_at is not None and now < state.next_attempt_at
         if backing_off and not (rotate_now or unstick):
             return state, version, Outcome.FAILED
-        state, version = self.resume(run, state, version, forced=rotate_now or unstick)
+        # Only a person's --force (unstick) regenerates a pending secret; a plain
+        # `rotate` finishes what is under way (consumers may hold it already).
+        state, version = self.resume(run, state, version, forced=unstick)
+        if run.rotated:
+            # The rotation under way is finished: it is the one asked for, and a
+            # second would regenerate a secret again or refuse for its grace.
+            return state, version, None
         holder = run.identity(state.current.user_id) if state.current else run.user
         reason = "forced" if rotate_now else self.rotation_reason(run.target, state, holder)
         if reason is not None:
@@ -319,15 +342,22 @@ class Rotation:
         assert pending.credential_id is not None
         assert pending.secret is not None
         user = run.identity(pending.user_id)
+        # One identity's secret, replaced in place: the old one died with the
+        # regeneration, so consumers get the new one now instead of a dead one
+        # for as long as verification fails (it goes on, alerting, until it works).
+        early = pending.phase is Phase.CREATED and run.ops.replaces_in_place and run.alone
+        if early and not consumer.holds(self.store, target, pending.secret):
+            self.promote(run, state, user, before_verification=True)
         if pending.phase is Phase.CREATED:
             try:
                 self.verify(run, pending.secret)
             except VerificationError as exc:
                 if run.ops.replaces_in_place:
                     # Nothing to roll back to: keep the secret, keep trying.
+                    where = "already in Vault (the old one is dead), " if early else ""
                     raise SecretNotVerified(
                         f"the new client secret of user {user.id} does not work yet ({exc}); "
-                        "it stays pending and is verified again at the next attempt"
+                        f"it is {where}kept pending and verified again at the next attempt"
                     ) from exc
                 self.abandon(run, state, version, error=str(exc))
                 raise
@@ -338,15 +368,10 @@ class Rotation:
 
         now = self.clock.now()
         old = state.current
-        secret_version = consumer.promote(self.store, target, pending, old, now)
-        run.emit(
-            "credential.promoted",
-            user=user,
-            old_credential_id=old.id if old else None,
-            new_credential_id=pending.credential_id,
-            vault_path=target.vault_path,
-            vault_version=secret_version,
-        )
+        if early:  # promoted above: only the version is read back
+            secret_version = consumer.promote(self.store, target, pending, old, now)
+        else:
+            secret_version = self.promote(run, state, user)
         # A credential replaced in place (one identity's client secret) is
         # dead already: there is no previous one to keep in grace.
         if old is not None and old.id != pending.credential_id:
@@ -383,6 +408,28 @@ class Rotation:
             duration_ms=round((self.clock.now() - run.started).total_seconds() * 1000),
         )
         return self.retire_if_due(run, state, version)  # a grace of zero: at once
+
+    def promote(
+        self, run: Run, state: TargetState, user: User, *, before_verification: bool = False
+    ) -> int:
+        """Write the pending credential as the consumer secret; its version."""
+        pending, old = state.pending, state.current
+        assert pending is not None
+        version = consumer.promote(self.store, run.target, pending, old, self.clock.now())
+        why = {
+            "before_verification": True,
+            "reason": "one identity: the old client secret died with the regeneration",
+        }
+        run.emit(
+            "credential.promoted",
+            user=user,
+            old_credential_id=old.id if old else None,
+            new_credential_id=pending.credential_id,
+            vault_path=run.target.vault_path,
+            vault_version=version,
+            **(why if before_verification else {}),
+        )
+        return version
 
     def verify(self, run: Run, secret: dict[str, str]) -> None:
         """Retry until the new credential works or ``verify_timeout`` is spent.
@@ -524,7 +571,9 @@ class Rotation:
         self, run: Run, state: TargetState, version: int, *, forced: bool = False
     ) -> tuple[TargetState, int]:
         """``forced`` (a person's ``rotate --force``): a secret kept pending because it
-        does not verify is regenerated instead of verified once more."""
+        does not verify is regenerated instead of verified once more -- unless
+        consumers read it already while another identity still works: with two
+        identities a secret is promoted only once verified (a crash came after)."""
         pending = state.pending
         if pending is None:
             return state, version
@@ -539,7 +588,12 @@ class Rotation:
         run.rotation_id = pending.rotation_id
         run.emit("rotation.resumed", phase=pending.phase.value)
         lost = pending.phase is Phase.CREATING
-        if run.ops.replaces_in_place and (lost or (forced and pending.phase is Phase.CREATED)):
+        # --force regenerates a secret that does not verify, but with two identities
+        # never one consumers read already (verified before its promotion, then a crash)
+        redo = run.ops.replaces_in_place and forced and pending.phase is Phase.CREATED
+        if redo and not run.alone and pending.secret:
+            redo = not consumer.holds(self.store, run.target, pending.secret)
+        if run.ops.replaces_in_place and (lost or redo):
             # Lost: the regeneration may have happened and its secret was never
             # stored; the old one is dead then too.  Regenerate at once.
             user = run.identity(pending.user_id)

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from rotator import consumer
 from rotator.errors import RotatorError
 from rotator.failures import Backoff
+from rotator.kinds import ops_for
 from rotator.model import CredentialKind, Schedule, Target, Trigger
 from rotator.report import Outcome
 from rotator.windows import RotationWindow
@@ -1006,7 +1008,9 @@ def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forc
     stuck_secret = kit.store.read(kit.engine.state_path(target))
     assert stuck_secret is not None
     assert stuck_secret.data["pending"]["phase"] == "created"
-    forced = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    forced = kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, unstick=True, supersede=True
+    )  # what `rotator rotate --force` asks
     assert forced.outcome is Outcome.ROTATED, forced.error
     assert len(created_ids(kit)) >= 2  # regenerated, not verified once more
     assert "secret.regenerated_after_loss" not in kit.event_names()  # nothing was lost
@@ -1018,3 +1022,194 @@ def test_a_pending_secret_that_does_not_verify_is_regenerated_when_a_person_forc
     assert latest.data.get("pending") is None
     kept = [kit.store.version_data(path, v) for v in range(1, latest.version + 1)]
     assert not [d for d in kept if d and (d.get("pending") or {}).get("secret")]
+
+
+class _Crash(BaseException):
+    """The process dies here (not an error the engine could catch)."""
+
+
+def crash_after_promotion(kit: FastKit, target: Target, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation dies right after writing the consumer secret, before its state save."""
+    real = consumer.promote
+
+    def promote_then_die(*args: Any, **kwargs: Any) -> int:
+        real(*args, **kwargs)
+        raise _Crash()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(consumer, "promote", promote_then_die)
+        with pytest.raises(_Crash):
+            kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+
+
+@pytest.mark.parametrize(
+    ("identities", "force"), [(1, False), (2, False), (2, True)], ids=["one", "two", "two-force"]
+)
+def test_a_rotate_after_a_crash_past_promotion_keeps_the_secret_consumers_already_read(
+    kit: FastKit, monkeypatch: pytest.MonkeyPatch, identities: int, force: bool
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")[:identities]
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names if identities == 2 else ())
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    crash_after_promotion(kit, target, monkeypatch)
+    held = secret(kit, target.vault_path)  # consumers read the new secret already
+    client_works(kit, held)
+    created = len(created_ids(kit))
+
+    kit.engine.reconcile(
+        target, trigger=Trigger.CLI, rotate_now=True, unstick=force, supersede=force
+    )
+    client_works(kit, held)  # finished, not regenerated under the consumers
+    regenerated = [e for e in kit.events() if e["event"] == "credential.created"][created:]
+    assert [e for e in regenerated if e["user_id"] == held["user_id"]] == []
+    assert "secret.regenerated_after_loss" not in kit.event_names()
+    state = kit.store.read(kit.engine.state_path(target))
+    assert state is not None
+    assert state.data.get("pending") is None
+
+
+@pytest.mark.parametrize("identities", [1, 2], ids=["one", "two"])
+def test_a_rotate_with_a_rotation_under_way_finishes_it_and_starts_no_second(
+    kit: FastKit, identities: int
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")[:identities]
+    for name in names:
+        kit.zitadel.add_user(name)
+    users = names if identities == 2 else ()
+    target = secret_target(user=names[0], users=users, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "token", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    created = len(created_ids(kit))
+
+    done = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True, supersede=False)
+    assert done.outcome is Outcome.ROTATED, done.error  # not refused for the grace it began
+    assert len(created_ids(kit)) == created  # the pending secret, verified: none regenerated
+    assert kit.event_names().count("rotation.completed") == 2
+    client_works(kit, secret(kit, target.vault_path))
+
+
+@pytest.mark.parametrize("kind", ["key", "secret"])
+def test_a_credential_in_grace_on_an_identity_taken_out_of_users_is_removed_from_that_identity(
+    kit: FastKit, kind: str
+) -> None:
+    for name in ("svc-a", "svc-b", "svc-c"):
+        kit.zitadel.add_user(name)
+    if kind == "key":
+        base = replace(key_target(name="twin"), user="svc-a", users=("svc-a", "svc-b"))
+    else:
+        base = secret_target(user="svc-a", users=("svc-a", "svc-b"))
+    assert kit.engine.reconcile(base, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(base, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    held_by_a = live_ids(kit, base.kind, "svc-a") if kind == "key" else set()
+    # svc-a, whose credential is in grace, is replaced by svc-c
+    changed = replace(base, user="svc-b", users=("svc-b", "svc-c"))
+    kit.advance(DAY + 60)
+    retired = kit.engine.reconcile(changed, trigger=Trigger.SCHEDULE)
+    assert retired.outcome is Outcome.RETIRED, retired.error
+    a = kit.transport.resolve_user("svc-a")
+    if kind == "key":
+        assert held_by_a
+        assert live_ids(kit, base.kind, "svc-a") == set()
+    else:
+        assert a.has_secret is False
+    removed = [e for e in kit.events() if e["event"] == "credential.removed"]
+    assert [e["user_id"] for e in removed] == [a.id]
+
+
+def test_state_from_before_two_identities_keeps_its_user_in_use_when_users_are_listed(
+    kit: FastKit,
+) -> None:
+    for name in ("svc-a", "svc-b"):
+        kit.zitadel.add_user(name)
+    single = replace(key_target(name="twin"), user="svc-a")
+    assert kit.engine.reconcile(single, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    a, b = (kit.zitadel.user_ids[n] for n in ("svc-a", "svc-b"))
+    # as an older rotator wrote it: no identities, records naming no user
+    path = kit.engine.state_path(single)
+    old = kit.store.read(path)
+    assert old is not None
+    legacy = {**old.data, "identities": [], "current": {**old.data["current"], "user_id": ""}}
+    kit.store.write(path, legacy, cas=old.version)
+    first_key = live_ids(kit, single.kind, "svc-a")
+
+    twin = replace(single, user="svc-b", users=("svc-b", "svc-a"))  # a is listed second
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.UP_TO_DATE
+    status = kit.engine.status(twin)
+    assert (status.active_user_id, status.next_user_id) == (a, b)
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    kit.advance(DAY + 60)
+    assert kit.engine.reconcile(twin, trigger=Trigger.SCHEDULE).outcome is Outcome.RETIRED
+    assert first_key
+    assert live_ids(kit, single.kind, "svc-a") == set()
+    assert len(live_ids(kit, single.kind, "svc-b")) == 1
+
+
+def test_removing_a_secret_by_another_users_id_is_a_rotator_error(kit: FastKit) -> None:
+    kit.zitadel.add_user("svc-a")
+    a = kit.transport.resolve_user("svc-a")
+    with pytest.raises(RotatorError, match=f"does not belong to user {a.id}"):
+        ops_for(CredentialKind.SECRET).remove(kit.transport, a, "12345")
+
+
+def test_one_identitys_new_secret_reaches_vault_before_verification_which_keeps_alerting(
+    kit: FastKit, ledger: Target
+) -> None:
+    target = replace(ledger, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, target.vault_path)
+    kit.advance(21 * DAY)
+    # the token endpoint works, userinfo does not: the new secret cannot be proven
+    kit.zitadel.set_faults(rules=[{"method": "userinfo", "code": "internal", "rate": 1.0}])
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome)
+        kit.advance(10)  # past the backoff
+    in_vault = secret(kit, target.vault_path)
+    kit.zitadel.clear_faults()
+
+    assert outcomes == [Outcome.FAILED] * 3
+    assert in_vault != held  # the regenerated secret, not the dead one
+    client_works(kit, in_vault)
+    with pytest.raises(RotatorError):
+        client_works(kit, held)
+    promoted = [e for e in kit.events() if e["event"] == "credential.promoted"][1:]
+    assert len(promoted) == 1  # once, not at every retry
+    assert promoted[0]["before_verification"] is True
+    assert "one identity" in promoted[0]["reason"]
+    failed = [e for e in kit.events() if e["event"] == "rotation.failed"]
+    assert len(failed) == 3
+    assert all("userinfo" in e["error"] for e in failed)
+    assert "rotation.rolled_back" not in kit.event_names()
+    assert "target.stuck" not in kit.event_names()
+
+    done = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert done.outcome is Outcome.ROTATED, done.error
+    assert len(created_ids(kit)) == 2  # verified at last, never regenerated
+    assert secret(kit, target.vault_path) == in_vault
+    assert kit.event_names()[-3:] == [
+        "rotation.resumed", "credential.verified", "rotation.completed"
+    ]
+
+
+def test_two_identities_promote_a_secret_only_once_it_verified(kit: FastKit) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, target.vault_path)
+    kit.advance(21 * DAY)
+    kit.zitadel.set_faults(rules=[{"method": "userinfo", "code": "internal", "rate": 1.0}])
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.FAILED
+    kit.zitadel.clear_faults()
+    assert secret(kit, target.vault_path) == held  # the other identity's: it still works
+    client_works(kit, held)
+    assert kit.event_names().count("credential.promoted") == 1  # the first rotation's only
