@@ -87,6 +87,10 @@ def progress(
                 failures += 1
                 bar.set_postfix_str(f"{failures} failed", refresh=False)
             bar.update(1)
+            if bar.n >= total:
+                # update() redraws at most every 0.1 s: the final count would
+                # otherwise be skipped whenever the last items finish together
+                bar.refresh()
 
     with _lock:
         _shown.add(bar)
