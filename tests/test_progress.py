@@ -173,3 +173,18 @@ def test_no_bar_when_the_stream_is_not_a_terminal_or_there_is_one_item() -> None
         assert advance is None
     with progress("rotate", 1, failed=bool) as one:
         assert one is None
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_final_count_is_drawn_even_when_every_item_finishes_at_once() -> None:
+    screen = _Terminal()
+    with progress("rotate", 3, failed=bool, stream=screen) as advance:
+        assert advance is not None
+        for result in (False, True, False):  # well within tqdm's 0.1 s redraw interval
+            advance(result)
+    assert "rotate 3/3" in screen.getvalue()
+    assert "1 failed" in screen.getvalue()
