@@ -46,18 +46,15 @@ def api(request: pytest.FixtureRequest) -> str:
 def spec(emulator: Any, openbao: Any, kv_mount: str, api: str) -> Iterator[KitSpec]:
     emulator.set_clock_offset(0)
     suffix = uuid.uuid4().hex[:8]
-    yield KitSpec(
+    yield KitSpec.for_emulator(
+        emulator,
+        openbao,
+        kv_mount,
+        api=api,
         key_user=emulator.add_user(f"svc-key-{suffix}")["login_name"],
         pat_user=emulator.add_user(f"svc-pat-{suffix}")["login_name"],
         secret_user=emulator.add_user(f"svc-secret-{suffix}")["login_name"],
         twin_users=[emulator.add_user(f"svc-twin-{suffix}-{x}")["login_name"] for x in "ab"],
-        issuer=emulator.issuer,
-        grpc_target=emulator.grpc_target,
-        admin_key_file=str(emulator.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
-        api=api,
     )
     emulator.clear_faults()
     emulator.set_clock_offset(0)
@@ -325,14 +322,7 @@ def test_a_consumer_can_authenticate_at_every_moment_of_a_rotation(
     emulator_factory: Any, openbao: Any, kv_mount: str
 ) -> None:
     lagging = emulator_factory(lag_ms=800)
-    spec = KitSpec(
-        issuer=lagging.issuer,
-        grpc_target=lagging.grpc_target,
-        admin_key_file=str(lagging.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
-    )
+    spec = KitSpec.for_emulator(lagging, openbao, kv_mount)
     target = spec.key_target()
     failures: list[str] = []
     attempts = 0
