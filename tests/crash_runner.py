@@ -3,8 +3,11 @@ moment the engine reports a given step, to prove crash convergence.
 
     python -m tests.crash_runner SPEC_JSON TARGET_KIND KILL_AFTER_EVENT
 
-The audit log is the only hook: the process is killed right after the event's
-line is written, i.e. exactly between two steps of the protocol.
+The audit log is the hook: the process is killed right after the event's
+line is written, i.e. exactly between two steps of the protocol.  One kill
+point is not an event: ``verification.refused`` kills it right after the
+first refused verification of a new client secret, i.e. while verification
+is being retried (ZITADEL's projection lag), which no audit line marks.
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ import os
 import sys
 from typing import Any
 
+from rotator.errors import VerificationError
 from rotator.model import Trigger
 from tests.enginekit import KitSpec, build_kit
+
+#: Kill point: a new client secret was refused once, verification retries next.
+REFUSED = "verification.refused"
 
 
 def main() -> None:
@@ -29,6 +36,18 @@ def main() -> None:
 
     with build_kit(spec, audit_stream=sys.stdout) as kit:
         kit.engine.audit.subscribe(die)
+        if kill_after == REFUSED:
+            verify = kit.oidc.verify_secret
+
+            def refused_then_die(client_id: str, client_secret: str, *, user_id: str) -> None:
+                try:
+                    verify(client_id, client_secret, user_id=user_id)
+                except VerificationError:
+                    sys.stdout.flush()
+                    os._exit(137)
+
+            # the engine's verifier is this very client
+            setattr(kit.oidc, "verify_secret", refused_then_die)  # noqa: B010
         result = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
         print(f"result {result.outcome}", flush=True)
 

@@ -69,6 +69,23 @@ class KitSpec:
     #: The two identities of the ``twin-*`` targets (``users: [a, b]``).
     twin_users: tuple[str, ...] | list[str] = ()
 
+    @classmethod
+    def for_emulator(
+        cls, emulator: Any, openbao: Any, mount: str, *, api: str = "v2", **kw: Any
+    ) -> KitSpec:
+        """The spec of an engine on ``emulator`` (a tests.harness Emulator) and a
+        real OpenBao, with the KV v2 ``mount``; ``kw``: users, clock, attempts."""
+        return cls(
+            issuer=emulator.issuer,
+            grpc_target=emulator.grpc_target,
+            admin_key_file=str(emulator.admin_key_file),
+            vault_url=openbao.url,
+            vault_token=openbao.root_token,
+            mount=mount,
+            api=api,
+            **kw,
+        )
+
     def dumps(self) -> str:
         return json.dumps(self.__dict__)
 
@@ -120,6 +137,8 @@ def make_transport(spec: KitSpec, tokens: TokenSource) -> ZitadelTransport:
 
 @contextmanager
 def build_kit(spec: KitSpec, *, audit_stream: IO[str] | None = None) -> Iterator[Kit]:
+    """``audit_stream``: where the audit lines go (the crash runner's stdout);
+    by default a buffer that :meth:`Kit.events` reads."""
     clock = OffsetClock(timedelta(seconds=spec.clock_offset_s))
     admin_key = json.loads(Path(spec.admin_key_file).read_text())
     oidc = OidcClient(spec.issuer, clock=clock)
@@ -132,7 +151,7 @@ def build_kit(spec: KitSpec, *, audit_stream: IO[str] | None = None) -> Iterator
         store,
         oidc,
         clock=clock,
-        audit=AuditLog(stream),
+        audit=AuditLog(audit_stream if audit_stream is not None else stream),
         backoff=Backoff(
             max_attempts=spec.max_attempts, base=timedelta(seconds=1), cap=timedelta(seconds=4)
         ),

@@ -306,8 +306,30 @@ def setup(
     """``zitadel.api`` is v1 unless parametrized: the v2 SDK alone takes ~2 s to
     import, in every CLI process; the tests marked ``auto`` cover v2."""
     api = getattr(request, "param", "v1")
-    token = openbao.create_rotator_token(kv_mount)  # the shipped policy alone, no `default`
     org = emulator.org_ids["acme"]
+    targets = [
+        {"name": "billing", "user": "svc-billing", "org_id": org, "kind": "key"},
+        {"name": "reports", "user": "svc-reports", "org_id": org, "kind": "pat"},
+    ]
+    return online_setup(
+        tmp_path, emulator, openbao, kv_mount, api=api, targets=targets, daemon={"max_attempts": 2}
+    )
+
+
+def online_setup(
+    tmp_path: Path,
+    emulator: Emulator,
+    openbao: OpenBao,
+    kv_mount: str,
+    *,
+    api: str,
+    targets: list[dict[str, Any]],
+    **sections: Any,
+) -> Setup:
+    """The CLI against ``emulator`` and OpenBao: ``targets`` (and further config
+    ``sections``) in tmp_path/rotator.yaml, a token with the shipped policy alone
+    (no `default`), the audit in tmp_path/audit.jsonl."""
+    token = openbao.create_rotator_token(kv_mount)
     raw = {
         "zitadel": {
             "url": emulator.issuer,
@@ -317,11 +339,8 @@ def setup(
         },
         "vault": {"url": openbao.url, "mount": kv_mount},
         "policy": {"verify_timeout": "20s"},
-        "targets": [
-            {"name": "billing", "user": "svc-billing", "org_id": org, "kind": "key"},
-            {"name": "reports", "user": "svc-reports", "org_id": org, "kind": "pat"},
-        ],
-        "daemon": {"max_attempts": 2},
+        "targets": targets,
+        **sections,
         "audit": {"file": "audit.jsonl"},
     }
     path = write_config(tmp_path / "rotator.yaml", raw)

@@ -6,7 +6,6 @@ The fake is the emulator's domain model (tests/fakes/zitadel.py); the wire
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from rotator.inventory import (
 from rotator.keys import generate_key_pair
 from rotator.model import NEVER_EXPIRES, CredentialKind, Target, User
 from rotator.state import CredentialRef, PreviousCredential, TargetState
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
 from tests.fakes.zitadel import FakeTransport, FakeZitadel
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -64,13 +64,6 @@ def test_the_managed_index_knows_current_previous_pending_and_secret_targets() -
 
 
 # --------------------------------------------------------------------------- on the fake
-
-
-@pytest.fixture
-def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
-    fake = FakeZitadel(tmp_path / "zitadel")
-    yield fake
-    fake.close()
 
 
 def _user(transport: FakeTransport, name: str) -> User:

@@ -6,28 +6,19 @@ On the in-memory ZITADEL (tests/fakes) with a real HTTP webhook receiver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from rotator.config import InventoryConfig
 from rotator.inventory import ManagedIndex
 from rotator.inventory_watch import NOTICE_EVENT, InventoryWatch
 from rotator.keys import generate_key_pair
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
 from tests.fakes.zitadel import FakeZitadel
 from tests.test_notify import Receiver, receiver, webhook  # noqa: F401 - the fixture
 
 PEM = generate_key_pair().public_key_pem
-
-
-@pytest.fixture
-def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
-    fake = FakeZitadel(tmp_path / "zitadel")
-    yield fake
-    fake.close()
 
 
 def _sample(text: str, name: str, **labels: str) -> float | None:

@@ -27,6 +27,7 @@ from rotator.model import CredentialKind, Schedule, Target, Trigger
 from rotator.report import Outcome
 from rotator.windows import RotationWindow
 from tests.enginekit import TEST_POLICY, FastKit, build_fast_kit, key_target, pat_target
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
 from tests.fakes.store import MemoryStore
 from tests.fakes.zitadel import FakeZitadel
 
@@ -34,13 +35,6 @@ DAY = 24 * 3600
 HOUR = timedelta(hours=1)
 #: For tests where verification must give up fast.
 QUICK_VERIFY = replace(TEST_POLICY, verify_timeout=timedelta(seconds=1))
-
-
-@pytest.fixture
-def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
-    fake = FakeZitadel(tmp_path / "zitadel")
-    yield fake
-    fake.close()
 
 
 @pytest.fixture

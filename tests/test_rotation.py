@@ -2,7 +2,10 @@
 engine against the ZITADEL emulator process and a real OpenBao, over both
 ZITADEL transports (v2 Connect JSON through the official SDK, v1 gRPC).
 
-Here: a rotator killed (kill -9) between any two steps converges on restart; a
+Here: a rotator killed (kill -9) between any two steps converges on restart (for
+client secrets also while verification is retried, with the invariants a secret
+rotation keeps: no needless regeneration, no secret left in the state history or
+in any output); a
 consumer reading Vault can authenticate at every moment of a rotation against a
 ZITADEL with propagation lag; a really sealed OpenBao is reported and retried.
 Every other protocol case (cycles, retirement timing, rollback, backoff, stuck,
@@ -12,6 +15,7 @@ in tests/test_protocol.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -23,10 +27,12 @@ from typing import Any
 import pytest
 
 from rotator.kinds import ops_for
-from rotator.model import CredentialKind, Trigger
+from rotator.model import CredentialKind, Target, Trigger
 from rotator.report import Outcome
 from rotator.zitadel.oidc import OidcClient
+from tests.crash_runner import REFUSED
 from tests.enginekit import Kit, KitSpec, build_kit
+from tests.test_security import assert_clean
 
 DAY = 24 * 3600
 
@@ -40,18 +46,15 @@ def api(request: pytest.FixtureRequest) -> str:
 def spec(emulator: Any, openbao: Any, kv_mount: str, api: str) -> Iterator[KitSpec]:
     emulator.set_clock_offset(0)
     suffix = uuid.uuid4().hex[:8]
-    yield KitSpec(
+    yield KitSpec.for_emulator(
+        emulator,
+        openbao,
+        kv_mount,
+        api=api,
         key_user=emulator.add_user(f"svc-key-{suffix}")["login_name"],
         pat_user=emulator.add_user(f"svc-pat-{suffix}")["login_name"],
         secret_user=emulator.add_user(f"svc-secret-{suffix}")["login_name"],
         twin_users=[emulator.add_user(f"svc-twin-{suffix}-{x}")["login_name"] for x in "ab"],
-        issuer=emulator.issuer,
-        grpc_target=emulator.grpc_target,
-        admin_key_file=str(emulator.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
-        api=api,
     )
     emulator.clear_faults()
     emulator.set_clock_offset(0)
@@ -140,8 +143,72 @@ KILL_POINTS = [
 
 
 #: After these, a one-identity secret rotation has regenerated the secret: the one
-#: Vault holds is dead until the restart regenerates (or promotes) it.
-_SECRET_GAP = {"credential.created", "credential.stored", "credential.verified"}
+#: Vault holds is dead until the restart regenerates (or promotes) it.  From the
+#: early promotion on (``credential.promoted``, before verification) Vault holds the
+#: new one, which works at once on an emulator without projection lag.
+_SECRET_GAP = {"credential.created", "credential.stored"}
+
+#: Killed before the new secret was kept in the state: the restart must regenerate.
+_SECRET_LOST = {"rotation.started", "credential.created"}
+
+
+def crash(spec: KitSpec, kind: str, kill_after: str) -> subprocess.CompletedProcess[str]:
+    """One reconcile in another process, killed (exit 137) at ``kill_after``."""
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.crash_runner", spec.dumps(), kind, kill_after],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    return crashed
+
+
+def audit_lines(text: str) -> list[dict[str, Any]]:
+    """The audit events in a crashed process's stdout."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def readable_versions(kit: Kit, path: str) -> list[dict[str, Any]]:
+    """Every version of ``path`` KV v2 still serves (not destroyed, not deleted)."""
+    client, mount = kit.store.client, kit.store.mount
+    meta = client.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
+    found = []
+    for version, info in meta["data"]["versions"].items():
+        if info["destroyed"] or info["deletion_time"]:
+            continue
+        answer = client.secrets.kv.v2.read_secret_version(
+            path=path, version=int(version), mount_point=mount, raise_on_deleted_version=False
+        )
+        found.append(dict(answer["data"]["data"]))
+    return found
+
+
+def assert_secret_rotation_kept_its_invariants(
+    kit: Kit,
+    target: Target,
+    kill_after: str,
+    crashed: subprocess.CompletedProcess[str],
+    output: str,
+) -> None:
+    """After a killed secret rotation and one reconcile: regenerated no more than
+    needed, no state version keeps a secret, no secret in ``output`` (everything
+    the processes printed and logged) or in the crashed process's output."""
+    events = audit_lines(crashed.stdout) + kit.events()
+    regenerated = [e for e in events if e["event"] == "secret.regenerated_after_loss"]
+    created = [e for e in events if e["event"] == "credential.created"]
+    lost = kill_after in _SECRET_LOST
+    assert len(regenerated) == (1 if lost else 0)
+    # one regeneration by the killed process (unless it died before), one more if lost
+    assert len(created) == (kill_after != "rotation.started") + lost
+    # every client secret the consumer path ever held (the first rotation's too)
+    secrets = [v["client_secret"] for v in readable_versions(kit, target.vault_path) if v]
+    assert len(secrets) >= 2
+    for data in readable_versions(kit, kit.engine.state_path(target)):
+        assert (data.get("pending") or {}).get("secret") is None, data.get("pending")
+        assert_clean(json.dumps(data), secrets)
+    assert_clean(output + crashed.stdout + crashed.stderr, secrets)
 
 
 @pytest.mark.parametrize("kill_after", KILL_POINTS)
@@ -153,14 +220,13 @@ def test_a_rotator_killed_between_any_two_steps_converges_on_restart(
     with build_kit(spec) as kit:
         first = kit.engine.reconcile(target, trigger=Trigger.CLI)
         assert first.outcome is Outcome.ROTATED
-    crashed = subprocess.run(
-        [sys.executable, "-m", "tests.crash_runner", spec.dumps(), kind, kill_after],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert crashed.returncode == 137, crashed.stderr[-2000:]
+        before = kit.audit_stream.getvalue()
+    crashed = crash(spec, kind, kill_after)
+    if kind == "secret" and kill_after == "credential.promoted":
+        # one identity: the promotion the process died after came before verification
+        promoted = audit_lines(crashed.stdout)[-1]
+        assert promoted["event"] == "credential.promoted"
+        assert promoted["before_verification"] is True
     with build_kit(spec) as kit:
         # the consumer still has a working credential right after the crash
         # (not a one-identity secret: there is no overlap to keep it working)
@@ -186,6 +252,47 @@ def test_a_rotator_killed_between_any_two_steps_converges_on_restart(
         raw_state = kit.store.read(kit.engine.state_path(target))
         assert raw_state is not None
         assert raw_state.data.get("pending") is None
+        if target.kind is CredentialKind.SECRET:
+            output = before + kit.audit_stream.getvalue() + (again.error or "")
+            assert_secret_rotation_kept_its_invariants(kit, target, kill_after, crashed, output)
+
+
+@pytest.fixture
+def lagging(emulator_factory: Any) -> Any:
+    """ZITADEL whose token endpoint refuses a regenerated secret for 1 s (§6.3)."""
+    return emulator_factory(lag_ms=1000)
+
+
+def test_a_one_identity_secret_killed_while_its_verification_is_retried_converges(
+    lagging: Any, openbao: Any, kv_mount: str, api: str
+) -> None:
+    user = lagging.add_user(f"svc-lag-{uuid.uuid4().hex[:8]}")["login_name"]
+    spec = KitSpec.for_emulator(lagging, openbao, kv_mount, api=api, secret_user=user)
+    target = spec.target("secret")
+    with build_kit(spec) as kit:
+        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+        before = kit.audit_stream.getvalue()
+    crashed = crash(spec, "secret", REFUSED)
+    names = [e["event"] for e in audit_lines(crashed.stdout)]
+    # killed after the early promotion, with the new secret not yet verified
+    assert names[-2:] == ["credential.stored", "credential.promoted"], names
+    with build_kit(spec) as kit:
+        state = kit.store.read(kit.engine.state_path(target))
+        assert state is not None
+        pending = state.data["pending"]
+        assert pending["phase"] == "created"
+        # consumers already hold the secret whose verification was cut short
+        assert secret(kit, target.vault_path)["client_secret"] == pending["secret"]["client_secret"]
+        again = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+        assert again.outcome is Outcome.ROTATED, again.error
+        data = secret(kit, target.vault_path)
+        consumer_can_authenticate(kit, data)  # a client_credentials token request
+        assert kit.engine.status(target).credential_id == data["user_id"]
+        assert live_ids(kit, target.kind, target.user) == {data["user_id"]}
+        # the restart verified the secret consumers hold: no second promotion
+        assert "credential.promoted" not in kit.event_names()
+        output = before + kit.audit_stream.getvalue()
+        assert_secret_rotation_kept_its_invariants(kit, target, REFUSED, crashed, output)
 
 
 def test_a_rotator_killed_during_retirement_finishes_it_on_restart(
@@ -198,14 +305,7 @@ def test_a_rotator_killed_during_retirement_finishes_it_on_restart(
         second = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
         advance(kit, emulator, DAY + 60)
     spec.clock_offset_s = kit.clock.offset.total_seconds()
-    crashed = subprocess.run(
-        [sys.executable, "-m", "tests.crash_runner", spec.dumps(), "key", "credential.removed"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert crashed.returncode == 137, crashed.stderr[-2000:]
+    crash(spec, "key", "credential.removed")
     with build_kit(spec) as kit:
         kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
         data = secret(kit, target.vault_path)
@@ -222,14 +322,7 @@ def test_a_consumer_can_authenticate_at_every_moment_of_a_rotation(
     emulator_factory: Any, openbao: Any, kv_mount: str
 ) -> None:
     lagging = emulator_factory(lag_ms=800)
-    spec = KitSpec(
-        issuer=lagging.issuer,
-        grpc_target=lagging.grpc_target,
-        admin_key_file=str(lagging.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
-    )
+    spec = KitSpec.for_emulator(lagging, openbao, kv_mount)
     target = spec.key_target()
     failures: list[str] = []
     attempts = 0

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -28,16 +26,10 @@ from rotator.errors import (
 from rotator.model import NEVER_EXPIRES, Credential, CredentialKind, User
 from rotator.redact import REDACTED
 from rotator.zitadel.oidc import OidcClient
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
 from tests.fakes.zitadel import FakeTransport, FakeZitadel, InProcessOidc
 from tests.test_security import Front, assert_clean
 from tests.test_security import front as front  # noqa: PLC0414 (a fixture)
-
-
-@pytest.fixture
-def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
-    fake = FakeZitadel(tmp_path / "zitadel")
-    yield fake
-    fake.close()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,11 +27,11 @@ import httpx
 import pytest
 import yaml
 
-from rotator.model import Trigger
+from rotator.model import Target, Trigger
 from rotator.report import Outcome
 from tests.enginekit import Kit, KitSpec, build_kit
 from tests.harness.audit_schema import problems
-from tests.test_cli import Setup, write_config
+from tests.test_cli import Setup, online_setup, write_config
 
 DAY = 24 * 3600
 SCOPE = "openid urn:zitadel:iam:org:project:id:zitadel:aud"
@@ -63,29 +65,16 @@ def refused(response: httpx.Response) -> bool:
 
 @pytest.fixture
 def cli(tmp_path: Path, emulator: Any, openbao: Any, kv_mount: str, api: str) -> Setup:
-    token = openbao.create_rotator_token(kv_mount)
     suffix = uuid.uuid4().hex[:6]
     one = emulator.add_user(f"svc-pay-{suffix}")["login_name"]
     twins = [emulator.add_user(f"svc-tw-{suffix}-{x}")["login_name"] for x in "ab"]
     keys = [emulator.add_user(f"svc-tk-{suffix}-{x}")["login_name"] for x in "ab"]
-    raw = {
-        "zitadel": {
-            "url": emulator.issuer,
-            "api": api,
-            "grpc_target": emulator.grpc_target,
-            "credentials": {"key_file": str(emulator.admin_key_file)},
-        },
-        "vault": {"url": openbao.url, "mount": kv_mount},
-        "policy": {"verify_timeout": "20s"},
-        "targets": [
-            {"name": "payroll", "user": one, "kind": "secret"},
-            {"name": "ledger", "users": twins, "kind": "secret"},
-            {"name": "billing", "users": keys, "kind": "key"},
-        ],
-        "audit": {"file": "audit.jsonl"},
-    }
-    path = write_config(tmp_path / "rotator.yaml", raw)
-    return Setup(path, openbao.env(token), kv_mount, tmp_path / "audit.jsonl", openbao)
+    targets = [
+        {"name": "payroll", "user": one, "kind": "secret"},
+        {"name": "ledger", "users": twins, "kind": "secret"},
+        {"name": "billing", "users": keys, "kind": "key"},
+    ]
+    return online_setup(tmp_path, emulator, openbao, kv_mount, api=api, targets=targets)
 
 
 def test_secrets_and_two_identities_through_the_cli(cli: Setup, emulator: Any) -> None:
@@ -200,13 +189,10 @@ def lagging_spec(
 ) -> tuple[KitSpec, Any]:
     lagging = emulator_factory(lag_ms=300)
     suffix = uuid.uuid4().hex[:6]
-    spec = KitSpec(
-        issuer=lagging.issuer,
-        grpc_target=lagging.grpc_target,
-        admin_key_file=str(lagging.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
+    spec = KitSpec.for_emulator(
+        lagging,
+        openbao,
+        kv_mount,
         api=api,
         secret_user=lagging.add_user(f"svc-one-{suffix}")["login_name"],
         twin_users=[lagging.add_user(f"svc-two-{suffix}-{x}")["login_name"] for x in "ab"],
@@ -214,18 +200,33 @@ def lagging_spec(
     return spec, lagging
 
 
+def vault_data(kit: Kit, path: str) -> dict[str, Any]:
+    """What a consumer reads from Vault at ``path`` now."""
+    stored = kit.store.read(path)
+    assert stored is not None, path
+    return dict(stored.data)
+
+
 def advance(kit: Kit, emulator: Any, seconds: float) -> None:
     kit.clock.advance(timedelta(seconds=seconds))
     emulator.set_clock_offset(kit.clock.offset.total_seconds())
+
+
+@contextmanager
+def rotated_once(spec: KitSpec, kind: str) -> Iterator[tuple[Target, Kit]]:
+    """An engine on ``spec`` whose ``kind`` target (see KitSpec.target) has had
+    its first rotation."""
+    target = spec.target(kind)
+    with build_kit(spec) as kit:
+        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+        yield target, kit
 
 
 def test_two_identity_secrets_rotate_ten_times_without_one_failed_token_request(
     lagging_spec: tuple[KitSpec, Any],
 ) -> None:
     spec, emulator = lagging_spec
-    target = spec.target("twin-secret")
-    with build_kit(spec) as kit:
-        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    with rotated_once(spec, "twin-secret") as (target, kit):
         consumer = Consumer(kit, spec.issuer, target.vault_path)
         reader = threading.Thread(target=consumer.run)
         reader.start()
@@ -236,9 +237,7 @@ def test_two_identity_secrets_rotate_ten_times_without_one_failed_token_request(
                 advance(kit, emulator, 21 * DAY)  # due, and the previous grace is over
                 result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
                 assert result.outcome is Outcome.ROTATED, result.error
-                stored = kit.store.read(target.vault_path)
-                assert stored is not None
-                holders.append(stored.data["user_id"])
+                holders.append(vault_data(kit, target.vault_path)["user_id"])
             time.sleep(0.3)
         finally:
             consumer.stop.set()
@@ -256,16 +255,8 @@ def test_a_one_identity_consumer_that_re_reads_vault_when_refused_recovers_at_on
     lagging_spec: tuple[KitSpec, Any],
 ) -> None:
     spec, _ = lagging_spec
-    target = spec.target("secret")
-    with build_kit(spec) as kit:
-        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
-
-        def read() -> dict[str, Any]:
-            stored = kit.store.read(target.vault_path)
-            assert stored is not None
-            return dict(stored.data)
-
-        held = read()
+    with rotated_once(spec, "secret") as (target, kit):
+        held = vault_data(kit, target.vault_path)
         assert token_request(spec.issuer, held).status_code == 200
         retries = []
         for _ in range(3):
@@ -275,7 +266,7 @@ def test_a_one_identity_consumer_that_re_reads_vault_when_refused_recovers_at_on
             response = token_request(spec.issuer, held)
             assert refused(response), response.text
             # ... so it re-reads Vault and asks once more: that works
-            held = read()
+            held = vault_data(kit, target.vault_path)
             retry = token_request(spec.issuer, held)
             retries.append(retry.status_code)
     print(f"\none identity: recovered on the first re-read {retries.count(200)}/{len(retries)}")

@@ -623,13 +623,10 @@ def test_the_state_history_keeps_no_pending_secret_after_promotion(
     from rotator.model import Trigger
     from tests.enginekit import KitSpec, build_kit
 
-    spec = KitSpec(
-        issuer=emulator.issuer,
-        grpc_target=emulator.grpc_target,
-        admin_key_file=str(emulator.admin_key_file),
-        vault_url=openbao.url,
-        vault_token=openbao.root_token,
-        mount=kv_mount,
+    spec = KitSpec.for_emulator(
+        emulator,
+        openbao,
+        kv_mount,
         key_user=emulator.add_user(f"svc-hist-key-{kind}")["login_name"],
         pat_user=emulator.add_user(f"svc-hist-pat-{kind}")["login_name"],
     )

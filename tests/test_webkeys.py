@@ -496,11 +496,9 @@ def test_a_claim_left_by_a_crashed_process_expires(world: World) -> None:
     assert other.reconcile(target, rotate_now=True).outcome == "waiting"
 
 
-def test_retiring_skips_a_key_zitadel_lists_as_active_and_the_cycle_goes_on(
-    world: World,
-) -> None:
-    """Someone re-activated the previous key by hand: it is not deleted (ZITADEL
-    would refuse, and it signs), it is reported, and later steps still run."""
+def one_key_activated(world: World) -> tuple[WebKeyTarget, WebKeyRotation, str]:
+    """A daily cycle (adopting ZITADEL's initial key) has published and activated
+    its first key: the target, its rotation, and the key that was active before."""
     target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1),
                           retain=timedelta(hours=12), every=timedelta(days=1))
     rot = world.rotation()
@@ -508,6 +506,15 @@ def test_retiring_skips_a_key_zitadel_lists_as_active_and_the_cycle_goes_on(
     rot.reconcile(target, rotate_now=True)
     world.clock.advance(timedelta(hours=2))
     assert rot.reconcile(target).outcome == "activated"
+    return target, rot, initial
+
+
+def test_retiring_skips_a_key_zitadel_lists_as_active_and_the_cycle_goes_on(
+    world: World,
+) -> None:
+    """Someone re-activated the previous key by hand: it is not deleted (ZITADEL
+    would refuse, and it signs), it is reported, and later steps still run."""
+    target, rot, initial = one_key_activated(world)
     world.api.activate(initial)  # by hand
     world.clock.advance(timedelta(days=1))
     result = rot.reconcile(target)
@@ -522,13 +529,7 @@ def test_retiring_skips_a_key_zitadel_lists_as_active_and_the_cycle_goes_on(
 def test_a_failed_deletion_is_retried_later_and_does_not_block_the_cycle(
     world: World,
 ) -> None:
-    target = WebKeyTarget("instance-keys", adopt=True, publish_ahead=timedelta(hours=1),
-                          retain=timedelta(hours=12), every=timedelta(days=1))
-    rot = world.rotation()
-    initial = world.active()
-    rot.reconcile(target, rotate_now=True)
-    world.clock.advance(timedelta(hours=2))
-    assert rot.reconcile(target).outcome == "activated"
+    target, rot, initial = one_key_activated(world)
     world.clock.advance(timedelta(days=1))
     world.emu.set_faults(rules=[{"method": "DeleteWebKey", "code": "internal", "count": 1}])
     result = rot.reconcile(target)

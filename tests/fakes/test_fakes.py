@@ -3,22 +3,14 @@ real backends' by tests/contract/)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from rotator.errors import VaultPermissionDenied, VerificationError, ZitadelUnavailable
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
 from tests.fakes.store import MemoryStore
 from tests.fakes.zitadel import FakeZitadel
-
-
-@pytest.fixture
-def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
-    fake = FakeZitadel(tmp_path / "zitadel")
-    yield fake
-    fake.close()
 
 
 def test_the_engine_clock_is_zitadels_clock(zitadel: FakeZitadel) -> None:

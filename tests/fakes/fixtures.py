@@ -1,0 +1,20 @@
+"""Pytest fixtures over the in-process fakes, shared by the test modules that
+use them (import the fixture by name: ``from tests.fakes.fixtures import
+zitadel as zitadel``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.zitadel import FakeZitadel
+
+
+@pytest.fixture
+def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
+    """A fresh in-process ZITADEL per test, its state under ``tmp_path``."""
+    fake = FakeZitadel(tmp_path / "zitadel")
+    yield fake
+    fake.close()
