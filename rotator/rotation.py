@@ -522,6 +522,16 @@ class Rotation:
         live = {c.id for c in (state.current, state.previous) if c is not None}
         if state.pending is not None and state.pending.credential_id:
             live.add(state.pending.credential_id)
+        # A secret is named by its user and each regeneration overwrites the last:
+        # an orphaned one on a user now holding (or about to hold) the current,
+        # previous or pending secret no longer exists, and "removing" it would
+        # remove the one in use.
+        in_use = (
+            {c.user_id or state.user_id for c in (state.current, state.previous) if c is not None}
+            | ({state.pending.user_id or state.user_id} if state.pending is not None else set())
+            if run.ops.replaces_in_place
+            else set()
+        )
         listings: dict[str, list[Credential]] = {}
 
         def listed(user: User) -> list[Credential]:
@@ -533,6 +543,8 @@ class Rotation:
         try:
             kept: list[Orphan] = []
             for orphan in state.orphans:
+                if (orphan.user_id or state.user_id) in in_use or orphan.credential_id in live:
+                    continue  # overwritten by (or it is) a credential in use: forget it
                 user = run.identity(orphan.user_id)
                 by_id = orphan.credential_id is not None
                 found = (
