@@ -78,7 +78,15 @@ from rotator.model import Credential, CredentialKind, Target, Trigger, User
 from rotator.ports import Clock, SecretStore, Verifier, ZitadelTransport
 from rotator.presence import Presence
 from rotator.report import Outcome
-from rotator.state import CredentialRef, Orphan, Pending, Phase, PreviousCredential, TargetState
+from rotator.state import (
+    CredentialRef,
+    Orphan,
+    Pending,
+    Phase,
+    PreviousCredential,
+    Removal,
+    TargetState,
+)
 
 #: Clock skew tolerated when matching an orphan's creation time to its intent.
 _ORPHAN_SKEW = timedelta(minutes=5)
@@ -179,6 +187,7 @@ class Rotation:
         """One pass of the protocol; returns an outcome when it stopped early."""
         # Retiring and sweeping are never held back, not by a stuck target,
         # not by a backoff: both remove credentials before they outlive their use.
+        state, version = self.finish_removal(run, state, version)
         state, version = self.retire_if_due(run, state, version)
         state, version = self.sweep(run, state, version)
         if state.stuck and not unstick:
@@ -242,6 +251,14 @@ class Rotation:
         now = self.clock.now()
         old = state.current
         user = run.spare(state)
+        if state.removing is not None and state.removing.user_id == user.id:
+            # (finish_removal took ours and stale ones): another rotator is removing
+            # this user's old secret, and would take a new one with it
+            raise RotationInFlight(
+                f"the old client secret of user {user.id} is being removed by "
+                f"{state.removing.owner} until {state.removing.deadline.isoformat()}",
+                path=self.state_path(target),
+            )
         rotation = uuid.uuid4()
         run.rotation_id = rotation.hex
         # Midnight, plus microseconds drawn from the rotation id: ZITADEL stores
@@ -472,7 +489,18 @@ class Rotation:
                 "identity; for self-rotation read it from Vault "
                 "(zitadel.credentials.vault_path = this target's vault_path)"
             )
-        if previous.created_by_rotator or target.adopt:
+        if (previous.created_by_rotator or target.adopt) and run.ops.replaces_in_place:
+            # Removal names only the user: claim it in the state first, so that no
+            # rotator regenerates this user's secret (which it would take) meanwhile.
+            state.previous = None
+            state.removing = Removal(
+                user_id=user.id,
+                owner=self.identity,
+                deadline=self.clock.now() + 2 * self.intent_timeout,
+            )
+            state, version = self.save(target, state, version)
+            state, version = self.finish_removal(run, state, version)
+        elif previous.created_by_rotator or target.adopt:
             # NotFound: removed before a crash, or by a person; the goal is reached
             with suppress(ZitadelNotFound):
                 run.ops.remove(self.transport, user, previous.id)
@@ -492,6 +520,24 @@ class Rotation:
             outcome="success",
         )
         return state, version
+
+    def finish_removal(
+        self, run: Run, state: TargetState, version: int
+    ) -> tuple[TargetState, int]:
+        """Remove the client secret ``state.removing`` claims: ours, or one whose
+        claimant died (its deadline passed); another's live claim is left alone."""
+        claim = state.removing
+        if claim is None:
+            return state, version
+        if claim.owner != self.identity and self.clock.now() < claim.deadline:
+            return state, version
+        user = run.identity(claim.user_id)
+        with suppress(ZitadelNotFound):
+            run.ops.remove(self.transport, user, claim.user_id)  # gone already: False
+        self.presence.forget(run.target.kind, user)
+        run.emit("credential.removed", user=user, old_credential_id=claim.user_id)
+        state.removing = None
+        return self.save(run.target, state, version)
 
     def abandon(
         self, run: Run, state: TargetState, version: int, *, error: str

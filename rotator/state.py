@@ -104,6 +104,17 @@ class Identity:
 
 
 @dataclass
+class Removal:
+    """A client secret being removed.  RemoveSecret names only the user, so it
+    would also take a secret regenerated on that user since: while the claim
+    is live (``owner`` until ``deadline``) no rotation regenerates there."""
+
+    user_id: str
+    owner: str
+    deadline: datetime
+
+
+@dataclass
 class TargetState:
     target: str
     kind: str
@@ -132,6 +143,8 @@ class TargetState:
     #: or two for a two-identity target (``users: [a, b]``).  Empty in state
     #: written by older rotators (``user_id`` is then the only user).
     identities: list[Identity] = field(default_factory=list)
+    #: A retired client secret whose removal is under way (see Removal).
+    removing: Removal | None = None
 
     #: Changed since read and worth writing back (not stored).
     dirty: bool = field(default=False, compare=False, repr=False, metadata={"transient": True})
@@ -188,6 +201,8 @@ class TargetState:
             pending = _decode_fields(Pending, state.pending)
             pending["phase"] = Phase(pending["phase"])
             state.pending = Pending(**pending)
+        if isinstance(state.removing, dict):
+            state.removing = Removal(**_decode_fields(Removal, state.removing))
         state.orphans = [
             Orphan(**_decode_fields(Orphan, o)) if isinstance(o, dict) else o
             for o in state.orphans

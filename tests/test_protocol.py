@@ -25,6 +25,7 @@ from rotator.failures import Backoff
 from rotator.kinds import ops_for
 from rotator.model import CredentialKind, Schedule, Target, Trigger
 from rotator.report import Outcome
+from rotator.state import Removal, TargetState
 from rotator.windows import RotationWindow
 from tests.enginekit import TEST_POLICY, FastKit, build_fast_kit, key_target, pat_target
 from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
@@ -969,6 +970,42 @@ def test_two_identity_secrets_keep_every_consumer_working_and_leave_no_old_secre
         spare = kit.transport.resolve_user(held["user_id"])
         assert spare.has_secret is False
     assert holders == [ids[0], ids[1], ids[0], ids[1], ids[0]]
+
+
+def test_no_secret_is_regenerated_on_a_user_whose_old_secret_another_rotator_is_removing(
+    kit: FastKit,
+) -> None:
+    """RemoveSecret names only the user: a removal claimed in the state keeps every
+    rotator from regenerating there, or the removal would take the new secret."""
+    names = ("svc-claim-a", "svc-claim-b")
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+    held = secret(kit, target.vault_path)  # b's; a's old secret is in grace
+    path = kit.engine.state_path(target)
+    raw = kit.store.read(path)
+    assert raw is not None
+    state = TargetState.from_dict(dict(raw.data))
+    spare = state.previous.user_id if state.previous else ""
+    # another rotator retired a's secret: its claim is in Vault, its RemoveSecret still to come
+    state.previous = None
+    state.removing = Removal(user_id=spare, owner="elsewhere-1", deadline=kit.clock.now()
+                             + timedelta(minutes=5))
+    kit.store.write(path, state.to_dict(), cas=raw.version)
+
+    refused = kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)
+    assert refused.outcome is not Outcome.ROTATED
+    assert secret(kit, target.vault_path) == held  # nothing regenerated on a
+    kit.advance(6 * 60)  # the claimant died: its claim has expired
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True).outcome is (
+        Outcome.ROTATED)
+    new = secret(kit, target.vault_path)
+    assert new["user_id"] == spare
+    client_works(kit, new)  # the expired claim's removal came first, then the regeneration
+    client_works(kit, held)  # b, now in grace
 
 
 def test_identity_problems_name_a_missing_a_human_and_a_repeated_user(kit: FastKit) -> None:
