@@ -276,7 +276,17 @@ def _checked_scalar(construct: Any, what: str) -> Any:
     return constructor
 
 
+def _construct_str(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
+    """A copy of the scalar's string.  The parser allocates each string between
+    its node and mark objects, all garbage once loaded; a kept string would pin
+    that memory (Python frees a block of small objects only when all of it is
+    free): a 10,000-target file left ~45 MiB of RSS behind, ~14 MiB with copies."""
+    value = loader.construct_scalar(node)
+    return value.encode().decode() if value else value
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 _StrictLoader.add_constructor(
     "tag:yaml.org,2002:timestamp",
     _checked_scalar(yaml.SafeLoader.construct_yaml_timestamp, "date"),
