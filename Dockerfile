@@ -35,9 +35,15 @@ RUN python -m pip uninstall --yes --root-user-action=ignore pip setuptools wheel
       --home-dir /nonexistent --shell /usr/sbin/nologin rotator
 COPY --from=builder /opt/rotator /opt/rotator
 # Byte code was compiled at install time; the root filesystem may be read-only.
+# glibc malloc: two arenas instead of one per worker thread, and large blocks
+# (a /metrics body is ~0.85 MB per 1,000 targets) always mmap()ed, so freed memory
+# goes back to the system: the daemon's RSS grows far less with targets
+# (README, "Operating it").
 ENV PATH=/opt/rotator/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=131072
 USER 65532:65532
 # /healthz, /readyz and /metrics (daemon.listen).
 EXPOSE 9102

@@ -16,7 +16,8 @@ Measured (issue 16):
   and per idle target;
 - idle ``run --once``, ``plan`` and ``status`` wall time at 1,000 and
   --targets PAT targets (v2), adopted from bulk-seeded PATs;
-- daemon RSS (VmRSS) after its first pass at 10 and --targets targets;
+- daemon RSS (VmRSS) after its first pass at 10 and --targets targets, with the
+  image's malloc settings (IMAGE_ENV) and without;
 - requests/s with ``zitadel.rate_limit: 40``, and 429s / failed targets with an
   emulator limit of 50 requests/s and no client limit, for key rotations and for
   PAT rotations (no key generation: they ask for more than 50/s on any machine);
@@ -55,6 +56,8 @@ from tests.harness.openbao import BAO_BINARY, OpenBao
 from tests.harness.processes import die_with_parent, free_port
 
 CORES = len(os.sched_getaffinity(0))
+#: The glibc malloc settings of the Dockerfile and the chart (README, "Operating it").
+IMAGE_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -237,13 +240,14 @@ class Bench:
                   + " || stderr: " + " | ".join(tail), flush=True)
         return run
 
-    def daemon_rss(self, label: str, config: Path, targets: int, timeout: float) -> float:
+    def daemon_rss(self, label: str, config: Path, targets: int, timeout: float,
+                   env: dict[str, str] | None = None) -> float:
         """Start ``rotator run``, wait until every target has a next-rotation gauge
         (its first pass is through), read VmRSS in MiB."""
         port = json.loads(config.read_text())["daemon"]["listen"].rsplit(":", 1)[1]
         proc = subprocess.Popen(
             [sys.executable, "-m", "rotator", "--config", str(config), "run"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**self.env(), **(env or {})},
             stdin=subprocess.DEVNULL)
         started = time.perf_counter()
         seen = 0
@@ -490,8 +494,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         fig["due_delay"] = bench.due_delay(idle[:small], due_in=12.0, timeout=90)
 
         print("daemon memory:", flush=True)
-        fig["rss_10"] = bench.daemon_rss("10 targets", cfg_ten, 10, timeout=120)
-        fig[f"rss_{big}"] = bench.daemon_rss(f"{big} targets", cfg_big, big, timeout=900)
+        # as the image and the chart run it (glibc malloc settings), then without them
+        fig["rss_10"] = bench.daemon_rss("10 targets", cfg_ten, 10, timeout=120, env=IMAGE_ENV)
+        fig[f"rss_{big}"] = bench.daemon_rss(f"{big} targets", cfg_big, big, timeout=900,
+                                             env=IMAGE_ENV)
+        fig["rss_10_plain"] = bench.daemon_rss("10 targets, default malloc", cfg_ten, 10,
+                                               timeout=120)
+        fig[f"rss_{big}_plain"] = bench.daemon_rss(f"{big} targets, default malloc", cfg_big,
+                                                   big, timeout=900)
 
         summary(fig, n=n, small=small, big=big, conc=args.concurrency, rtt_ms=args.latency_ms,
                 rate_keys=rate_keys)
@@ -548,7 +558,9 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
               f"{fig['due_delay']:.2f} s"),
              ("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
              (f"daemon RSS, {big} targets", f"{fig[f'rss_{big}']:.0f} MiB"),
-             ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB")]
+             ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB"),
+             ("  difference, default malloc (no MALLOC_* settings)",
+              f"{fig[f'rss_{big}_plain'] - fig['rss_10_plain']:.0f} MiB")]
     width = max(len(k) for k, _ in rows)
     print("\nsummary")
     for key, value in rows:

@@ -182,6 +182,8 @@ class Daemon:
         )
         self.workers = daemon.concurrency
         self.dispatcher = Dispatcher(self._job, workers=self.workers)
+        #: Each target's last status, for the expiry notices: kept only with a
+        #: webhook to send them (a status costs ~0.5 KB a target).
         self._statuses: dict[str, TargetStatus] = {}
         self.oplog = OperatorLog()  # next runs and pass summaries, for the operator
         #: kind: webkey targets, scheduled like the others by their state's next step
@@ -367,7 +369,8 @@ class Daemon:
         status = result.status or self._status(target)
         if status is not None:
             self.metrics.observe_status(status)
-            self._statuses[target.name] = status
+            if self.webhook is not None:
+                self._statuses[target.name] = status
         return result
 
     def run_webkey(self, name: str) -> RotationResult | None:

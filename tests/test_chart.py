@@ -643,6 +643,19 @@ def test_a_webhook_url_from_a_secret_reaches_the_config_as_an_env_reference(
     assert config.notify.webhook_url == WEBHOOK_ENV["ROTATOR_WEBHOOK_URL"]
 
 
+@pytest.mark.parametrize(("scenario", "kind"), [("default", "Deployment"), ("cronjob", "CronJob")])
+def test_the_pods_get_the_images_malloc_settings(
+    rendered: dict[str, Rendered], scenario: str, kind: str
+) -> None:
+    # the image's ENV, again in the pod: a custom image keeps the daemon's memory small too
+    image_env = dict(re.findall(r"^\s*(MALLOC_\w+)=(\S+)",
+                                (ROOT / "Dockerfile").read_text(), re.MULTILINE))
+    assert image_env == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    (container,) = pod_spec(rendered[scenario].one(kind))["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert {name: env.get(name) for name in image_env} == image_env
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_rotator_validate_accepts_the_rendered_config(
     rendered: dict[str, Rendered], tmp_path: Path, scenario: str

@@ -209,3 +209,30 @@ def test_declared_targets_have_an_info_series_and_every_counter_at_0() -> None:
     assert samples[("rotator_failures_total", (("target", "billing"),))] == 0
     assert samples[("rotator_retries_total", (("target", "billing"),))] == 0
     assert not [name for name, _ in samples if name.endswith("_created")]
+
+
+def test_a_scrape_is_exactly_what_prometheus_client_writes_for_the_same_families() -> None:
+    # render() writes the per-target series itself (no Sample object per series);
+    # the registry's collect() still yields prometheus_client families: same text
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    from tests.enginekit import key_target, pat_target
+
+    m = Metrics(version="1.2.3")
+    odd = pat_target(name="reports", user='svc "odd"\\user\nname', org_id="o\\2")
+    m.declare_targets([key_target(org_id="o1"), odd], api="v2")
+    m.observe_status(status(failures=2, state="failing"))
+    m.set_next_rotation("reports", EXPIRES)
+    m.set_leader(True)
+    m.on_audit({"event": "rotation.failed", "target": "billing"})
+    m.on_audit({"event": "rotation.completed", "target": "undeclared"})
+    Gauge("rotator_inventory_probe", "Another collector.", registry=m.registry).set(7)
+
+    class Families:  # the registry's families, written by prometheus_client alone
+        def collect(self) -> object:
+            return m.registry.collect()
+
+    reference = CollectorRegistry()
+    reference.register(Families())  # type: ignore[arg-type]
+    assert m.render()[0].decode() == generate_latest(reference).decode()
+    assert 'user="svc \\"odd\\"\\\\user\\nname"' in m.render()[0].decode()

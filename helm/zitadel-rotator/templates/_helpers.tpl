@@ -197,6 +197,12 @@ containers:
       # the audit events' actor (config/audit.md)
       - name: POD_SERVICE_ACCOUNT
         valueFrom: {fieldRef: {fieldPath: spec.serviceAccountName}}
+      # glibc malloc, as in the image: memory per target (README, "Operating it");
+      # an entry of extraEnv with the same name comes later and wins
+      - name: MALLOC_ARENA_MAX
+        value: "2"
+      - name: MALLOC_MMAP_THRESHOLD_
+        value: "131072"
       {{- with $v.notify.webhookUrlSecret.name }}
       # Referenced by the config as ${ROTATOR_WEBHOOK_URL}.
       - name: ROTATOR_WEBHOOK_URL
