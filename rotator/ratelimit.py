@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar, cast
 
+from rotator import fence
 from rotator.errors import ZitadelUnavailable
 from rotator.model import Credential, CredentialKind, IssuedPat, IssuedSecret, User
 from rotator.ports import InventoryTransport, ZitadelTransport
@@ -115,6 +116,7 @@ class RateLimiter:
         """``fn()`` within the budget; a throttled answer is retried, not raised."""
         for attempt in range(_THROTTLE_RETRIES + 1):
             self.acquire()
+            fence.check()  # the wait may have outlasted the rotation's claim
             try:
                 result = fn()
             except ZitadelUnavailable as exc:

@@ -32,8 +32,16 @@ never makes the target stuck.  With one identity there is no previous secret
 and no grace, and *promote* comes before *verify*: the old secret is dead
 already, so consumers get the new one at once rather than a dead one for as
 long as verification fails.  With two identities the other identity's secret
-still works: verify comes first, and it is removed after grace.  Only a
-person's ``rotate --force`` regenerates a pending secret again.
+still works: verify comes first, and it is removed after grace.  A pending
+secret refused for a whole verify window is dead, not lagging (a regeneration
+sent late replaced it): it is regenerated, once per run; otherwise only a
+person's ``rotate --force`` regenerates a pending secret again.  No
+regeneration leaves once the claim on the rotation may have lapsed
+(:mod:`rotator.fence`): it could land after another rotator's and replace the
+secret that one stores.
+
+A credential that consumers hold already was promoted only once verified:
+resumed after a crash, it is not verified (nor given up) again.
 
 A rotation that is given up — never verified, found in ``creating`` after a
 crash, or its create answered with an error — becomes an *orphan record*
@@ -54,12 +62,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from rotator import consumer, failures, planner
+from rotator import consumer, failures, fence, planner
 from rotator import policy as rules
 from rotator.audit import AuditLog
 from rotator.errors import (
@@ -69,6 +77,7 @@ from rotator.errors import (
     SecretNotVerified,
     VaultError,
     VerificationError,
+    VerificationReason,
     ZitadelNotFound,
     ZitadelUnavailable,
 )
@@ -105,6 +114,8 @@ class Run:
     started: datetime
     rotated: bool = False
     retired: bool = False
+    #: A refused pending secret was regenerated in this run (at most once per run).
+    regenerated: bool = False
     rotation_id: str | None = None
     #: Every identity of the target, in configured order (empty: just ``user``).
     users: tuple[User, ...] = ()
@@ -298,8 +309,22 @@ class Rotation:
         assert pending is not None
         user = run.identity(pending.user_id)
         in_place = run.ops.replaces_in_place
+        # A regeneration that lands after another rotator took the rotation over
+        # would replace the secret that one stores (ZITADEL takes no precondition):
+        # it is sent only while our claim holds for one more call's time.
+        guard = (
+            fence.guard(
+                pending.deadline - self.intent_timeout,
+                self.clock.now,
+                f"{target.name}: regenerating the client secret of user {user.id}",
+            )
+            if in_place and pending.deadline is not None
+            else nullcontext()
+        )
         try:
-            credential, secret = run.ops.create(self.transport, user, pending.expires_at)
+            with guard:
+                fence.check()  # here, and again below us after any wait (throttle, token)
+                credential, secret = run.ops.create(self.transport, user, pending.expires_at)
         except RotatorError as exc:
             if in_place:
                 # A lost answer may have regenerated the secret: the intent in
@@ -369,6 +394,15 @@ class Rotation:
             try:
                 self.verify(run, pending.secret)
             except VerificationError as exc:
+                if (
+                    run.ops.replaces_in_place
+                    and exc.reason is VerificationReason.TOKEN_REFUSED
+                    and not run.regenerated
+                ):
+                    # Refused for the whole verify window: not ZITADEL's projection
+                    # lag but a dead secret (a late regeneration replaced it). Once
+                    # per run, so a secret refused for another reason cannot churn.
+                    return self.regenerate(run, state, version, cause="refused")
                 if run.ops.replaces_in_place:
                     # Nothing to roll back to: keep the secret, keep trying.
                     where = "already in Vault (the old one is dead), " if early else ""
@@ -654,16 +688,42 @@ class Rotation:
         if run.ops.replaces_in_place and (lost or redo):
             # Lost: the regeneration may have happened and its secret was never
             # stored; the old one is dead then too.  Regenerate at once.
-            user = run.identity(pending.user_id)
-            if lost:
-                run.emit("secret.regenerated_after_loss", user=user, phase=pending.phase.value)
-            pending.owner = self.identity
-            pending.deadline = now + 2 * self.intent_timeout + run.target.policy.verify_timeout
-            state, version = self.save(run.target, state, version)  # the intent is ours now
-            state, version = self.create_and_store(run, state, version)
-            return self.verify_and_promote(run, state, version)
+            return self.regenerate(run, state, version, cause="lost" if lost else None)
         if pending.phase in (Phase.CREATING, Phase.ABANDONED):
             return self.abandon(run, state, version, error=f"resumed in phase {pending.phase}")
+        if (
+            pending.phase is Phase.CREATED
+            and pending.secret
+            and not (run.ops.replaces_in_place and run.alone)
+            and consumer.holds(self.store, run.target, pending.secret)
+        ):
+            # Consumers read it already, and it was promoted only once verified
+            # (a crash or a lapsed claim came after): verifying it again could
+            # give it up, and removing it would break them.
+            pending.phase = Phase.VERIFIED
+        return self.verify_and_promote(run, state, version)
+
+    def regenerate(
+        self, run: Run, state: TargetState, version: int, *, cause: str | None
+    ) -> tuple[TargetState, int]:
+        """Regenerate the pending client secret and complete: its secret was lost
+        (``cause="lost"``: found in ``creating``), refused for a whole verify
+        window (``"refused"``: replaced by a late regeneration), or a person's
+        ``--force`` (None)."""
+        pending = state.pending
+        assert pending is not None
+        user = run.identity(pending.user_id)
+        if cause is not None:
+            run.emit(
+                "secret.regenerated_after_loss", user=user, phase=pending.phase.value, cause=cause
+            )
+        run.regenerated = True
+        pending.phase = Phase.CREATING
+        pending.owner = self.identity
+        now = self.clock.now()
+        pending.deadline = now + 2 * self.intent_timeout + run.target.policy.verify_timeout
+        state, version = self.save(run.target, state, version)  # the intent is ours now
+        state, version = self.create_and_store(run, state, version)
         return self.verify_and_promote(run, state, version)
 
     # ------------------------------------------------------------ state

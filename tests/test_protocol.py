@@ -1244,3 +1244,118 @@ def test_two_identities_promote_a_secret_only_once_it_verified(kit: FastKit) -> 
     assert secret(kit, target.vault_path) == held  # the other identity's: it still works
     client_works(kit, held)
     assert kit.event_names().count("credential.promoted") == 1  # the first rotation's only
+
+
+# ----------------------------------------------- a claim that lapsed, a late regeneration
+
+
+@pytest.mark.parametrize("identities", [1, 2], ids=["one", "two"])
+def test_a_pending_secret_replaced_by_a_late_regeneration_is_regenerated_and_completes(
+    kit: FastKit, identities: int
+) -> None:
+    names = ("svc-payroll-a", "svc-payroll-b")[:identities]
+    for name in names:
+        kit.zitadel.add_user(name)
+    target = secret_target(
+        user=names[0], users=names if identities == 2 else (), policy=QUICK_VERIFY
+    )
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+
+    def late_regeneration(event: dict[str, Any]) -> None:
+        # another rotator's regeneration, sent before its claim lapsed, lands now
+        if event["event"] == "credential.stored" and len(created_ids(kit)) == 2:
+            kit.zitadel.domain.generate_machine_secret(event["user_id"])
+
+    kit.engine.audit.subscribe(late_regeneration)
+    try:
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.engine.audit.unsubscribe(late_regeneration)
+    assert result.outcome is Outcome.ROTATED, result.error
+    lost = [e for e in kit.events() if e["event"] == "secret.regenerated_after_loss"]
+    assert [e["cause"] for e in lost] == ["refused"]
+    assert len(created_ids(kit)) == 3  # the first, the one replaced, its replacement
+    client_works(kit, secret(kit, target.vault_path))  # what consumers read works
+    assert "rotation.rolled_back" not in kit.event_names()
+
+
+def test_a_secret_refused_again_after_its_regeneration_is_not_regenerated_twice_in_a_run(
+    kit: FastKit, ledger: Target
+) -> None:
+    target = replace(ledger, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+
+    def regenerate_behind_its_back(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.stored":
+            kit.zitadel.domain.generate_machine_secret(event["user_id"])
+
+    kit.engine.audit.subscribe(regenerate_behind_its_back)
+    try:
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.engine.audit.unsubscribe(regenerate_behind_its_back)
+    assert result.outcome is Outcome.FAILED
+    assert len(created_ids(kit)) == 3  # one rotation, one regeneration, then it alerts
+    state = kit.store.read(kit.engine.state_path(target))
+    assert state is not None
+    assert state.data["pending"]["phase"] == "created"  # kept, tried again next run
+    assert "target.stuck" not in kit.event_names()
+
+    kit.advance(10)
+    done = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    assert done.outcome is Outcome.ROTATED, done.error
+    client_works(kit, secret(kit, target.vault_path))
+
+
+def test_no_regeneration_is_sent_once_the_claim_on_the_rotation_may_have_lapsed(
+    kit: FastKit, ledger: Target
+) -> None:
+    assert kit.engine.reconcile(ledger, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, ledger.vault_path)
+    kit.advance(21 * DAY)
+
+    def pause_after_the_intent(event: dict[str, Any]) -> None:
+        # the process stalls between its intent and the regeneration (a GC pause,
+        # a throttled retry, a frozen VM) for longer than its claim
+        if event["event"] == "rotation.started":
+            kit.advance(3600)
+
+    kit.engine.audit.subscribe(pause_after_the_intent)
+    try:
+        stalled = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.engine.audit.unsubscribe(pause_after_the_intent)
+    assert stalled.outcome is not Outcome.ROTATED
+    assert "claim on the rotation lapsed" in (stalled.error or "")
+    assert len(created_ids(kit)) == 1  # nothing was sent
+    client_works(kit, held)  # so the secret consumers hold still works
+
+    resumed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    assert resumed.outcome is Outcome.ROTATED, resumed.error
+    client_works(kit, secret(kit, ledger.vault_path))
+
+
+@pytest.mark.parametrize("kind", ["key", "pat"])
+def test_a_credential_consumers_hold_after_a_crash_is_neither_verified_nor_given_up_again(
+    kit: FastKit, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    target = target_of(kind, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+    crash_after_promotion(kit, target, monkeypatch)
+    held = secret(kit, target.vault_path)  # consumers read the new credential already
+    # ZITADEL cannot prove it now (the next run's verification would fail)...
+    method = "token" if kind == "key" else "userinfo"
+    kit.zitadel.set_faults(rules=[{"method": method, "code": "internal", "rate": 1.0}])
+    try:
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.zitadel.clear_faults()
+    # ...and it was verified before its promotion: the rotation completes, keeping it
+    assert result.outcome is Outcome.ROTATED, result.error
+    assert "rotation.rolled_back" not in kit.event_names()
+    assert held[ID_FIELD[kind]] in live_ids(kit, target.kind, target.user)
+    assert secret(kit, target.vault_path)[ID_FIELD[kind]] == held[ID_FIELD[kind]]
+    consumer_can_authenticate(kit, secret(kit, target.vault_path))

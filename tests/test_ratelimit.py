@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from rotator.errors import ZitadelNotFound, ZitadelUnavailable
+from rotator import fence
+from rotator.errors import ClaimLapsed, ZitadelNotFound, ZitadelUnavailable
 from rotator.ratelimit import RateLimiter
 
 
@@ -130,3 +132,20 @@ def test_by_default_no_one_second_window_sees_more_than_a_quarter_above_the_rate
     busiest = max(sum(1 for s in sent if start <= s < start + 1.0) for start in sent)
     assert busiest <= 40 * 1.25  # ZITADEL's own window, e.g. 50/s, is not crossed at 40
     assert bucket.burst == 10
+
+
+def test_a_call_that_waited_past_its_claim_is_not_sent() -> None:
+    bucket, t = limiter(1, burst=1)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+
+    def now() -> datetime:
+        return start + timedelta(seconds=t.now)
+
+    sent: list[str] = []
+    with fence.guard(start + timedelta(seconds=1.5), now, "regenerating a secret"):
+        bucket.call(lambda: sent.append("first"))  # the burst: sent at once
+        bucket.call(lambda: sent.append("second"))  # waited 1 s: still within the claim
+        with pytest.raises(ClaimLapsed, match="regenerating a secret: not sent"):
+            bucket.call(lambda: sent.append("third"))  # would leave at 2 s
+    bucket.call(lambda: sent.append("unguarded"))
+    assert sent == ["first", "second", "unguarded"]

@@ -34,7 +34,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from rotator import netcause
+from rotator import fence, netcause
 from rotator.clock import Clock, SystemClock
 from rotator.errors import (
     ConfigError,
@@ -540,6 +540,7 @@ class TokenSource:
                     self._provider(), self._scope, now=self._clock.now()
                 )
                 self.exchanges += 1
+                fence.check()  # the exchange may have outlasted the claim of the call it is for
             return self._token.token
 
     @property

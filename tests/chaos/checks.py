@@ -138,10 +138,14 @@ def check_step(world: World, *, final: bool = False) -> list[Violation]:
                     why = None
             if why is not None:
                 found.append(Violation("auth", target.name,
-                                       f"consumer credential {current} does not work: {why}"))
+                                       f"consumer credential {current} does not work: {why}"
+                                       f"{_history(world, by_id.get(current or ''), current)}"))
             cred = by_id.get(current or "")
             if cred is None:
                 found.append(Violation("auth", target.name, f"current {current} unknown"))
+            elif cred["removed_at"] is not None and not busy:
+                found.append(Violation("auth", target.name,
+                                       f"current {current} removed at {cred['removed_at']}"))
             else:
                 left = _instant(cred["expiration"]) - now
                 if left <= RETIRE_MARGIN_S:
@@ -178,6 +182,27 @@ def check_step(world: World, *, final: bool = False) -> list[Violation]:
                     found.append(Violation("unaudited", target.name,
                                            f"{cred['id']} appears in no audit event"))
     return found
+
+
+def _history(world: World, cred: dict[str, Any] | None, credential_id: str | None) -> str:
+    """For a violation's detail: what ZITADEL holds of the credential and which
+    audit events (of which process) name it, so a soak failure can be diagnosed
+    from its log."""
+    if not credential_id:
+        return ""
+    held = ("; zitadel: unknown" if cred is None else
+            f"; zitadel: expires {cred['expiration']}, removed_at {cred['removed_at']}")
+    seen = []
+    for name, path in world.audit_files.items():
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if credential_id in line:
+                with_event = re.search(r'"event": ?"([^"]+)"', line)
+                at = re.search(r'"timestamp": ?"([^"]+)"', line)
+                seen.append(f"{name}:{with_event[1] if with_event else '?'}"
+                            f"@{at[1][11:23] if at else '?'}")
+    return f"{held}; audit: {', '.join(seen[-12:]) or 'none'}"
 
 
 # -- secrets in outputs ---------------------------------------------------------------------
