@@ -238,8 +238,9 @@ class Metrics:
                 series.info[t.name] = (
                     t.name,
                     t.kind.value,
-                    t.user,
-                    t.user if t.user.isdigit() else "",  # the id once a status read knows it
+                    ",".join(t.identities),  # both users of a two-identity target
+                    # the id (of the identity in use) once a status read knows it
+                    t.user if t.user.isdigit() and not t.users else "",
                     t.org_id or "",
                     t.vault_path,
                     api,

@@ -211,6 +211,16 @@ def test_declared_targets_have_an_info_series_and_every_counter_at_0() -> None:
     assert not [name for name, _ in samples if name.endswith("_created")]
 
 
+def test_a_two_identity_targets_info_names_both_users_and_the_id_of_the_one_in_use() -> None:
+    from tests.enginekit import key_target
+
+    m = Metrics()
+    m.declare_targets([key_target(user="svc-a", users=("svc-a", "svc-b"))], api="v2")
+    m.observe_status(status(user_id="2742"))
+    (info,) = [dict(labels) for name, labels in scrape(m) if name == "rotator_target_info"]
+    assert (info["user"], info["user_id"]) == ("svc-a,svc-b", "2742")
+
+
 def test_a_scrape_is_exactly_what_prometheus_client_writes_for_the_same_families() -> None:
     # render() writes the per-target series itself (no Sample object per series);
     # the registry's collect() still yields prometheus_client families: same text
