@@ -446,9 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate-keys", type=int, default=None,
                         help="key targets for each rate-limit run (default --keys)")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only the idle passes at --targets (run --once, plan, status): "
+                             "no rotate --all, rate-limit, due-delay or memory runs")
     args = parser.parse_args(argv)
     n, big, rtt = args.keys, args.targets, args.latency_ms / 1000
-    small = min(1000, big)
+    small = big if args.idle_only else min(1000, big)
     rate_keys = args.rate_keys or n
     print(f"scale benchmark: {n} keys, idle {small} and {big} targets, RTT {args.latency_ms} ms, "
           f"{CORES} cores, load {load()}", flush=True)
@@ -463,11 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(emu, bao, bao.enable_kv(), workdir, audit)
         fig: dict[str, float] = {"keygen_ms": keygen_ms, "load_start": os.getloadavg()[0]}
 
-        rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
-                       conc=args.concurrency)
-
-        rate_figures(bench, fig, keys=rate_keys, latency_ms=args.latency_ms,
-                     conc=args.concurrency)
+        if not args.idle_only:
+            rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
+                           conc=args.concurrency)
+            rate_figures(bench, fig, keys=rate_keys, latency_ms=args.latency_ms,
+                         conc=args.concurrency)
 
         print(f"idle passes (v2, PAT targets adopted from bulk seeding, RTT {args.latency_ms} ms):",
               flush=True)
@@ -489,6 +492,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"idle_vault_{count}": once.vault_calls / count,
                         f"plan_zitadel_{count}": plan.zitadel_calls / count})
 
+        if args.idle_only:
+            idle_summary(fig, big)
+            return 0
+
         print("due rotation during reconciles:", flush=True)
         # due when the daemon is a few seconds into passing over the others
         fig["due_delay"] = bench.due_delay(idle[:small], due_in=12.0, timeout=90)
@@ -506,6 +513,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary(fig, n=n, small=small, big=big, conc=args.concurrency, rtt_ms=args.latency_ms,
                 rate_keys=rate_keys)
     return 0
+
+
+def idle_rows(fig: dict[str, float], count: int) -> list[tuple[str, str]]:
+    return [
+        (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
+        ("  ZITADEL / Vault calls per idle target",
+         f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
+        (f"plan over {count} (ZITADEL calls per target)",
+         f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
+        (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
+    ]
+
+
+def print_rows(rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print("\nsummary")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:>14}")
+
+
+def idle_summary(fig: dict[str, float], count: int) -> None:
+    print_rows(idle_rows(fig, count))
 
 
 def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, rtt_ms: int,
@@ -546,14 +575,7 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
                  f"{fig[f'rl_{tag}_429']:.0f} / {fig[f'rl_{tag}_failed']:.0f} / {exit_code:.0f}"),
             ]
     for count in sorted({small, big}):
-        rows += [
-            (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
-            ("  ZITADEL / Vault calls per idle target",
-             f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
-            (f"plan over {count} (ZITADEL calls per target)",
-             f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
-            (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
-        ]
+        rows += idle_rows(fig, count)
     rows += [(f"due rotation's start delay, {small} others reconciled",
               f"{fig['due_delay']:.2f} s"),
              ("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
@@ -561,10 +583,7 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
              ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB"),
              ("  difference, default malloc (no MALLOC_* settings)",
               f"{fig[f'rss_{big}_plain'] - fig['rss_10_plain']:.0f} MiB")]
-    width = max(len(k) for k, _ in rows)
-    print("\nsummary")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value:>14}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":
