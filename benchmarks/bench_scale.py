@@ -486,8 +486,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
             plan = bench.cli(f"plan over {count}", cfg, "plan")
             status = bench.cli(f"status over {count}", cfg, "status")
+            # the old path beside it: every target's state read (no status index)
+            plan_fresh = bench.cli(f"plan --fresh over {count}", cfg, "plan", "--fresh")
+            status_fresh = bench.cli(f"status --fresh over {count}", cfg, "status", "--fresh")
             fig.update({f"once_{count}": once.wall, f"plan_{count}": plan.wall,
                         f"status_{count}": status.wall,
+                        f"plan_fresh_{count}": plan_fresh.wall,
+                        f"status_fresh_{count}": status_fresh.wall,
+                        f"plan_vault_{count}": plan.vault_calls,
+                        f"status_vault_{count}": status.vault_calls,
                         f"idle_zitadel_{count}": once.zitadel_calls / count,
                         f"idle_vault_{count}": once.vault_calls / count,
                         f"plan_zitadel_{count}": plan.zitadel_calls / count})
@@ -522,7 +529,11 @@ def idle_rows(fig: dict[str, float], count: int) -> list[tuple[str, str]]:
          f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
         (f"plan over {count} (ZITADEL calls per target)",
          f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
+        ("  Vault calls (status index)", f"{fig[f'plan_vault_{count}']:.0f}"),
+        ("  plan --fresh (every state read)", f"{fig[f'plan_fresh_{count}']:.2f} s"),
         (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
+        ("  Vault calls (status index)", f"{fig[f'status_vault_{count}']:.0f}"),
+        ("  status --fresh (every state read)", f"{fig[f'status_fresh_{count}']:.2f} s"),
     ]
 
 
