@@ -27,6 +27,7 @@ conflict; entries of targets no longer configured are pruned then.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import zlib
@@ -123,13 +124,15 @@ def entry_state(raw: Mapping[str, Any]) -> Entry:
 
 class Recorder:
     """What a process saw of its targets' state since the last publication:
-    name -> summary (None: the state secret is gone)."""
+    name -> (state version, summary as JSON; None: the state secret is gone).
+    JSON text, not dicts: a daemon holds one per target until the pass ends
+    (~0.4 KB each rather than ~2 KB)."""
 
     def __init__(self, state_prefix: str, clock: Clock) -> None:
         self._prefix = f"{state_prefix.strip('/')}/targets/"
         self._clock = clock
         self._lock = threading.Lock()
-        self._seen: dict[str, dict[str, Any] | None] = {}
+        self._seen: dict[str, tuple[int, str | None]] = {}
 
     def target_of(self, path: str) -> str | None:
         if path.startswith(self._prefix):
@@ -138,20 +141,23 @@ class Recorder:
         return None
 
     def saw(self, name: str, data: Mapping[str, Any] | None, version: int) -> None:
-        entry = summarize(data, version, self._clock.now()) if data is not None else None
+        entry = None
+        if data is not None:
+            entry = json.dumps(summarize(data, version, self._clock.now()), separators=(",", ":"))
         with self._lock:
             current = self._seen.get(name)
             # threads may finish out of order: keep the newest version seen
-            if entry is None or current is None or current["state_version"] <= version:
-                self._seen[name] = entry
+            if entry is None or current is None or current[0] <= version:
+                self._seen[name] = (version, entry)
 
     def take(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any] | None]:
         """The summaries seen (of ``names``, or all), forgetting them."""
         with self._lock:
             if names is None:
                 taken, self._seen = self._seen, {}
-                return taken
-            return {n: self._seen.pop(n) for n in names if n in self._seen}
+            else:
+                taken = {n: self._seen.pop(n) for n in names if n in self._seen}
+        return {n: json.loads(text) if text else None for n, (_, text) in taken.items()}
 
 
 class RecordingStore:
