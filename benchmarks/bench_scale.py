@@ -486,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
             plan = bench.cli(f"plan over {count}", cfg, "plan")
             status = bench.cli(f"status over {count}", cfg, "status")
+            for line in status.stdout.decode(errors="replace").splitlines()[-1:]:
+                print(f"    status says: {line}", flush=True)
             # the old path beside it: every target's state read (no status index)
             plan_fresh = bench.cli(f"plan --fresh over {count}", cfg, "plan", "--fresh")
             status_fresh = bench.cli(f"status --fresh over {count}", cfg, "status", "--fresh")

@@ -686,7 +686,11 @@ def test_status_reads_the_index_shows_its_age_and_fresh_reads_the_state(setup: S
     assert setup.run("plan", "--fresh").code == 0
 
     # run --once reads every state and files it: the index catches up
-    assert setup.run("run", "--once").code == 0  # the failure is cleared by a good pass
+    before = {p: v for p, v in setup.versions().items() if "/index/" in p}
+    once = setup.run("run", "--once")
+    assert once.code == 0, once.output  # the failure is cleared by a good pass
+    after = {p: v for p, v in setup.versions().items() if "/index/" in p}
+    assert all(after[p] > v for p, v in before.items()), (before, after, once.stderr)
     cached, fresh = (setup.run("status", "--json"), setup.run("status", "--json", "--fresh"))
     assert json.loads(cached.stdout) == json.loads(fresh.stdout)
     assert {r["state"] for r in json.loads(cached.stdout)} == {"ready"}
