@@ -14,7 +14,9 @@ or written (its data and KV version) on the way through.
 
 Layout: :data:`SHARDS` secrets ``<state_prefix>/index/NN``; a target lives in
 shard ``crc32(name) % SHARDS`` (stable across processes and versions).  Each
-holds ``{"schema", "shard", "written_at", "entries": {name: summary}}``; a
+holds ``{"schema", "shard", "written_at", "entries": "<JSON text>"}``, the
+text of ``{name: summary}`` (one string: OpenBao refuses a request with more
+than 1,000 JSON strings, keys included, ~100 summaries' worth); a
 summary is an allow-list of the state's fields (ids, dates, phases, counters,
 the last error's vetted message: never ``pending.secret``), plus
 ``state_version`` (the state's KV version it was taken from) and ``taken_at``.
@@ -227,10 +229,7 @@ class StatusIndex:
             wanted.setdefault(shard_of(name), []).append(name)
         entries: dict[str, Entry] = {}
         for shard, members in sorted(wanted.items()):
-            secret = self.store.read(self.path(shard))
-            stored = secret.data.get("entries") if secret is not None else None
-            if not isinstance(stored, Mapping):
-                continue
+            stored = _entries(self.store.read(self.path(shard)))
             for name in members:
                 raw = stored.get(name)
                 if not isinstance(raw, Mapping):
@@ -271,8 +270,7 @@ class StatusIndex:
         path = self.path(shard)
         for _ in range(_ATTEMPTS):
             secret = self.store.read(path)
-            old = secret.data.get("entries") if secret is not None else None
-            entries: dict[str, Any] = dict(old) if isinstance(old, Mapping) else {}
+            entries = _entries(secret)
             before = dict(entries)
             for name, entry in updates.items():
                 current = entries.get(name)
@@ -286,7 +284,8 @@ class StatusIndex:
             if entries == before and secret is not None:
                 return 0
             document = {"schema": SCHEMA, "shard": shard,
-                        "written_at": self.clock.now().isoformat(), "entries": entries}
+                        "written_at": self.clock.now().isoformat(),
+                        "entries": json.dumps(entries, separators=(",", ":"))}
             try:
                 self.store.write(path, document, cas=secret.version if secret else 0)
             except CasConflict:
@@ -294,6 +293,19 @@ class StatusIndex:
             return 1
         log.warning("status index: shard %02d kept changing; left to the next writer", shard)
         return 0
+
+
+def _entries(secret: StoredSecret | None) -> dict[str, Any]:
+    """A shard's ``{name: summary}`` ({} for a missing or unreadable shard)."""
+    text = secret.data.get("entries") if secret is not None else None
+    if not isinstance(text, str):
+        return {}
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        log.warning("status index: a shard is unreadable: its targets' states are read")
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def _newer(current: Any, entry: Mapping[str, Any]) -> bool:

@@ -43,7 +43,7 @@ def index_documents(store: MemoryStore) -> dict[str, Any]:
     for shard in range(SHARDS):
         secret = store.read(shard_path(PREFIX, shard))
         if secret is not None:
-            found[secret.path] = dict(secret.data)
+            found[secret.path] = {**secret.data, "entries": json.loads(secret.data["entries"])}
     return found
 
 
@@ -197,9 +197,9 @@ def test_the_rotation_protocol_never_reads_the_index(zitadel: FakeZitadel) -> No
         reconcile_all(kit, targets)
         kit.engine.publish_index(targets)
         # an index that says something else entirely changes nothing either
-        for doc in index_documents(store).values():
-            for entry in doc["entries"].values():
-                entry.update(stuck=True, failures=9)
+        for path, doc in index_documents(store).items():
+            lies = {n: {**e, "stuck": True, "failures": 9} for n, e in doc["entries"].items()}
+            store.write(path, {**doc, "entries": json.dumps(lies)})
         store.paths.clear()
         reconcile_all(kit, targets, rotate_now=True)
         assert [kit.engine.status(t).state for t in targets] == ["grace", "grace"]
