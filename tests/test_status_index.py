@@ -199,7 +199,9 @@ def test_the_rotation_protocol_never_reads_the_index(zitadel: FakeZitadel) -> No
         # an index that says something else entirely changes nothing either
         for path, doc in index_documents(store).items():
             lies = {n: {**e, "stuck": True, "failures": 9} for n, e in doc["entries"].items()}
-            store.write(path, {**doc, "entries": json.dumps(lies)})
+            filed = store.read(path)
+            assert filed is not None
+            store.write(path, {**doc, "entries": json.dumps(lies)}, cas=filed.version)
         store.paths.clear()
         reconcile_all(kit, targets, rotate_now=True)
         assert [kit.engine.status(t).state for t in targets] == ["grace", "grace"]
