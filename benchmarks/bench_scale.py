@@ -212,8 +212,12 @@ class Bench:
         emu_before, bao_before = self.servers_cpu()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
+        # BENCH_PROFILE_DIR=dir: each CLI run under cProfile, written to dir/<label>.prof
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        stem = re.sub(r"[^\w.-]+", "_", label)
+        profiler = ["-m", "cProfile", "-o", f"{profile_dir}/{stem}.prof"] if profile_dir else []
         proc = subprocess.run(
-            [sys.executable, "-m", "rotator", "--config", str(config), *args],
+            [sys.executable, *profiler, "-m", "rotator", "--config", str(config), *args],
             capture_output=True, env=self.env(), check=False, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

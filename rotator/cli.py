@@ -652,15 +652,17 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
     targets = app.config.targets
     snapshot = _index(app, targets, args)
 
-    def one(target: Target) -> RotationResult:
-        entry = snapshot.entries.get(target.name)
-        if entry is None:
-            return app.engine.plan(target)
-        return app.engine.plan_from(target, entry.state)
-
-    with progress("plan", len(targets), failed=_failed, delay=_QUIET_SECONDS) as advance:
-        results = _each(one, targets, _READ_CONCURRENCY, progress=advance)
-    missing = len(targets) - len(snapshot.entries)
+    unindexed = [t for t in targets if t.name not in snapshot.entries]
+    with progress("plan", len(unindexed), failed=_failed, delay=_QUIET_SECONDS) as advance:
+        read = _each(app.engine.plan, unindexed, _READ_CONCURRENCY, progress=advance)
+    planned = {r.target: r for r in read}
+    # from the index: CPU only (ZITADEL at most once per org listing), so no threads
+    results = [
+        planned[t.name] if t.name in planned
+        else app.engine.plan_from(t, snapshot.entries[t.name].state)
+        for t in targets
+    ]
+    missing = len(unindexed)
     scheduled = [
         ScheduledTarget(
             target=target,
