@@ -50,6 +50,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rotator.keys import generate_key_pair
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import BAO_BINARY, OpenBao
@@ -165,7 +167,7 @@ class Bench:
 
     def config(self, name: str, targets: Sequence[dict[str, Any]], *, concurrency: int = 16,
                rate_limit: int = 0, listen_port: int | None = None,
-               reconcile_interval: str = "1h") -> Path:
+               reconcile_interval: str = "1h", block_yaml: bool = False) -> Path:
         zitadel: dict[str, Any] = {"url": self.emu.issuer, "api": "v2",
                                    "credentials": {"key_file": str(self.emu.admin_key_file)}}
         if rate_limit:
@@ -181,7 +183,9 @@ class Bench:
             "targets": list(targets),
         }
         path = self.workdir / f"{name}.yaml"
-        path.write_text(json.dumps(document))  # JSON is YAML
+        # JSON is YAML (and what fleet tooling generates); block_yaml: as people write it
+        path.write_text(yaml.safe_dump(document, sort_keys=False) if block_yaml
+                        else json.dumps(document))
         return path
 
     def env(self) -> dict[str, str]:
@@ -505,6 +509,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"idle_vault_{count}": once.vault_calls / count,
                         f"plan_zitadel_{count}": plan.zitadel_calls / count})
 
+        # the same fleet written as block YAML: the parser's share of plan and status
+        cfg_yaml = bench.config("idle-big-yaml", idle, block_yaml=True)
+        fig["plan_yaml"] = bench.cli(f"plan over {big}, block YAML config", cfg_yaml, "plan").wall
+        fig["status_yaml"] = bench.cli(f"status over {big}, block YAML config", cfg_yaml,
+                                       "status").wall
+
         if args.idle_only:
             idle_summary(fig, big)
             return 0
@@ -540,6 +550,8 @@ def idle_rows(fig: dict[str, float], count: int) -> list[tuple[str, str]]:
         (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
         ("  Vault calls (status index)", f"{fig[f'status_vault_{count}']:.0f}"),
         ("  status --fresh (every state read)", f"{fig[f'status_fresh_{count}']:.2f} s"),
+        ("plan / status, the config in block YAML (parsing included)",
+         f"{fig['plan_yaml']:.2f} / {fig['status_yaml']:.2f} s"),
     ]
 
 
