@@ -50,6 +50,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rotator.keys import generate_key_pair
 from tests.harness.emulator import Emulator
 from tests.harness.openbao import BAO_BINARY, OpenBao
@@ -165,7 +167,7 @@ class Bench:
 
     def config(self, name: str, targets: Sequence[dict[str, Any]], *, concurrency: int = 16,
                rate_limit: int = 0, listen_port: int | None = None,
-               reconcile_interval: str = "1h") -> Path:
+               reconcile_interval: str = "1h", block_yaml: bool = False) -> Path:
         zitadel: dict[str, Any] = {"url": self.emu.issuer, "api": "v2",
                                    "credentials": {"key_file": str(self.emu.admin_key_file)}}
         if rate_limit:
@@ -181,7 +183,9 @@ class Bench:
             "targets": list(targets),
         }
         path = self.workdir / f"{name}.yaml"
-        path.write_text(json.dumps(document))  # JSON is YAML
+        # JSON is YAML (and what fleet tooling generates); block_yaml: as people write it
+        path.write_text(yaml.safe_dump(document, sort_keys=False) if block_yaml
+                        else json.dumps(document))
         return path
 
     def env(self) -> dict[str, str]:
@@ -212,8 +216,12 @@ class Bench:
         emu_before, bao_before = self.servers_cpu()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
+        # BENCH_PROFILE_DIR=dir: each CLI run under cProfile, written to dir/<label>.prof
+        profile_dir = os.environ.get("BENCH_PROFILE_DIR")
+        stem = re.sub(r"[^\w.-]+", "_", label)
+        profiler = ["-m", "cProfile", "-o", f"{profile_dir}/{stem}.prof"] if profile_dir else []
         proc = subprocess.run(
-            [sys.executable, "-m", "rotator", "--config", str(config), *args],
+            [sys.executable, *profiler, "-m", "rotator", "--config", str(config), *args],
             capture_output=True, env=self.env(), check=False, stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -446,9 +454,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rate-keys", type=int, default=None,
                         help="key targets for each rate-limit run (default --keys)")
+    parser.add_argument("--idle-only", action="store_true",
+                        help="only the idle passes at --targets (run --once, plan, status): "
+                             "no rotate --all, rate-limit, due-delay or memory runs")
     args = parser.parse_args(argv)
     n, big, rtt = args.keys, args.targets, args.latency_ms / 1000
-    small = min(1000, big)
+    small = big if args.idle_only else min(1000, big)
     rate_keys = args.rate_keys or n
     print(f"scale benchmark: {n} keys, idle {small} and {big} targets, RTT {args.latency_ms} ms, "
           f"{CORES} cores, load {load()}", flush=True)
@@ -463,11 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(emu, bao, bao.enable_kv(), workdir, audit)
         fig: dict[str, float] = {"keygen_ms": keygen_ms, "load_start": os.getloadavg()[0]}
 
-        rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
-                       conc=args.concurrency)
-
-        rate_figures(bench, fig, keys=rate_keys, latency_ms=args.latency_ms,
-                     conc=args.concurrency)
+        if not args.idle_only:
+            rotate_figures(bench, fig, n=n, rtt=rtt, latency_ms=args.latency_ms,
+                           conc=args.concurrency)
+            rate_figures(bench, fig, keys=rate_keys, latency_ms=args.latency_ms,
+                         conc=args.concurrency)
 
         print(f"idle passes (v2, PAT targets adopted from bulk seeding, RTT {args.latency_ms} ms):",
               flush=True)
@@ -483,11 +494,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
             plan = bench.cli(f"plan over {count}", cfg, "plan")
             status = bench.cli(f"status over {count}", cfg, "status")
+            for line in status.stdout.decode(errors="replace").splitlines()[-1:]:
+                print(f"    status says: {line}", flush=True)
+            # the old path beside it: every target's state read (no status index)
+            plan_fresh = bench.cli(f"plan --fresh over {count}", cfg, "plan", "--fresh")
+            status_fresh = bench.cli(f"status --fresh over {count}", cfg, "status", "--fresh")
             fig.update({f"once_{count}": once.wall, f"plan_{count}": plan.wall,
                         f"status_{count}": status.wall,
+                        f"plan_fresh_{count}": plan_fresh.wall,
+                        f"status_fresh_{count}": status_fresh.wall,
+                        f"plan_vault_{count}": plan.vault_calls,
+                        f"status_vault_{count}": status.vault_calls,
                         f"idle_zitadel_{count}": once.zitadel_calls / count,
                         f"idle_vault_{count}": once.vault_calls / count,
                         f"plan_zitadel_{count}": plan.zitadel_calls / count})
+
+        # the same fleet written as block YAML: the parser's share of plan and status
+        cfg_yaml = bench.config("idle-big-yaml", idle, block_yaml=True)
+        fig["plan_yaml"] = bench.cli(f"plan over {big}, block YAML config", cfg_yaml, "plan").wall
+        fig["status_yaml"] = bench.cli(f"status over {big}, block YAML config", cfg_yaml,
+                                       "status").wall
+
+        if args.idle_only:
+            idle_summary(fig, big)
+            return 0
 
         print("due rotation during reconciles:", flush=True)
         # due when the daemon is a few seconds into passing over the others
@@ -506,6 +536,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary(fig, n=n, small=small, big=big, conc=args.concurrency, rtt_ms=args.latency_ms,
                 rate_keys=rate_keys)
     return 0
+
+
+def idle_rows(fig: dict[str, float], count: int) -> list[tuple[str, str]]:
+    return [
+        (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
+        ("  ZITADEL / Vault calls per idle target",
+         f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
+        (f"plan over {count} (ZITADEL calls per target)",
+         f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
+        ("  Vault calls (status index)", f"{fig[f'plan_vault_{count}']:.0f}"),
+        ("  plan --fresh (every state read)", f"{fig[f'plan_fresh_{count}']:.2f} s"),
+        (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
+        ("  Vault calls (status index)", f"{fig[f'status_vault_{count}']:.0f}"),
+        ("  status --fresh (every state read)", f"{fig[f'status_fresh_{count}']:.2f} s"),
+        ("plan / status, the config in block YAML (parsing included)",
+         f"{fig['plan_yaml']:.2f} / {fig['status_yaml']:.2f} s"),
+    ]
+
+
+def print_rows(rows: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print("\nsummary")
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value:>14}")
+
+
+def idle_summary(fig: dict[str, float], count: int) -> None:
+    print_rows(idle_rows(fig, count))
 
 
 def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, rtt_ms: int,
@@ -546,14 +604,7 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
                  f"{fig[f'rl_{tag}_429']:.0f} / {fig[f'rl_{tag}_failed']:.0f} / {exit_code:.0f}"),
             ]
     for count in sorted({small, big}):
-        rows += [
-            (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
-            ("  ZITADEL / Vault calls per idle target",
-             f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
-            (f"plan over {count} (ZITADEL calls per target)",
-             f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
-            (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
-        ]
+        rows += idle_rows(fig, count)
     rows += [(f"due rotation's start delay, {small} others reconciled",
               f"{fig['due_delay']:.2f} s"),
              ("daemon RSS, 10 targets", f"{fig['rss_10']:.0f} MiB"),
@@ -561,10 +612,7 @@ def summary(fig: dict[str, float], *, n: int, small: int, big: int, conc: int, r
              ("  difference", f"{fig[f'rss_{big}'] - fig['rss_10']:.0f} MiB"),
              ("  difference, default malloc (no MALLOC_* settings)",
               f"{fig[f'rss_{big}_plain'] - fig['rss_10_plain']:.0f} MiB")]
-    width = max(len(k) for k, _ in rows)
-    print("\nsummary")
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value:>14}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

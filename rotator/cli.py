@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # imported where used: `validate` and `--help` need neither V
 
     from rotator.app import App
     from rotator.audit import AuditLog
+    from rotator.status_index import Snapshot
 
 
 class UsageError(Exception):
@@ -181,6 +182,7 @@ def parser() -> argparse.ArgumentParser:
     status = command("status", "current credential, expiry, next rotation and state per target")
     _target_names(status.add_argument("targets", nargs="*", metavar="TARGET", help="default: all"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    _fresh(status)
 
     plan = command(
         "plan",
@@ -196,6 +198,7 @@ def parser() -> argparse.ArgumentParser:
         help="how far ahead to project (default 90d)",
     )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
+    _fresh(plan)
 
     validate = command(
         "validate",
@@ -242,6 +245,15 @@ def parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return root
+
+
+def _fresh(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="read every target's state from Vault instead of the status index "
+        "(one read per target: slower over many targets)",
+    )
 
 
 def _target_names(action: argparse.Action) -> None:
@@ -450,6 +462,8 @@ def cmd_rotate(app: App, args: argparse.Namespace) -> int:
     concurrency = args.concurrency or app.config.daemon.concurrency
     with progress("rotate", len(targets), failed=_failed) as advance:
         results = _each(one, targets, concurrency, progress=advance)
+    if targets and not args.dry_run:  # the status index: what this command changed
+        app.engine.publish_index(app.config.targets, targets)
     results += webkey_cli.rotate(app, webkeys, emergency=args.emergency, dry_run=args.dry_run)
     _print_results(results, sys.stdout, as_json=args.json)
     for r in results:
@@ -573,12 +587,40 @@ def status_notes(s: TargetStatus, now: datetime) -> list[str]:
     return notes
 
 
+def _index(app: App, targets: Sequence[Target], args: argparse.Namespace) -> Snapshot:
+    """The status index's entries for ``targets`` (none with ``--fresh``)."""
+    from rotator.status_index import Snapshot  # noqa: PLC0415
+
+    if args.fresh or not targets:
+        return Snapshot(entries={}, as_of=None)
+    return app.engine.read_index(targets)
+
+
+def _index_note(snapshot: Snapshot, read: int, now: datetime) -> str:
+    """Where the figures come from: the index (and how old it is), the states, or both."""
+    if not snapshot.entries:
+        return f"read from {read} target state{'' if read == 1 else 's'} in Vault (now)"
+    text = (f"from the status index as of {_when_rel(snapshot.as_of, now)} "
+            f"({len(snapshot.entries)} target{'' if len(snapshot.entries) == 1 else 's'})")
+    if read:
+        text += f"; {read} not in it read from their state"
+    return text + "; `--fresh` reads every target's state"
+
+
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     from rotator import webkey_cli  # noqa: PLC0415
 
     targets = _targets_of(app.config, args)
-    with progress("status", len(targets), failed=_failing, delay=_QUIET_SECONDS) as advance:
-        statuses = _each(app.engine.status, targets, _READ_CONCURRENCY, progress=advance)
+    snapshot = _index(app, targets, args)
+    missing = [t for t in targets if t.name not in snapshot.entries]
+    with progress("status", len(missing), failed=_failing, delay=_QUIET_SECONDS) as advance:
+        read = _each(app.engine.status, missing, _READ_CONCURRENCY, progress=advance)
+    fresh = {s.target: s for s in read}
+    statuses = [
+        fresh[t.name] if t.name in fresh
+        else app.engine.status_from(t, snapshot.entries[t.name].state)
+        for t in targets
+    ]
     webkeys = webkey_cli.status(app, webkey_cli.selected(app.config, args.targets, all_=False))
     if args.json:
         everything = [_jsonable(s) for s in [*statuses, *webkeys]]
@@ -590,6 +632,8 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         for s in statuses:
             for note in status_notes(s, now):
                 sys.stdout.write(note + "\n")
+        if targets:
+            sys.stdout.write(_index_note(snapshot, len(missing), now) + "\n")
         if webkeys:
             webkey_cli.print_status(webkeys, sys.stdout, _table)
     if webkey_cli.failing(webkeys) and not any(_is_stuck(s) for s in statuses):
@@ -606,8 +650,19 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
 
     now = app.clock.now()
     targets = app.config.targets
-    with progress("plan", len(targets), failed=_failed, delay=_QUIET_SECONDS) as advance:
-        results = _each(app.engine.plan, targets, _READ_CONCURRENCY, progress=advance)
+    snapshot = _index(app, targets, args)
+
+    unindexed = [t for t in targets if t.name not in snapshot.entries]
+    with progress("plan", len(unindexed), failed=_failed, delay=_QUIET_SECONDS) as advance:
+        read = _each(app.engine.plan, unindexed, _READ_CONCURRENCY, progress=advance)
+    planned = {r.target: r for r in read}
+    # from the index: CPU only (ZITADEL at most once per org listing), so no threads
+    results = [
+        planned[t.name] if t.name in planned
+        else app.engine.plan_from(t, snapshot.entries[t.name].state)
+        for t in targets
+    ]
+    missing = len(unindexed)
     scheduled = [
         ScheduledTarget(
             target=target,
@@ -622,6 +677,7 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "now": _jsonable(now),
+            "index_as_of": _jsonable(snapshot.as_of),
             "horizon": format_duration(args.horizon),
             "targets": [_jsonable(r) for r in results],
             "rotations": [_jsonable(p) for p in projected],
@@ -630,6 +686,8 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
         sys.stdout.write(f"now: {_when(now)}\n")
+        if targets:
+            sys.stdout.write(_index_note(snapshot, missing, now) + "\n")
         for r in results:
             if r.outcome is Outcome.FAILED:
                 sys.stdout.write(f"{r.target}: cannot plan: {r.error}\n")

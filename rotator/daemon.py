@@ -315,7 +315,16 @@ class Daemon:
 
     def _pass_done(self) -> None:
         self.oplog.end_pass(self.clock.now())
+        self._publish_index()
         self._check_expiry()
+
+    def _publish_index(self) -> None:
+        """File the pass's view of every target into the status index (a cache
+        for status and plan: rotator/status_index.py); never fails the pass."""
+        try:
+            self.engine.publish_index(self.config.targets)
+        except Exception as exc:  # a cache must not stop the daemon
+            log.warning("status index not written: unexpected %s", type(exc).__name__)
 
     def inventory_pass(self) -> None:
         """The periodic inventory (leader only): metrics and notices for every credential."""
@@ -327,6 +336,7 @@ class Daemon:
         with ThreadPool(self.workers) as pool:
             results = [r for r in pool.map(self.run_target, self.config.targets) if r]
             results += [r for t in self.config.webkey_targets if (r := self.run_webkey(t.name))]
+        self._publish_index()
         self._check_expiry()
         return results
 

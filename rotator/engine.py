@@ -8,7 +8,7 @@ recorded failure (:mod:`rotator.failures`) and a :class:`RotationResult`;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from rotator.presence import Presence
 from rotator.report import Outcome, RotationResult, TargetStatus
 from rotator.rotation import Rotation, Run
 from rotator.state import Identity, TargetState
+from rotator.status_index import Recorder, RecordingStore, Snapshot, StatusIndex
 from rotator.zitadel.orgs import OrgDirectory
 
 
@@ -44,10 +45,16 @@ class Engine:
         presence_interval: timedelta = timedelta(minutes=5),
         orgs: OrgDirectory | None = None,
     ) -> None:
+        self.state_prefix = state_prefix.strip("/")
+        #: The status index (rotator/status_index.py): a cache that only status
+        #: and plan read.  Every state read or write below goes through the
+        #: recorder, which notes the summaries that publish_index files.
+        self.index = StatusIndex(store, self.state_prefix, clock)
+        self.recorder = Recorder(self.state_prefix, clock)
+        store = RecordingStore(store, self.recorder)
         self.transport, self.store, self.clock, self.audit = transport, store, clock, audit
         #: targets[].org names to ids (None: no target names its org)
         self.orgs = orgs
-        self.state_prefix = state_prefix.strip("/")
         self.backoff = backoff or Backoff()
         self.failures = FailureBook(store, self.backoff, self.state_path, clock)
         self.rotation = Rotation(
@@ -97,9 +104,9 @@ class Engine:
         self.failures.forget(target)
         holder = _holder(state, users)
         if dry_run:
-            reason = self.rotation.rotation_reason(target, state, holder)
-            reason = "requested" if rotate_now else reason
-            return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
+            return self._dry_run(
+                target, state, holder, rotate_now=rotate_now, supersede=supersede, unstick=unstick
+            )
 
         ops = ops_for(target.kind)
         run = Run(target, trigger, holder, ops, self.audit, started=now, users=users, former=former)
@@ -120,8 +127,62 @@ class Engine:
             outcome = Outcome.RETIRED
         return self._result(run, state, outcome)
 
+    def _dry_run(
+        self,
+        target: Target,
+        state: TargetState,
+        holder: User,
+        *,
+        rotate_now: bool = False,
+        supersede: bool = True,
+        unstick: bool = False,
+    ) -> RotationResult:
+        reason = self.rotation.rotation_reason(target, state, holder)
+        reason = "requested" if rotate_now else reason
+        now = self.clock.now()
+        return report.plan(target, state, reason, now, supersede=supersede, unstick=unstick)
+
     def plan(self, target: Target) -> RotationResult:
         return self.reconcile(target, trigger=Trigger.CLI, dry_run=True)
+
+    # ------------------------------------------------------------ status index
+
+    def read_index(self, targets: Sequence[Target]) -> Snapshot:
+        """The status index's entries for ``targets`` (rotator/status_index.py)."""
+        return self.index.read([t.name for t in targets])
+
+    def plan_from(self, target: Target, state: TargetState) -> RotationResult:
+        """``plan`` of ``target`` from its index summary rather than its state.
+
+        Falls back to :meth:`plan` where the summary cannot answer alone: a
+        blank state (the plan reads the consumer secret to adopt it) or users
+        the summary does not name."""
+        if state.is_blank() or state.user_ref != _user_ref(target):
+            return self.plan(target)
+        failures.forgive_if_changed(state, target)
+        _name_the_user_of_legacy_records(state)
+        try:
+            users = self._resolve_users(target, state)
+        except RotatorError as exc:
+            return RotationResult(target=target.name, outcome=Outcome.FAILED, error=str(exc))
+        return self._dry_run(target, state, _holder(state, users))
+
+    def status_from(self, target: Target, state: TargetState) -> TargetStatus:
+        """``status`` of ``target`` from its index summary (no Vault read)."""
+        return report.status(target, state, state.consumer_version, self.clock.now())
+
+    def publish_index(
+        self, configured: Sequence[Target], touched: Sequence[Target] | None = None
+    ) -> int:
+        """File what this process saw of the targets' state since the last call
+        into the status index: of ``touched`` (``rotate``), or of every target
+        (the daemon's pass, which also prunes the shards it saw nothing in).
+        Entries of targets not in ``configured`` go.  Never raises; returns the
+        number of shards written."""
+        names = [t.name for t in configured]
+        every_shard = touched is None
+        seen = self.recorder.take(None if every_shard else [t.name for t in touched or ()])
+        return self.index.publish(seen, names, every_shard=every_shard)
 
     def status(self, target: Target) -> TargetStatus:
         raw = self.store.read(self.state_path(target))

@@ -76,6 +76,8 @@ _KNOWN_PHRASES = (
     "namespace not authorized",
     "no handler for route",
     "rate limit quota exceeded",
+    # OpenBao's JSON limits (a request with more than 1,000 strings, keys included)
+    "refused JSON input due to high complexity",
     "custom_metadata validation failed",
     "past the max TTL, cannot renew",
     "local node not active but active cluster node not found",

@@ -655,3 +655,42 @@ def test_the_demo_runs_and_ends_with_a_status_table_of_rotated_targets() -> None
     work = re.search(r"(/\S+/rotator-demo\.\w+)", output)
     assert work is not None
     assert not Path(work.group(1)).exists()  # cleaned up on exit
+
+
+def test_status_reads_the_index_shows_its_age_and_fresh_reads_the_state(setup: Setup) -> None:
+    """``rotate`` files what it changed into the status index; ``status`` reads it
+    (saying as of when), ``--fresh`` reads every target's own state instead."""
+    assert setup.run("rotate", "--all").code == 0
+    index = [p for p in setup.versions() if p.startswith("zitadel-rotator/index/")]
+    assert index  # shards of the index, next to the state
+
+    table = setup.run("status")
+    assert table.code == 0, table.output
+    assert re.search(r"from the status index as of \S+ \S+ UTC \((now|\d+m ago)\) "
+                     r"\(2 targets\)", table.stdout), table.stdout
+
+    # The state changes behind the index's back (another process, not filed yet):
+    state = setup.secret("zitadel-rotator/targets/billing")
+    state.update(failures=1, last_error="simulated failure", last_error_class="transient")
+    setup.vault.client().secrets.kv.v2.create_or_update_secret(
+        path="zitadel-rotator/targets/billing", secret=state, mount_point=setup.mount
+    )
+    cached = {r["target"]: r for r in json.loads(setup.run("status", "--json").stdout)}
+    assert cached["billing"]["state"] == "ready"  # the index's view: a cache
+    fresh = setup.run("status", "--fresh", "--json")
+    assert fresh.code == 1, fresh.output  # a failing target
+    rows = {r["target"]: r for r in json.loads(fresh.stdout)}
+    assert rows["billing"]["state"] == "failing"
+    assert rows["billing"]["last_error"] == "simulated failure"
+    assert "read from 2 target states in Vault" in setup.run("status", "--fresh").stdout
+    assert setup.run("plan", "--fresh").code == 0
+
+    # run --once reads every state and files it: the index catches up
+    before = {p: v for p, v in setup.versions().items() if "/index/" in p}
+    once = setup.run("run", "--once")
+    assert once.code == 0, once.output  # the failure is cleared by a good pass
+    after = {p: v for p, v in setup.versions().items() if "/index/" in p}
+    assert all(after[p] > v for p, v in before.items()), (before, after, once.stderr)
+    cached, fresh = (setup.run("status", "--json"), setup.run("status", "--json", "--fresh"))
+    assert json.loads(cached.stdout) == json.loads(fresh.stdout)
+    assert {r["state"] for r in json.loads(cached.stdout)} == {"ready"}

@@ -5,6 +5,8 @@ behaviour (YAML syntax, duplicate keys, relative paths) through load_config."""
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -452,6 +454,30 @@ def test_duplicate_yaml_keys_are_refused(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(MINIMAL) + "zitadel:\n  url: http://other\n")
     with pytest.raises(ConfigError, match=r"dup\.yaml: invalid YAML: line \d+, .*duplicate key"):
         load_config(path, env={})
+
+
+def test_a_json_config_reads_as_the_same_yaml_would(tmp_path: Path) -> None:
+    as_yaml, as_json = tmp_path / "fleet.yaml", tmp_path / "fleet.json"
+    as_yaml.write_text(yaml.safe_dump(MINIMAL))
+    as_json.write_text(json.dumps(MINIMAL, indent=1))
+    from_yaml, from_json = load_config(as_yaml, env={}), load_config(as_json, env={})
+    assert replace(from_json, source=from_yaml.source) == from_yaml
+
+
+def test_json_with_a_duplicate_key_is_refused_with_the_line_as_for_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "dup.json"
+    text = json.dumps(MINIMAL, indent=1)
+    path.write_text(text[:-2] + ',\n "zitadel": {"url": "http://other"}\n}')
+    with pytest.raises(ConfigError, match=r"dup\.json: invalid YAML: line \d+, .*duplicate key"):
+        load_config(path, env={})
+
+
+def test_flow_style_yaml_that_is_not_json_still_loads(tmp_path: Path) -> None:
+    flow, block = tmp_path / "flow.yaml", tmp_path / "block.yaml"
+    flow.write_text(yaml.safe_dump(MINIMAL, default_flow_style=True))  # {targets: [...
+    block.write_text(yaml.safe_dump(MINIMAL))
+    assert flow.read_text().startswith("{")
+    assert replace(load_config(flow, env={}), source=str(block)) == load_config(block, env={})
 
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import hvac
 import pytest
 
-from rotator.errors import CasConflict, VaultUnavailable
+from rotator.errors import CasConflict, VaultError, VaultUnavailable
 from rotator.ports import SecretStore
 from rotator.vault import RetryPolicy, VaultStore
 from tests.fakes.store import MemoryStore
@@ -268,3 +268,18 @@ def test_a_sealed_store_refuses_every_call_as_retryable_unavailability(backend: 
     read = store.read(PATH)  # nothing was changed while sealed
     assert read is not None
     assert read.version == 1
+
+
+def test_a_document_of_more_than_1000_json_strings_is_refused_and_nothing_is_written(
+    backend: Backend,
+) -> None:
+    """OpenBao's JSON limit counts every string of the request, keys included
+    (``data``, ``options`` and ``cas`` among them): 997 of the document's own fit."""
+    fits = {f"k{i}": i for i in range(997)}
+    backend.store.write(PATH, fits, cas=0)
+    with pytest.raises(VaultError, match="high complexity") as refused:
+        backend.store.write(PATH, {**fits, "one more": 1}, cas=1)
+    assert refused.value.status == 400
+    stored = backend.store.read(PATH)
+    assert stored is not None
+    assert (stored.version, len(stored.data)) == (1, 997)

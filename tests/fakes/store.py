@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rotator.errors import CasConflict, VaultUnavailable
+from rotator.errors import CasConflict, VaultError, VaultUnavailable
 from rotator.model import StoredSecret
 
 
@@ -53,6 +53,20 @@ class _Secret:
 
 # the same paths VaultStore accepts, and data as it reads back from Vault
 from rotator.vault import _as_json, _normalise  # noqa: E402
+
+#: OpenBao refuses a request body with more than this many JSON strings (keys
+#: included): "refused JSON input due to high complexity".
+MAX_JSON_STRINGS = 1000
+
+
+def _json_strings(value: Any) -> int:
+    if isinstance(value, str):
+        return 1
+    if isinstance(value, dict):
+        return sum(1 + _json_strings(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_json_strings(v) for v in value)
+    return 0
 
 
 class MemoryStore:
@@ -129,6 +143,13 @@ class MemoryStore:
         if cas < 0:
             raise ValueError("cas must be >= 0")
         payload = _as_json(data)
+        # the request hvac sends: {"options": {"cas": N}, "data": ...}
+        if 3 + _json_strings(payload) > MAX_JSON_STRINGS:
+            raise VaultError(
+                "write: refused JSON input due to high complexity (400)",
+                path=f"{self.mount}/{path}",
+                status=400,
+            )
         with self._lock:
             self._enter("write", path)
             secret = self._secrets.setdefault(path, _Secret())
