@@ -133,9 +133,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common(root, top=True)
-    from rotator import __version__  # noqa: PLC0415 - the package metadata, looked up once
-
-    root.add_argument("--version", action="version", version=f"rotator {__version__}")
+    root.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -242,6 +240,17 @@ def parser() -> argparse.ArgumentParser:
     )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     return root
+
+
+class _Version(argparse.Action):
+    """``--version``: the package metadata is looked up only when asked for
+    (importlib.metadata costs every command ~15 ms of start-up otherwise)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from rotator import __version__  # noqa: PLC0415
+
+        sys.stdout.write(f"rotator {__version__}\n")  # stdout, as argparse's own action
+        parser.exit()
 
 
 def _target_names(action: argparse.Action) -> None:
