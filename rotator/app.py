@@ -14,10 +14,12 @@ anywhere.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import socket
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -237,6 +239,24 @@ def org_directory(
     return directory(token_source, lookup)
 
 
+#: The module of each API's management client (rotator/zitadel/sdk.py: the v2 SDK's
+#: slice alone is ~0.2 s of CPU to import; v1's gRPC stubs are not light either).
+_TRANSPORT_MODULES = {"v1": "rotator.zitadel.v1", "v2": "rotator.zitadel.v2"}
+
+
+def _token_while_importing(token_source: TokenSource, module: str) -> None:
+    """The own token (discovery and token exchange: two round trips to ZITADEL,
+    time spent waiting) fetched on a thread while this one imports ``module``
+    (time spent computing): one start-up pays the longer of the two, not both.
+    The token fetch imports nothing, so the two never contend for an import lock."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="own-token") as pool:
+        token = pool.submit(token_source)
+        try:
+            importlib.import_module(module)
+        finally:
+            token.result()  # its error first: the token is what start-up checks
+
+
 _TRANSPORT_METHODS = frozenset(
     name
     for protocol in (ZitadelTransport, InventoryTransport)
@@ -294,6 +314,7 @@ def build(
     audit: AuditLog | None = None,
     require_zitadel: bool = True,
     probe_api: bool = True,
+    preload_transport: bool = False,
 ) -> App:
     """Connect everything; raises RotatorError (ConfigError, VaultError,
     ZitadelError) when the environment is not usable.
@@ -303,6 +324,9 @@ def build(
     transport then refuses every call, and ``App.zitadel_error`` says why.
     With ``probe_api=False`` (commands that do not use the management API)
     ``zitadel.api: auto`` is resolved only if the transport is used.
+    With ``preload_transport=True`` (a command that will call the management
+    API at once, such as ``rotate``) the client of a configured ``zitadel.api``
+    is imported while the rotator's own token is fetched, not after it.
     """
     clock = clock or system_clock()  # ROTATOR_CLOCK_OFFSET_FILE: testing hook (clock.py)
     check_audit_file(config)
@@ -336,7 +360,11 @@ def build(
         api: str
         transport: ZitadelTransport
         try:
-            token_source()  # the rotator's own identity works, or we stop here
+            # the rotator's own identity works, or we stop here
+            if preload_transport and config.zitadel.api in _TRANSPORT_MODULES:
+                _token_while_importing(token_source, _TRANSPORT_MODULES[config.zitadel.api])
+            else:
+                token_source()
 
             def connect() -> ZitadelTransport:
                 chosen = choose_api(

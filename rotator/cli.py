@@ -915,7 +915,7 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
     from rotator.app import build  # noqa: PLC0415
     from rotator.audit import AuditLog  # noqa: PLC0415
 
-    _targets_of(config, args)  # usage errors before anything connects
+    targets = _targets_of(config, args)  # usage errors before anything connects
     if args.command != "run" and not args.debug:
         # One-shot commands: their errors are reported once, at the end.
         logging.getLogger().setLevel(logging.ERROR)
@@ -937,6 +937,9 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         audit=audit,
         require_zitadel=args.command not in _VAULT_ONLY,
         probe_api=args.command not in _NO_MANAGEMENT_API,
+        # rotate calls the management API at once: its client is imported
+        # while the own token is fetched (web key targets do not use it)
+        preload_transport=args.command == "rotate" and bool(targets),
     )
     if args.command == "run" and not args.once:
         return _serve(config, audit, connect)
