@@ -18,8 +18,9 @@ import importlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -252,12 +253,18 @@ def _token_while_importing(token_source: TokenSource, module: str) -> None:
     time spent waiting) fetched on a thread while this one imports ``module``
     (time spent computing): one start-up pays the longer of the two, not both.
     The token fetch imports nothing, so the two never contend for an import lock."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="own-token") as pool:
-        token = pool.submit(token_source)
+    fetched: Future[str] = Future()
+
+    def fetch() -> None:
         try:
-            importlib.import_module(module)
-        finally:
-            token.result()  # its error first: the token is what start-up checks
+            fetched.set_result(token_source())
+        except BaseException as exc:  # raised below, in the caller's thread
+            fetched.set_exception(exc)
+
+    # a daemon thread: Ctrl-C while ZITADEL is slow to answer is not held up by it
+    threading.Thread(target=fetch, name="own-token", daemon=True).start()
+    importlib.import_module(module)
+    fetched.result()  # raises what token_source() raised
 
 
 _TRANSPORT_METHODS = frozenset(
