@@ -6,6 +6,7 @@ figures and ratios; asserts nothing.
 
     ./scripts/bench scale [--keys 1000] [--targets 10000] [--latency-ms 50]
     ./scripts/bench scale --keys 100 --targets 1000        # quick, for development
+    ./scripts/bench scale --one-pat 5                      # only ``rotate T`` of one PAT, 5 times
 
 Measured (issue 16):
 - ``rotate --all`` of N key targets at --concurrency 1 and 16 with the latency;
@@ -38,6 +39,7 @@ import resource
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,7 @@ from tests.harness.emulator import Emulator
 from tests.harness.openbao import BAO_BINARY, OpenBao
 from tests.harness.processes import die_with_parent, free_port
 
+ROOT = Path(__file__).resolve().parents[1]
 CORES = len(os.sched_getaffinity(0))
 #: The glibc malloc settings of the Dockerfile and the chart (README, "Operating it").
 IMAGE_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -77,6 +80,21 @@ def process_cpu(pid: int | None) -> float:
 def load() -> str:
     """The 1-minute load average, as the figures were taken under it."""
     return f"{os.getloadavg()[0]:.1f}"
+
+
+def cli_env() -> dict[str, str]:
+    """The CLI's environment: with its bytecode, as an installed rotator has it
+    (pip compiles on install).  Without it, PYTHONDONTWRITEBYTECODE in the
+    environment would have every run compile the rotator's ~45 modules from
+    source again (~0.1 s of CPU each start-up)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def compile_rotator() -> None:
+    """Writes the rotator's bytecode (rotator/__pycache__, ignored by git) before
+    the first timed run, so that none of them pays for it."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "rotator")],
+                   env=cli_env(), check=True, stdin=subprocess.DEVNULL)
 
 
 def keygen_cpu_ms(samples: int = 20) -> float:
@@ -189,7 +207,7 @@ class Bench:
         return path
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "VAULT_TOKEN": self.bao.root_token}
+        return {**cli_env(), "VAULT_TOKEN": self.bao.root_token}
 
     # -- running the CLI ----------------------------------------------------------------
 
@@ -199,7 +217,7 @@ class Bench:
             [sys.executable, "-m", "benchmarks.pregenerated_keys", "--config", str(config),
              *args],
             capture_output=True, env={**self.env(), "BENCH_KEYS": str(keys + 2)}, check=False,
-            stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+            stdin=subprocess.DEVNULL, cwd=ROOT)
         found = re.search(rb"cpu-after-keygen ([0-9.]+)", proc.stderr)
         if proc.returncode != 0 or found is None:
             print(f"    (no CPU figure without key generation: exit {proc.returncode})")
@@ -414,10 +432,29 @@ def rotate_figures(bench: Bench, fig: dict[str, float], *, n: int, rtt: float, l
     fig.update(speedup_net=c1_net / cn_net if cn_net > 0 else float("nan"),
                vs_bound_net=cn_net / max(latency_bound, cpu_floor))
 
-    pat = bench.pat_targets("pat1-", 1)[0]  # no PAT yet: rotate creates one
-    pat_run = bench.cli("rotate one PAT target (v2)", bench.config("pat1", [pat]),
-                        "rotate", pat["name"])
-    fig["pat_wall"] = pat_run.wall
+    fig["pat_wall"] = one_pat_wall(bench, "pat1-")
+
+
+def one_pat_wall(bench: Bench, prefix: str) -> float:
+    """``rotate T`` of one PAT target (v2) that has no PAT yet: wall time, start-up incl."""
+    pat = bench.pat_targets(prefix, 1)[0]  # no PAT yet: rotate creates one
+    run = bench.cli("rotate one PAT target (v2)", bench.config(prefix.rstrip("-"), [pat]),
+                    "rotate", pat["name"])
+    return run.wall
+
+
+def one_pat_only(bench: Bench, *, repeat: int, latency_ms: int) -> None:
+    """Only the one-PAT figure, ``repeat`` times (the full run is long on shared CPU)."""
+    print(f"rotate one PAT target (v2), {repeat} runs, RTT {latency_ms} ms:", flush=True)
+    bench.emu.set_faults(latency_ms=latency_ms)
+    # not counted: the emulator's first v2 calls cost it ~0.3 s of CPU (in the
+    # full run, the PAT rotation comes long after them)
+    print("  (warm-up, not counted)", flush=True)
+    one_pat_wall(bench, "patw-")
+    walls = sorted(one_pat_wall(bench, f"pat{i}-") for i in range(repeat))
+    print(f"\nsummary\n  rotate one PAT target (v2, wall, start-up incl.): median "
+          f"{statistics.median(walls):.2f} s, min {walls[0]:.2f} s, max {walls[-1]:.2f} s, "
+          f"load {load()}", flush=True)
 
 
 def rate_figures(bench: Bench, fig: dict[str, float], *, keys: int, latency_ms: int,
@@ -442,6 +479,27 @@ def rate_figures(bench: Bench, fig: dict[str, float], *, keys: int, latency_ms: 
     bench.emu.set_faults(latency_ms=latency_ms)
 
 
+def idle_figures(bench: Bench, fig: dict[str, float], count: int, cfg: Path) -> None:
+    """Idle run --once, plan and status over ``count`` targets (index and --fresh)."""
+    once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
+    plan = bench.cli(f"plan over {count}", cfg, "plan")
+    status = bench.cli(f"status over {count}", cfg, "status")
+    for line in status.stdout.decode(errors="replace").splitlines()[-1:]:
+        print(f"    status says: {line}", flush=True)
+    # the old path beside it: every target's state read (no status index)
+    plan_fresh = bench.cli(f"plan --fresh over {count}", cfg, "plan", "--fresh")
+    status_fresh = bench.cli(f"status --fresh over {count}", cfg, "status", "--fresh")
+    fig.update({f"once_{count}": once.wall, f"plan_{count}": plan.wall,
+                f"status_{count}": status.wall,
+                f"plan_fresh_{count}": plan_fresh.wall,
+                f"status_fresh_{count}": status_fresh.wall,
+                f"plan_vault_{count}": plan.vault_calls,
+                f"status_vault_{count}": status.vault_calls,
+                f"idle_zitadel_{count}": once.zitadel_calls / count,
+                f"idle_vault_{count}": once.vault_calls / count,
+                f"plan_zitadel_{count}": plan.zitadel_calls / count})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./scripts/bench scale",
                                      description=__doc__.splitlines()[0])
@@ -457,7 +515,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle-only", action="store_true",
                         help="only the idle passes at --targets (run --once, plan, status): "
                              "no rotate --all, rate-limit, due-delay or memory runs")
+    parser.add_argument("--one-pat", type=int, metavar="RUNS", default=0,
+                        help="measure only `rotate T` of one PAT target, RUNS times")
     args = parser.parse_args(argv)
+    compile_rotator()
+    if args.one_pat:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp, \
+                audited_openbao(Path(tmp) / "vault-audit.log") as bao, \
+                Emulator.running() as emu:
+            bench = Bench(emu, bao, bao.enable_kv(), Path(tmp),
+                          VaultAudit(Path(tmp) / "vault-audit.log"))
+            one_pat_only(bench, repeat=args.one_pat, latency_ms=args.latency_ms)
+        return 0
     n, big, rtt = args.keys, args.targets, args.latency_ms / 1000
     small = big if args.idle_only else min(1000, big)
     rate_keys = args.rate_keys or n
@@ -491,23 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg_ten = bench.config("idle-ten", idle[:10])
         bench.cli(f"first pass, adopting {big}", cfg_big, "run", "--once")
         for count, cfg in ((small, cfg_small), (big, cfg_big))[1 if small == big else 0:]:
-            once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
-            plan = bench.cli(f"plan over {count}", cfg, "plan")
-            status = bench.cli(f"status over {count}", cfg, "status")
-            for line in status.stdout.decode(errors="replace").splitlines()[-1:]:
-                print(f"    status says: {line}", flush=True)
-            # the old path beside it: every target's state read (no status index)
-            plan_fresh = bench.cli(f"plan --fresh over {count}", cfg, "plan", "--fresh")
-            status_fresh = bench.cli(f"status --fresh over {count}", cfg, "status", "--fresh")
-            fig.update({f"once_{count}": once.wall, f"plan_{count}": plan.wall,
-                        f"status_{count}": status.wall,
-                        f"plan_fresh_{count}": plan_fresh.wall,
-                        f"status_fresh_{count}": status_fresh.wall,
-                        f"plan_vault_{count}": plan.vault_calls,
-                        f"status_vault_{count}": status.vault_calls,
-                        f"idle_zitadel_{count}": once.zitadel_calls / count,
-                        f"idle_vault_{count}": once.vault_calls / count,
-                        f"plan_zitadel_{count}": plan.zitadel_calls / count})
+            idle_figures(bench, fig, count, cfg)
 
         # the same fleet written as block YAML: the parser's share of plan and status
         cfg_yaml = bench.config("idle-big-yaml", idle, block_yaml=True)

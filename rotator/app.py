@@ -14,10 +14,13 @@ anywhere.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -164,7 +167,10 @@ def _checked(data: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(data, dict):
         raise InvalidKeyFile(f"{what} is not a JSON object")
     try:
-        check_key_file(data)
+        # Its numbers checked against each other, its primes not tested (~50 ms
+        # of CPU at every start: ZITADEL refuses what a key with bad primes
+        # signs); `rotator validate` tests them.
+        check_key_file(data, test_primes=False)
     except InvalidKeyFile as exc:
         raise InvalidKeyFile(f"{what}: {exc}") from None
     return data
@@ -237,6 +243,30 @@ def org_directory(
     return directory(token_source, lookup)
 
 
+#: The module of each API's management client (rotator/zitadel/sdk.py: the v2 SDK's
+#: slice alone is ~0.2 s of CPU to import; v1's gRPC stubs are not light either).
+_TRANSPORT_MODULES = {"v1": "rotator.zitadel.v1", "v2": "rotator.zitadel.v2"}
+
+
+def _token_while_importing(token_source: TokenSource, module: str) -> None:
+    """The own token (discovery and token exchange: two round trips to ZITADEL,
+    time spent waiting) fetched on a thread while this one imports ``module``
+    (time spent computing): one start-up pays the longer of the two, not both.
+    The token fetch imports nothing, so the two never contend for an import lock."""
+    fetched: Future[str] = Future()
+
+    def fetch() -> None:
+        try:
+            fetched.set_result(token_source())
+        except BaseException as exc:  # raised below, in the caller's thread
+            fetched.set_exception(exc)
+
+    # a daemon thread: Ctrl-C while ZITADEL is slow to answer is not held up by it
+    threading.Thread(target=fetch, name="own-token", daemon=True).start()
+    importlib.import_module(module)
+    fetched.result()  # raises what token_source() raised
+
+
 _TRANSPORT_METHODS = frozenset(
     name
     for protocol in (ZitadelTransport, InventoryTransport)
@@ -294,6 +324,7 @@ def build(
     audit: AuditLog | None = None,
     require_zitadel: bool = True,
     probe_api: bool = True,
+    preload_transport: bool = False,
 ) -> App:
     """Connect everything; raises RotatorError (ConfigError, VaultError,
     ZitadelError) when the environment is not usable.
@@ -303,6 +334,9 @@ def build(
     transport then refuses every call, and ``App.zitadel_error`` says why.
     With ``probe_api=False`` (commands that do not use the management API)
     ``zitadel.api: auto`` is resolved only if the transport is used.
+    With ``preload_transport=True`` (a command that will call the management
+    API at once, such as ``rotate``) the client of a configured ``zitadel.api``
+    is imported while the rotator's own token is fetched, not after it.
     """
     clock = clock or system_clock()  # ROTATOR_CLOCK_OFFSET_FILE: testing hook (clock.py)
     check_audit_file(config)
@@ -336,7 +370,11 @@ def build(
         api: str
         transport: ZitadelTransport
         try:
-            token_source()  # the rotator's own identity works, or we stop here
+            # the rotator's own identity works, or we stop here
+            if preload_transport and config.zitadel.api in _TRANSPORT_MODULES:
+                _token_while_importing(token_source, _TRANSPORT_MODULES[config.zitadel.api])
+            else:
+                token_source()
 
             def connect() -> ZitadelTransport:
                 chosen = choose_api(

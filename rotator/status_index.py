@@ -260,13 +260,13 @@ class StatusIndex:
         written = 0
         for shard in shards:
             try:
-                written += self._file(shard, by_shard.get(shard, {}), keep)
+                written += self._file(shard, by_shard.get(shard, {}), keep, refresh=every_shard)
             except RotatorError as exc:
                 log.warning("status index: shard %02d not written: %s", shard, exc)
         return written
 
     def _file(self, shard: int, updates: Mapping[str, dict[str, Any] | None],
-              keep: set[str]) -> int:
+              keep: set[str], *, refresh: bool) -> int:
         path = self.path(shard)
         for _ in range(_ATTEMPTS):
             secret = self.store.read(path)
@@ -276,7 +276,7 @@ class StatusIndex:
                 current = entries.get(name)
                 if entry is None:
                     entries.pop(name, None)
-                elif not _newer(current, entry):
+                elif not _newer(current, entry, refresh=refresh):
                     continue  # another writer filed a later version of this state
                 else:
                     entries[name] = entry
@@ -308,9 +308,10 @@ def _entries(secret: StoredSecret | None) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
-def _newer(current: Any, entry: Mapping[str, Any]) -> bool:
-    """Whether ``entry`` replaces ``current``: a later state version, or the same
-    one seen later."""
+def _newer(current: Any, entry: Mapping[str, Any], *, refresh: bool) -> bool:
+    """Whether ``entry`` replaces ``current``: a later state version, or (``refresh``:
+    a pass over every target, which vouches for the index's age) the same one
+    seen later.  A ``rotate`` that changed nothing then writes nothing."""
     if not isinstance(current, Mapping):
         return True
     try:
@@ -318,4 +319,4 @@ def _newer(current: Any, entry: Mapping[str, Any]) -> bool:
         theirs = (int(current["state_version"]), str(current["taken_at"]))
     except (KeyError, TypeError, ValueError):
         return True
-    return ours >= theirs
+    return ours >= theirs if refresh else ours[0] > theirs[0]

@@ -383,13 +383,21 @@ class VaultStore:
 
     def check(self) -> None:
         """Reachable, unsealed, our token valid, and the mount a KV v2 engine we can use."""
-
-        self._call(
-            "token lookup-self",
-            None,
-            self._lookup_self,
-            full_path="auth/token/lookup-self",
+        logins = getattr(self._auth, "logins", None)
+        if self._auth is not None:
+            # Log in first: a token "login" is a lookup-self itself, and a second
+            # one a moment later would tell nothing new (a round trip at every start).
+            self._call("token lookup-self", None, lambda: None, full_path="auth/token/lookup-self")
+        just_looked_up = getattr(self._auth, "token_looked_up", False) and (
+            getattr(self._auth, "logins", None) != logins
         )
+        if not just_looked_up:
+            self._call(
+                "token lookup-self",
+                None,
+                self._lookup_self,
+                full_path="auth/token/lookup-self",
+            )
 
         def probe() -> None:
             mount = self._client.adapter.get(f"/v1/sys/internal/ui/mounts/{self.mount}")

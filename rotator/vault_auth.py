@@ -249,6 +249,12 @@ class Authenticator:
         self.renewals = 0
 
     @property
+    def token_looked_up(self) -> bool:
+        """The current token was obtained by a lookup-self (the token method's
+        login), so it is known valid and allowed ``auth/token/lookup-self``."""
+        return self._token is not None and self.method.name == "token"
+
+    @property
     def expires_at(self) -> datetime | None:
         """When the current token expires (None: no token yet, or it never expires)."""
         token = self._token

@@ -28,12 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from apscheduler.triggers.cron import CronTrigger
 
 from rotator.model import Target
 from rotator.policy import new_expiry, retire_at, safety_margin
+
+if TYPE_CHECKING:  # imported where a window is parsed: most configs have none (start-up cost)
+    from apscheduler.triggers.cron import CronTrigger
 
 #: How far ahead :func:`next_allowed` searches when not given a limit.
 DEFAULT_SEARCH = timedelta(days=400)
@@ -58,6 +60,8 @@ def _trigger(cron: str, timezone: str) -> CronTrigger:
     if len(fields) != 5:
         raise ValueError(f"cron: {cron!r} must have 5 fields (minute hour day month weekday)")
     minute, hour, day, month, weekday = fields
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see the imports
+
     try:
         return CronTrigger(
             minute=minute,

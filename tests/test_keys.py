@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from math import gcd
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from rotator.keys import (
     InvalidKeyFile,
     KeyPair,
     build_key_file,
+    check_key_file,
     format_go_time,
     generate_key_pair,
     key_file_json,
@@ -165,6 +167,58 @@ def test_unusable_key_is_refused_without_quoting_it() -> None:
     assert "3001" in str(caught.value)
     assert "c2VjcmV0" not in str(caught.value)
     assert caught.value.__cause__ is None or "c2VjcmV0" not in str(caught.value.__cause__)
+
+
+def _pem_of(numbers: rsa.RSAPrivateNumbers) -> str:
+    """A PEM of ``numbers`` as they are, consistent or not."""
+    key = numbers.private_key(unsafe_skip_rsa_key_validation=True)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def test_a_damaged_key_is_refused_before_it_signs_without_quoting_it(pair: KeyPair) -> None:
+    """Signing skips OpenSSL's costly prime tests, not the check that the key's
+    numbers belong together: one wrong CRT number and nothing is signed."""
+    good = serialization.load_pem_private_key(pair.private_key_pem, None)
+    assert isinstance(good, rsa.RSAPrivateKey)
+    n = good.private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        n.p, n.q, n.d, n.dmp1 ^ 2, n.dmq1, n.iqmp, n.public_numbers
+    )  # one bit of d mod (p-1) flipped
+    key_file = {"keyId": "3001", "userId": "2001", "key": _pem_of(damaged)}
+    with pytest.raises(InvalidKeyFile, match="3001: 'key' is not a PEM private key") as caught:
+        sign_assertion(key_file, ISSUER, NOW)
+    assert str(n.d) not in str(caught.value)
+    with pytest.raises(InvalidKeyFile):
+        check_key_file(key_file, test_primes=False)
+
+
+def test_validate_still_tests_the_primes_signing_does_not(pair: KeyPair) -> None:
+    """A key whose "primes" are composite but whose numbers fit together: only
+    OpenSSL's Miller-Rabin tests (``rotator validate``) can tell."""
+    primes = [
+        serialization.load_pem_private_key(generate_key_pair().private_key_pem, None)
+        .private_numbers()  # type: ignore[union-attr]
+        .p
+        for _ in range(4)
+    ]
+    p, q = primes[0] * primes[1], primes[2] * primes[3]
+    e = 65537
+    lam = (p - 1) * (q - 1) // gcd(p - 1, q - 1)
+    if gcd(e, lam) != 1:
+        pytest.skip("e not invertible for these composites (rare)")
+    d = pow(e, -1, lam)
+    numbers = rsa.RSAPrivateNumbers(
+        p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q)
+    )
+    key_file = {"keyId": "3001", "userId": "2001", "key": _pem_of(numbers)}
+
+    check_key_file(key_file, test_primes=False)  # the numbers fit together
+    with pytest.raises(InvalidKeyFile, match="not a PEM private key"):
+        check_key_file(key_file)  # validate's check: p and q are not prime
 
 
 # -- against the emulator: consumers of ZITADEL key files accept ours ----------------------

@@ -96,7 +96,8 @@ def live_config(tmp_path: Path, emulator: Emulator, vault_url: str, mount: str, 
 
 def test_help_loads_no_client_library(tmp_path: Path) -> None:
     modules = run_cli(tmp_path, "--help")
-    for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "cryptography", "structlog"):
+    for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "cryptography", "structlog",
+                  "apscheduler", "importlib.metadata"):  # the version: only for --version
         assert loaded(modules, heavy) == [], heavy
 
 
@@ -114,7 +115,8 @@ def test_validate_loads_neither_the_sdk_nor_grpc_nor_any_network_client(tmp_path
         },
     )
     modules = run_cli(tmp_path, "--config", str(config), "validate", "--config-only")
-    for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "requests", "cryptography"):
+    for heavy in ("zitadel_client", "grpc", "hvac", "httpx", "requests", "cryptography",
+                  "apscheduler"):  # cron windows: only a config that has one parses them
         assert loaded(modules, heavy) == [], heavy
     # the full validate also reads the key file (JSON, PEM): cryptography, still no client
     pair = generate_key_pair()
@@ -137,6 +139,7 @@ def test_status_reads_vault_without_the_sdk_or_grpc(
     assert "hvac" in modules  # it did read Vault
     assert loaded(modules, "zitadel_client") == []
     assert loaded(modules, "grpc") == []
+    assert loaded(modules, "apscheduler") == []  # no rotation window configured
 
 
 def test_a_v2_rotation_loads_only_the_slice_of_the_sdk_it_uses(
@@ -150,6 +153,7 @@ def test_a_v2_rotation_loads_only_the_slice_of_the_sdk_it_uses(
     # library only the SDK's own private-key login uses
     for unused in ("zitadel_client.zitadel", "zitadel_client.api.user_service_api", "authlib.jose"):
         assert unused not in modules
+    assert loaded(modules, "apscheduler") == []  # no rotation window configured
     models = [m for m in sdk if m.startswith("zitadel_client.models.")]
     assert 0 < len(models) < 100, len(models)  # of ~1,350
     assert loaded(modules, "grpc") == []

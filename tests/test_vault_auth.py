@@ -75,6 +75,24 @@ def test_token_from_the_environment(openbao: OpenBao, kv_mount: str, kv_policy_n
     assert store.read("p").data == {"n": 1}  # type: ignore[union-attr]
 
 
+def test_the_start_check_looks_a_token_up_once(
+    openbao: OpenBao, kv_mount: str, kv_policy_name: str
+) -> None:
+    """The token method's login is a lookup-self: the check that follows it does
+    not send another (a token with limited uses counts every lookup-self)."""
+    created = openbao.client().auth.token.create(
+        policies=[kv_policy_name, "default"], num_uses=10
+    )
+    token = created["auth"]["client_token"]
+    method = TokenMethod(SecretSource(env="VAULT_TOKEN", environ={"VAULT_TOKEN": token}))
+    store, auth = authed_store(openbao, kv_mount, method)
+
+    store.check()
+
+    assert auth.logins == 1
+    assert lookup(openbao, token)["num_uses"] == 9
+
+
 def test_token_is_renewed_once_past_half_its_ttl(
     openbao: OpenBao, kv_mount: str, kv_policy_name: str
 ) -> None:
