@@ -221,3 +221,26 @@ def test_run_once_daemon_pass_files_every_target(kit: FastKit, store: MemoryStor
     reconcile_all(kit, targets)  # idle: reads only
     kit.engine.publish_index(targets)
     assert set(kit.engine.read_index(targets).entries) == {"billing", "reports"}
+
+
+def test_after_a_state_loss_the_index_shows_the_new_state_not_the_lost_one(
+    kit: FastKit, store: MemoryStore
+) -> None:
+    """A state secret lost and written anew restarts at KV version 1: a pass over
+    every target must still replace the summary of the lost state (whose
+    version was higher), or status shows the lost state until the new one's
+    version catches up (weeks of rotations)."""
+    target = key_target()
+    kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True)  # grace: a previous
+    kit.engine.publish_index([target])
+    assert kit.engine.status(target).state == "grace"
+
+    store.delete_all(kit.engine.state_path(target))  # the state is lost
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)  # adopted from the consumer secret
+    fresh = kit.engine.status(target)
+    assert fresh.state == "ready"
+    kit.engine.publish_index([target])  # the daemon's pass: every shard
+
+    entry = kit.engine.read_index([target]).entries[target.name]
+    assert kit.engine.status_from(target, entry.state) == fresh
