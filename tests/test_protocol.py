@@ -1359,3 +1359,27 @@ def test_a_credential_consumers_hold_after_a_crash_is_neither_verified_nor_given
     assert held[ID_FIELD[kind]] in live_ids(kit, target.kind, target.user)
     assert secret(kit, target.vault_path)[ID_FIELD[kind]] == held[ID_FIELD[kind]]
     consumer_can_authenticate(kit, secret(kit, target.vault_path))
+
+
+def test_a_long_outage_at_expiry_leaves_a_state_vault_still_accepts(kit: FastKit) -> None:
+    """Each attempt that cannot create leaves an orphan record, kept while
+    ZITADEL cannot list; close to the expiry attempts come every 30 s.  OpenBao
+    refuses a request of more than 1,000 JSON strings (tests/fakes/store.py): the
+    state must stay writable, and the target converge once ZITADEL is back."""
+    kit.engine.failures.backoff = Backoff(  # the daemon's defaults
+        max_attempts=5, base=timedelta(minutes=1), cap=timedelta(hours=1)
+    )
+    target = key_target()
+    first = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    assert first.expires_at is not None
+    kit.advance((first.expires_at - kit.clock.now()).total_seconds() - 3600)
+    kit.zitadel.set_faults(rules=[{"method": "*", "code": "unavailable", "rate": 1.0}])
+    outcomes = _daemon_loop(kit, target, minutes=3 * 60)
+    state = kit.store.read(kit.engine.state_path(target))
+    assert state is not None
+    orphans = len(state.data.get("orphans") or ())
+    kit.zitadel.clear_faults()
+    recovered = _daemon_loop(kit, target, minutes=120)
+    errors = {r for r in [kit.engine.status(target).last_error] if r}
+    assert Outcome.STUCK not in outcomes + recovered, (orphans, errors)
+    assert Outcome.ROTATED in recovered, (orphans, errors)
