@@ -1383,3 +1383,31 @@ def test_a_long_outage_at_expiry_leaves_a_state_vault_still_accepts(kit: FastKit
     errors = {r for r in [kit.engine.status(target).last_error] if r}
     assert Outcome.STUCK not in outcomes + recovered, (orphans, errors)
     assert Outcome.ROTATED in recovered, (orphans, errors)
+
+
+def test_a_secret_promoted_before_verification_is_not_taken_as_verified_after_a_second_identity_is_added(  # noqa: E501
+    kit: FastKit, ledger: Target
+) -> None:
+    """One identity promotes a secret before verifying it; should the target get a
+    second identity while that secret is pending, the resume must not take "the
+    consumer holds it" as "it was verified" (true only of two identities)."""
+    target = replace(ledger, policy=QUICK_VERIFY)
+    assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(21 * DAY)
+
+    def regenerate_behind_its_back(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.stored":
+            kit.zitadel.domain.generate_machine_secret(event["user_id"])
+
+    kit.engine.audit.subscribe(regenerate_behind_its_back)
+    try:
+        failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.engine.audit.unsubscribe(regenerate_behind_its_back)
+    assert failed.outcome is Outcome.FAILED  # pending, promoted early, refused: dead
+    kit.zitadel.add_user("svc-payroll-b")
+    two = replace(target, users=("svc-payroll", "svc-payroll-b"))
+    kit.advance(10)
+    result = kit.engine.reconcile(two, trigger=Trigger.SCHEDULE)
+    if result.outcome is Outcome.ROTATED:
+        client_works(kit, secret(kit, two.vault_path))  # a rotation done is one that works
