@@ -18,8 +18,8 @@ rotation protocol never depends on a transport.
     │   ├── VaultUnavailable        unreachable, sealed, 5xx, 429: worth retrying
     │   ├── VaultPermissionDenied   the token's policy does not allow this path
     │   └── CasConflict             someone else wrote the secret since we read it
-    │       ├── RotationInFlight    another rotator owns the target's rotation until its deadline
-    │       └── ClaimLapsed         our own claim lapsed before a request could be sent
+    │       └── RotationInFlight    another rotator owns the target's rotation until its deadline
+    ├── ClaimLapsed                 a request not sent: the rotation's claim had lapsed
     ├── VerificationError           the new credential did not work at ZITADEL
     │                               (carries credential_id and a short reason code)
     └── LeaseError                  the Kubernetes API refused or failed a Lease call (retryable)
@@ -129,9 +129,12 @@ class RotationInFlight(CasConflict):
     """Another rotator runs this target's rotation and may until its deadline."""
 
 
-class ClaimLapsed(CasConflict):
+class ClaimLapsed(RotatorError):
     """A request was not sent: the rotation's claim on the target lapsed
-    before it could go out (see :mod:`rotator.fence`)."""
+    before it could go out (see :mod:`rotator.fence`).  A failure like any
+    other (it backs off and alerts when it persists), not a lost race."""
+
+    retryable = True
 
 
 class GraceNotOver(RotatorError):

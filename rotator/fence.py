@@ -49,5 +49,5 @@ def check() -> None:
         raise ClaimLapsed(
             f"{fence.what}: not sent, the claim on the rotation lapsed at "
             f"{fence.send_before.isoformat()} (another rotator may have taken it over); "
-            "the next run resumes it"
+            "the next attempt starts it again"
         )

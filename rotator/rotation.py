@@ -71,6 +71,7 @@ from rotator import consumer, failures, fence, planner
 from rotator import policy as rules
 from rotator.audit import AuditLog
 from rotator.errors import (
+    ClaimLapsed,
     GraceNotOver,
     RotationInFlight,
     RotatorError,
@@ -325,6 +326,14 @@ class Rotation:
             with guard:
                 fence.check()  # here, and again below us after any wait (throttle, token)
                 credential, secret = run.ops.create(self.transport, user, pending.expires_at)
+        except ClaimLapsed:
+            # Nothing was sent, so the old secret still works: give the intent up
+            # (unless another rotator took it over) rather than leave it `creating`,
+            # which the next run would take for a lost regeneration.
+            state.pending = None
+            with suppress(RotatorError):
+                self.save(target, state, version)
+            raise
         except RotatorError as exc:
             if in_place:
                 # A lost answer may have regenerated the secret: the intent in
@@ -694,7 +703,7 @@ class Rotation:
         if (
             pending.phase is Phase.CREATED
             and pending.secret
-            and not (run.ops.replaces_in_place and run.alone)
+            and not _may_have_been_promoted_early(run, state)
             and consumer.holds(self.store, run.target, pending.secret)
         ):
             # Consumers read it already, and it was promoted only once verified
@@ -753,3 +762,16 @@ class Rotation:
         return state, version
 
     # ------------------------------------------------------------ failures
+
+
+def _may_have_been_promoted_early(run: Run, state: TargetState) -> bool:
+    """A client secret regenerated on the identity consumers use (or with no
+    credential yet): with one identity it is promoted *before* verification, so
+    "consumers hold it" proves nothing -- also once a second identity was
+    configured since."""
+    pending, current = state.pending, state.current
+    assert pending is not None
+    if not run.ops.replaces_in_place:
+        return False
+    in_use = (current.user_id or state.user_id) if current else ""
+    return not in_use or (pending.user_id or state.user_id) == in_use

@@ -185,6 +185,9 @@ class TargetState:
                 data.pop(f.name)
         # derived, written for people reading the state in Vault (ignored on read)
         data["active_user_id"], data["next_user_id"] = self.active_user_id, self.next_user_id
+        # one string each: OpenBao refuses a request of more than 1,000 JSON strings,
+        # and a long outage near an expiry leaves one orphan record per attempt
+        data["orphans"] = [_orphan_text(o) for o in self.orphans]
         return {"schema": SCHEMA_VERSION, **_encode(data)}
 
     @classmethod
@@ -204,7 +207,9 @@ class TargetState:
         if isinstance(state.removing, dict):
             state.removing = Removal(**_decode_fields(Removal, state.removing))
         state.orphans = [
-            Orphan(**_decode_fields(Orphan, o)) if isinstance(o, dict) else o
+            _orphan_of(o) if isinstance(o, str)
+            else Orphan(**_decode_fields(Orphan, o)) if isinstance(o, dict)  # before 0.1 (dicts)
+            else o
             for o in state.orphans
         ]
         state.identities = [
@@ -212,6 +217,27 @@ class TargetState:
             for i in state.identities
         ]
         return state
+
+
+def _orphan_text(orphan: Orphan) -> str:
+    """``rotation_id expires_at created_after watch_until credential_id user_id``
+    ("-" for an empty field): no field holds a space."""
+    return " ".join((
+        orphan.rotation_id, orphan.expires_at.isoformat(), orphan.created_after.isoformat(),
+        orphan.watch_until.isoformat(), orphan.credential_id or "-", orphan.user_id or "-",
+    ))
+
+
+def _orphan_of(text: str) -> Orphan:
+    rotation_id, expires_at, created_after, watch_until, credential_id, user_id = text.split(" ")
+    return Orphan(
+        rotation_id=rotation_id,
+        expires_at=datetime.fromisoformat(expires_at),
+        created_after=datetime.fromisoformat(created_after),
+        watch_until=datetime.fromisoformat(watch_until),
+        credential_id=None if credential_id == "-" else credential_id,
+        user_id="" if user_id == "-" else user_id,
+    )
 
 
 _DATETIME_FIELDS = {

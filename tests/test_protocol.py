@@ -350,7 +350,8 @@ def test_a_rollback_that_zitadel_refuses_is_retried_until_the_key_is_gone(kit: F
     # ... but it is not forgotten: orphan records hold it until ZITADEL removed it
     # (by its id, and by its rotation's expiry instant, for a twin a retried create left)
     assert raw.data["pending"] is None
-    assert {o["credential_id"] for o in raw.data["orphans"]} == {None, *created}
+    orphans = TargetState.from_dict(dict(raw.data)).orphans
+    assert {o.credential_id for o in orphans} == {None, *created}
 
     assert failed.next_run_at is not None
     kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
@@ -1331,9 +1332,16 @@ def test_no_regeneration_is_sent_once_the_claim_on_the_rotation_may_have_lapsed(
     assert "claim on the rotation lapsed" in (stalled.error or "")
     assert len(created_ids(kit)) == 1  # nothing was sent
     client_works(kit, held)  # so the secret consumers hold still works
+    state = kit.store.read(kit.engine.state_path(ledger))
+    assert state is not None
+    assert state.data["pending"] is None  # given up, not left for a "lost" regeneration
+    assert state.data["failures"] == 1  # a failure that backs off and alerts if it lasts
 
+    assert stalled.next_run_at is not None
+    kit.advance((stalled.next_run_at - kit.clock.now()).total_seconds() + 1)
     resumed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
     assert resumed.outcome is Outcome.ROTATED, resumed.error
+    assert "secret.regenerated_after_loss" not in kit.event_names()
     client_works(kit, secret(kit, ledger.vault_path))
 
 

@@ -249,10 +249,13 @@ class World:
     def advance(self, seconds: float) -> None:
         """Move the rotators' clock and ZITADEL's together."""
         self.offset_s += seconds
+        # ZITADEL first: a rotator must never be ahead of it by the jump (it would
+        # record a lost create as made after ZITADEL's clock says it was, and its
+        # orphan would never be recognised); behind it by a moment is clock skew
+        self.emulator.set_clock_offset(self.offset_s)
         tmp = self.offset_file.with_suffix(".tmp")
         tmp.write_text(repr(self.offset_s))
         os.replace(tmp, self.offset_file)  # atomic: a reader never sees half a number
-        self.emulator.set_clock_offset(self.offset_s)
 
     def now_s(self) -> float:
         """The simulated instant, epoch seconds."""
