@@ -654,6 +654,26 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def _plan_all(app: App, targets: Sequence[Target], snapshot: Snapshot) -> list[RotationResult]:
+    """Every target's plan: from its index summary, or its state when not indexed."""
+    unindexed = [t for t in targets if t.name not in snapshot.entries]
+    with progress("plan", len(unindexed), failed=_failed, delay=_QUIET_SECONDS) as advance:
+        read = _each(app.engine.plan, unindexed, _READ_CONCURRENCY, progress=advance)
+    planned = {r.target: r for r in read}
+    # From the index it is CPU only with v2 (ZITADEL once per org listing): threads
+    # would only contend.  v1 lists per user: those calls go out side by side.
+    indexed = [t for t in targets if t.name not in planned]
+    per_user = app.engine.transport.api != "v2"
+    for result in _each(
+        lambda t: app.engine.plan_from(t, snapshot.entries[t.name].state),
+        indexed,
+        _READ_CONCURRENCY if per_user else 1,
+    ):
+        planned[result.target] = result
+    results = [planned[t.name] for t in targets]
+    return results
+
+
 def cmd_plan(app: App, args: argparse.Namespace) -> int:
     from rotator import webkey_cli  # noqa: PLC0415
 
@@ -661,17 +681,8 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
     targets = app.config.targets
     snapshot = _index(app, targets, args)
 
-    unindexed = [t for t in targets if t.name not in snapshot.entries]
-    with progress("plan", len(unindexed), failed=_failed, delay=_QUIET_SECONDS) as advance:
-        read = _each(app.engine.plan, unindexed, _READ_CONCURRENCY, progress=advance)
-    planned = {r.target: r for r in read}
-    # from the index: CPU only (ZITADEL at most once per org listing), so no threads
-    results = [
-        planned[t.name] if t.name in planned
-        else app.engine.plan_from(t, snapshot.entries[t.name].state)
-        for t in targets
-    ]
-    missing = len(unindexed)
+    results = _plan_all(app, targets, snapshot)
+    missing = len(targets) - len(snapshot.entries)
     scheduled = [
         ScheduledTarget(
             target=target,

@@ -239,6 +239,9 @@ class StatusIndex:
                 except (KeyError, TypeError, ValueError):
                     log.warning("status index: unreadable entry for %s: reading its state", name)
         as_of = min((e.taken_at for e in entries.values()), default=None)
+        vouched = self.vouched_at() if entries else None
+        if as_of is not None and vouched is not None:
+            as_of = max(as_of, vouched)  # unchanged since, as the last full pass found
         return Snapshot(entries, as_of)
 
     def publish(
@@ -257,16 +260,46 @@ class StatusIndex:
             by_shard.setdefault(shard_of(name), {})[name] = entry
         shards = range(SHARDS) if every_shard else sorted(by_shard)
         keep = set(configured)
-        written = 0
+        written, filed = 0, True
         for shard in shards:
             try:
-                written += self._file(shard, by_shard.get(shard, {}), keep, refresh=every_shard)
+                done = self._file(shard, by_shard.get(shard, {}), keep, refresh=every_shard)
             except RotatorError as exc:
                 log.warning("status index: shard %02d not written: %s", shard, exc)
+                done = None
+            filed = filed and done is not None
+            written += done or 0
+        taken = [e["taken_at"] for e in seen.values() if e is not None]
+        if every_shard and filed and taken:
+            # Unchanged summaries are not rewritten (a shard per pass would be ~5 MB
+            # into Vault every 5 minutes at 10,000 targets): this one small document
+            # says every one of them was true when the pass began.
+            self._vouch(min(taken))
         return written
 
+    def _vouch(self, at: str) -> None:
+        try:
+            old = self.store.read(self.pass_path)
+            self.store.write(self.pass_path, {"schema": SCHEMA, "at": at},
+                             cas=old.version if old else 0)
+        except RotatorError as exc:  # CasConflict: another pass vouched at the same time
+            log.warning("status index: the pass was not recorded: %s", exc)
+
+    @property
+    def pass_path(self) -> str:
+        return f"{self.state_prefix}/index/pass"
+
+    def vouched_at(self) -> datetime | None:
+        """When the last pass over every target began, whose summaries all hold."""
+        document = self.store.read(self.pass_path)
+        at = document.data.get("at") if document is not None else None
+        try:
+            return datetime.fromisoformat(at) if isinstance(at, str) else None
+        except ValueError:
+            return None
+
     def _file(self, shard: int, updates: Mapping[str, dict[str, Any] | None],
-              keep: set[str], *, refresh: bool) -> int:
+              keep: set[str], *, refresh: bool) -> int | None:
         path = self.path(shard)
         for _ in range(_ATTEMPTS):
             secret = self.store.read(path)
@@ -276,9 +309,12 @@ class StatusIndex:
                 current = entries.get(name)
                 if entry is None:
                     entries.pop(name, None)
-                elif not _newer(current, entry, refresh=refresh):
-                    continue  # another writer filed a later version of this state
-                else:
+                elif _same(current, entry):
+                    continue  # unchanged: the pass document vouches for its age
+                elif refresh or _later_version(current, entry):
+                    # a pass read the state just now (even a state lost and begun
+                    # again at version 1); a rotate must not file an older version
+                    # over one another writer filed meanwhile
                     entries[name] = entry
             entries = {k: v for k, v in entries.items() if k in keep}
             if entries == before and secret is not None:
@@ -292,7 +328,7 @@ class StatusIndex:
                 continue  # another writer filed its own: merge into theirs
             return 1
         log.warning("status index: shard %02d kept changing; left to the next writer", shard)
-        return 0
+        return None
 
 
 def _entries(secret: StoredSecret | None) -> dict[str, Any]:
@@ -308,15 +344,19 @@ def _entries(secret: StoredSecret | None) -> dict[str, Any]:
     return entries if isinstance(entries, dict) else {}
 
 
-def _newer(current: Any, entry: Mapping[str, Any], *, refresh: bool) -> bool:
-    """Whether ``entry`` replaces ``current``: a later state version, or (``refresh``:
-    a pass over every target, which vouches for the index's age) the same one
-    seen later.  A ``rotate`` that changed nothing then writes nothing."""
+def _same(current: Any, entry: Mapping[str, Any]) -> bool:
+    """The same summary, whenever it was taken."""
+    if not isinstance(current, Mapping):
+        return False
+    return {k: v for k, v in current.items() if k != "taken_at"} == {
+        k: v for k, v in entry.items() if k != "taken_at"
+    }
+
+
+def _later_version(current: Any, entry: Mapping[str, Any]) -> bool:
     if not isinstance(current, Mapping):
         return True
     try:
-        ours = (int(entry["state_version"]), str(entry["taken_at"]))
-        theirs = (int(current["state_version"]), str(current["taken_at"]))
+        return int(entry["state_version"]) > int(current["state_version"])
     except (KeyError, TypeError, ValueError):
         return True
-    return ours >= theirs if refresh else ours[0] > theirs[0]
