@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +29,9 @@ from rotator.report import Outcome
 from rotator.state import Removal, TargetState
 from rotator.windows import RotationWindow
 from tests.enginekit import TEST_POLICY, FastKit, build_fast_kit, key_target, pat_target
-from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
+from tests.fakes.fixtures import kit as kit  # noqa: PLC0414 (fixtures)
+from tests.fakes.fixtures import store as store  # noqa: PLC0414
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414
 from tests.fakes.store import MemoryStore
 from tests.fakes.zitadel import FakeZitadel
 
@@ -36,17 +39,6 @@ DAY = 24 * 3600
 HOUR = timedelta(hours=1)
 #: For tests where verification must give up fast.
 QUICK_VERIFY = replace(TEST_POLICY, verify_timeout=timedelta(seconds=1))
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def kit(zitadel: FakeZitadel, store: MemoryStore) -> Iterator[FastKit]:
-    with build_fast_kit(zitadel, store) as kit:
-        yield kit
 
 
 def target_of(kind: str, **kw: Any) -> Target:
@@ -1250,6 +1242,24 @@ def test_two_identities_promote_a_secret_only_once_it_verified(kit: FastKit) -> 
 # ----------------------------------------------- a claim that lapsed, a late regeneration
 
 
+@contextmanager
+def regenerated_behind_its_back(kit: FastKit, *, only_the_first: bool = False) -> Iterator[None]:
+    """Each time (or only the first time) the engine has stored a new secret,
+    a regeneration another rotator sent before its claim lapsed lands in ZITADEL."""
+    landed: list[str] = []
+
+    def land(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.stored" and not (only_the_first and landed):
+            landed.append(event["user_id"])
+            kit.zitadel.domain.generate_machine_secret(event["user_id"])
+
+    kit.engine.audit.subscribe(land)
+    try:
+        yield
+    finally:
+        kit.engine.audit.unsubscribe(land)
+
+
 @pytest.mark.parametrize("identities", [1, 2], ids=["one", "two"])
 def test_a_pending_secret_replaced_by_a_late_regeneration_is_regenerated_and_completes(
     kit: FastKit, identities: int
@@ -1263,16 +1273,8 @@ def test_a_pending_secret_replaced_by_a_late_regeneration_is_regenerated_and_com
     assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
     kit.advance(21 * DAY)
 
-    def late_regeneration(event: dict[str, Any]) -> None:
-        # another rotator's regeneration, sent before its claim lapsed, lands now
-        if event["event"] == "credential.stored" and len(created_ids(kit)) == 2:
-            kit.zitadel.domain.generate_machine_secret(event["user_id"])
-
-    kit.engine.audit.subscribe(late_regeneration)
-    try:
+    with regenerated_behind_its_back(kit, only_the_first=True):
         result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
-    finally:
-        kit.engine.audit.unsubscribe(late_regeneration)
     assert result.outcome is Outcome.ROTATED, result.error
     lost = [e for e in kit.events() if e["event"] == "secret.regenerated_after_loss"]
     assert [e["cause"] for e in lost] == ["refused"]
@@ -1288,15 +1290,8 @@ def test_a_secret_refused_again_after_its_regeneration_is_not_regenerated_twice_
     assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
     kit.advance(21 * DAY)
 
-    def regenerate_behind_its_back(event: dict[str, Any]) -> None:
-        if event["event"] == "credential.stored":
-            kit.zitadel.domain.generate_machine_secret(event["user_id"])
-
-    kit.engine.audit.subscribe(regenerate_behind_its_back)
-    try:
+    with regenerated_behind_its_back(kit):
         result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
-    finally:
-        kit.engine.audit.unsubscribe(regenerate_behind_its_back)
     assert result.outcome is Outcome.FAILED
     assert len(created_ids(kit)) == 3  # one rotation, one regeneration, then it alerts
     state = kit.store.read(kit.engine.state_path(target))
@@ -1403,15 +1398,8 @@ def test_a_secret_promoted_before_verification_is_not_taken_as_verified_after_a_
     assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
     kit.advance(21 * DAY)
 
-    def regenerate_behind_its_back(event: dict[str, Any]) -> None:
-        if event["event"] == "credential.stored":
-            kit.zitadel.domain.generate_machine_secret(event["user_id"])
-
-    kit.engine.audit.subscribe(regenerate_behind_its_back)
-    try:
+    with regenerated_behind_its_back(kit):
         failed = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
-    finally:
-        kit.engine.audit.unsubscribe(regenerate_behind_its_back)
     assert failed.outcome is Outcome.FAILED  # pending, promoted early, refused: dead
     kit.zitadel.add_user("svc-payroll-b")
     two = replace(target, users=("svc-payroll", "svc-payroll-b"))

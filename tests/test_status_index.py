@@ -8,33 +8,22 @@ tests/contract); the CLI path against a real OpenBao is in tests/test_cli.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from rotator.model import Target, Trigger
 from rotator.state import Pending, Phase, TargetState
 from rotator.status_index import SHARDS, StatusIndex, shard_of, shard_path
 from tests.enginekit import TEST_POLICY, FastKit, build_fast_kit, key_target, pat_target
-from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414 (a fixture)
+from tests.fakes.fixtures import kit as kit  # noqa: PLC0414 (fixtures)
+from tests.fakes.fixtures import store as store  # noqa: PLC0414
+from tests.fakes.fixtures import zitadel as zitadel  # noqa: PLC0414
 from tests.fakes.store import MemoryStore
 from tests.fakes.zitadel import FakeZitadel
 
 PREFIX = "zitadel-rotator"
-
-
-@pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
-
-
-@pytest.fixture
-def kit(zitadel: FakeZitadel, store: MemoryStore) -> Iterator[FastKit]:
-    with build_fast_kit(zitadel, store) as kit:
-        yield kit
 
 
 def index_documents(store: MemoryStore) -> dict[str, Any]:

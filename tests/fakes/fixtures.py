@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.enginekit import FastKit, build_fast_kit
+from tests.fakes.store import MemoryStore
 from tests.fakes.zitadel import FakeZitadel
 
 
@@ -18,3 +20,16 @@ def zitadel(tmp_path: Path) -> Iterator[FakeZitadel]:
     fake = FakeZitadel(tmp_path / "zitadel")
     yield fake
     fake.close()
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    """An empty in-memory KV v2 store."""
+    return MemoryStore()
+
+
+@pytest.fixture
+def kit(zitadel: FakeZitadel, store: MemoryStore) -> Iterator[FastKit]:
+    """The real Engine on the fakes (tests/enginekit.py ``build_fast_kit``)."""
+    with build_fast_kit(zitadel, store) as kit:
+        yield kit
