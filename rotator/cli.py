@@ -1006,9 +1006,9 @@ def _main(args: argparse.Namespace, config_path: str) -> int:
         audit=audit,
         require_zitadel=args.command not in _VAULT_ONLY,
         probe_api=args.command not in _NO_MANAGEMENT_API,
-        # rotate calls the management API at once: its client is imported
-        # while the own token is fetched (web key targets do not use it)
-        preload_transport=args.command == "rotate" and bool(targets),
+        # rotate and plan call the management API at once: its client is
+        # imported while the own token is fetched (web key targets do not use it)
+        preload_transport=args.command in ("rotate", "plan") and bool(targets),
     )
     if args.command == "run" and not args.once:
         return _serve(config, audit, connect)
