@@ -568,14 +568,36 @@ class Rotation:
         self, run: Run, state: TargetState, version: int
     ) -> tuple[TargetState, int]:
         """Remove the client secret ``state.removing`` claims: ours, or one whose
-        claimant died (its deadline passed); another's live claim is left alone."""
+        claimant died (its deadline passed); another's live claim is left alone.
+
+        The removal names only the user, and the state read may be stale (the
+        claimant may have finished, and another rotator regenerated that user's
+        secret since): a claim not ours, or ours about to lapse, is taken over
+        with a check-and-set write *before* anything is removed, and the removal
+        is sent only while the claim holds (:mod:`rotator.fence`)."""
         claim = state.removing
         if claim is None:
             return state, version
-        if claim.owner != self.identity and self.clock.now() < claim.deadline:
+        now = self.clock.now()
+        if claim.owner != self.identity and now < claim.deadline:
             return state, version
+        if claim.owner != self.identity or now >= claim.deadline - self.intent_timeout:
+            state.removing = claim = Removal(
+                user_id=claim.user_id,
+                owner=self.identity,
+                deadline=now + 2 * self.intent_timeout,
+            )
+            state, version = self.save(run.target, state, version)
         user = run.identity(claim.user_id)
-        with suppress(ZitadelNotFound):
+        with (
+            fence.guard(
+                claim.deadline - self.intent_timeout,
+                self.clock.now,
+                f"{run.target.name}: removing the client secret of user {user.id}",
+            ),
+            suppress(ZitadelNotFound),
+        ):
+            fence.check()
             run.ops.remove(self.transport, user, claim.user_id)  # gone already: False
         self.presence.forget(run.target.kind, user)
         run.emit("credential.removed", user=user, old_credential_id=claim.user_id)

@@ -1407,3 +1407,56 @@ def test_a_secret_promoted_before_verification_is_not_taken_as_verified_after_a_
     result = kit.engine.reconcile(two, trigger=Trigger.SCHEDULE)
     if result.outcome is Outcome.ROTATED:
         client_works(kit, secret(kit, two.vault_path))  # a rotation done is one that works
+
+
+class StaleStateStore(MemoryStore):
+    """A store whose next read of ``path`` answers ``stale``: what a rotator saw
+    just before another one wrote again (a read is never a lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: dict[str, Any] = {}
+
+    def read(self, path: str) -> Any:
+        return self.stale.pop(path, None) or super().read(path)
+
+
+def test_a_removal_claim_read_stale_is_taken_over_before_anything_is_removed(
+    zitadel: FakeZitadel,
+) -> None:
+    """The claimant of a removal finished it and another rotator regenerated that
+    user's secret since; a rotator that read the old (expired) claim must not
+    remove the new secret: it takes the claim over with check-and-set first."""
+    names = ("svc-stale-a", "svc-stale-b")
+    for name in names:
+        zitadel.add_user(name)
+    target = secret_target(user=names[0], users=names)
+    store = StaleStateStore()
+    with build_fast_kit(zitadel, store) as kit:
+        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+        kit.advance(21 * DAY)
+        assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
+        path = kit.engine.state_path(target)
+        raw = store.read(path)
+        assert raw is not None
+        state = TargetState.from_dict(dict(raw.data))
+        spare = state.previous.user_id if state.previous else ""
+        # another rotator's claim on a's old secret, read by us once it had expired...
+        state.previous = None
+        state.removing = Removal(user_id=spare, owner="elsewhere-1",
+                                 deadline=kit.clock.now() - timedelta(minutes=1))
+        store.write(path, state.to_dict(), cas=raw.version)
+        store.stale[path] = store.read(path)
+        # ...while, in fact, it removed it and a's secret was regenerated since
+        state.removing = None
+        store.write(path, state.to_dict(), cas=raw.version + 1)
+        user = zitadel.domain.get_user(spare)
+        assert user is not None
+        regenerated = zitadel.domain.generate_machine_secret(spare)
+
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+
+        assert result.outcome is not Outcome.ROTATED
+        assert "credential.removed" not in kit.event_names()[-3:]
+        client_works(kit, {"client_id": user.username, "client_secret": regenerated,
+                           "user_id": spare})
