@@ -398,6 +398,7 @@ class Rotation:
         # for as long as verification fails (it goes on, alerting, until it works).
         early = pending.phase is Phase.CREATED and run.ops.replaces_in_place and run.alone
         if early and not consumer.holds(self.store, target, pending.secret):
+            state, version = self.hold_claim(run, state, version)
             self.promote(run, state, user, before_verification=True)
         if pending.phase is Phase.CREATED:
             try:
@@ -426,6 +427,8 @@ class Rotation:
             pending.phase = Phase.VERIFIED
             run.emit("credential.verified", user=user, new_credential_id=pending.credential_id)
 
+        # the consumer secret is written outside the state: only under a live claim
+        state, version = self.hold_claim(run, state, version)
         now = self.clock.now()
         old = state.current
         if early:  # promoted above: only the version is read back
@@ -709,6 +712,12 @@ class Rotation:
                 path=self.state_path(run.target),
             )
         run.rotation_id = pending.rotation_id
+        # The state read may be stale (its claimant finished, and a newer rotation
+        # completed since): take the rotation over with check-and-set before any
+        # side effect; a stale read loses here and yields.
+        state, version = self.claim(run, state, version)
+        pending = state.pending
+        assert pending is not None
         run.emit("rotation.resumed", phase=pending.phase.value)
         lost = pending.phase is Phase.CREATING
         # --force regenerates a secret that does not verify, but with two identities
@@ -733,6 +742,28 @@ class Rotation:
             # give it up, and removing it would break them.
             pending.phase = Phase.VERIFIED
         return self.verify_and_promote(run, state, version)
+
+    def hold_claim(
+        self, run: Run, state: TargetState, version: int
+    ) -> tuple[TargetState, int]:
+        """Renew the claim (check-and-set) when it may lapse before the next write
+        lands: a rotator whose claim lapsed while it verified must not write the
+        consumer secret after another one took the rotation over."""
+        pending = state.pending
+        assert pending is not None
+        if pending.deadline is None or self.clock.now() >= pending.deadline - self.intent_timeout:
+            return self.claim(run, state, version)
+        return state, version
+
+    def claim(self, run: Run, state: TargetState, version: int) -> tuple[TargetState, int]:
+        """Make the pending rotation ours until a new deadline (check-and-set)."""
+        pending = state.pending
+        assert pending is not None
+        pending.owner = self.identity
+        pending.deadline = (
+            self.clock.now() + 2 * self.intent_timeout + run.target.policy.verify_timeout
+        )
+        return self.save(run.target, state, version)
 
     def regenerate(
         self, run: Run, state: TargetState, version: int, *, cause: str | None

@@ -1460,3 +1460,48 @@ def test_a_removal_claim_read_stale_is_taken_over_before_anything_is_removed(
         assert "credential.removed" not in kit.event_names()[-3:]
         client_works(kit, {"client_id": user.username, "client_secret": regenerated,
                            "user_id": spare})
+
+
+def test_a_rotation_read_stale_after_its_claim_lapsed_is_taken_over_before_any_promotion(
+    zitadel: FakeZitadel,
+) -> None:
+    """A rotator that read an interrupted rotation (its claim since expired) must
+    not promote it if that rotation, and a newer one, completed meanwhile: it
+    takes the rotation over with check-and-set first, and loses."""
+    store = StaleStateStore()
+    target = key_target()
+    with build_fast_kit(zitadel, store) as kit:
+        path = kit.engine.state_path(target)
+        assert kit.engine.reconcile(target, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+        kit.advance(21 * DAY)
+        snapshots: list[Any] = []
+
+        def keep_stored_state(event: dict[str, Any]) -> None:
+            if event["event"] == "credential.stored":
+                snapshots.append(store.read(path))  # the rotation, created and stored
+
+        kit.engine.audit.subscribe(keep_stored_state)
+        try:
+            assert kit.engine.reconcile(target, trigger=Trigger.SCHEDULE).outcome is (
+                Outcome.ROTATED)
+        finally:
+            kit.engine.audit.unsubscribe(keep_stored_state)
+        kit.advance(2 * DAY)  # past grace: the next rotation supersedes nothing in use
+        assert kit.engine.reconcile(target, trigger=Trigger.CLI, rotate_now=True).outcome is (
+            Outcome.ROTATED)
+        held = secret(kit, target.vault_path)
+
+        stale = snapshots[0]
+        pending = dict(stale.data["pending"])
+        pending.update(owner="elsewhere-1", deadline=kit.clock.now().isoformat())
+        # (its twin watch long over, as another rotator's sweep would have left it)
+        store.stale[path] = replace(stale, data={**stale.data, "pending": pending, "orphans": []})
+        kit.advance(60)
+        promoted = kit.event_names().count("credential.promoted")
+
+        result = kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+
+        assert result.outcome is not Outcome.ROTATED
+        assert kit.event_names().count("credential.promoted") == promoted
+        assert secret(kit, target.vault_path) == held  # consumers keep the newest
+        consumer_can_authenticate(kit, held)
