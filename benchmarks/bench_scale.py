@@ -16,7 +16,8 @@ Measured (issue 16):
 - ZITADEL calls (emulator counters) and Vault calls (audit log) per rotation
   and per idle target;
 - idle ``run --once``, ``plan`` and ``status`` wall time at 1,000 and
-  --targets PAT targets (v2), adopted from bulk-seeded PATs;
+  --targets PAT targets (v2), adopted from bulk-seeded PATs (``plan`` and
+  ``status``: the median of three runs);
 - daemon RSS (VmRSS) after its first pass at 10 and --targets targets, with the
   image's malloc settings (IMAGE_ENV) and without;
 - requests/s with ``zitadel.rate_limit: 40``, and 429s / failed targets with an
@@ -266,6 +267,13 @@ class Bench:
                   + " || stderr: " + " | ".join(tail), flush=True)
         return run
 
+    def median(self, label: str, config: Path, *args: str, runs: int = 3) -> Run:
+        """The run of median wall time of ``runs`` alike (short runs on a shared
+        VM vary by a third from one to the next)."""
+        done = sorted((self.cli(f"{label} ({i + 1}/{runs})", config, *args)
+                       for i in range(runs)), key=lambda r: r.wall)
+        return done[len(done) // 2]
+
     def daemon_rss(self, label: str, config: Path, targets: int, timeout: float,
                    env: dict[str, str] | None = None) -> float:
         """Start ``rotator run``, wait until every target has a next-rotation gauge
@@ -482,8 +490,8 @@ def rate_figures(bench: Bench, fig: dict[str, float], *, keys: int, latency_ms: 
 def idle_figures(bench: Bench, fig: dict[str, float], count: int, cfg: Path) -> None:
     """Idle run --once, plan and status over ``count`` targets (index and --fresh)."""
     once = bench.cli(f"run --once over {count}", cfg, "run", "--once")
-    plan = bench.cli(f"plan over {count}", cfg, "plan")
-    status = bench.cli(f"status over {count}", cfg, "status")
+    plan = bench.median(f"plan over {count}", cfg, "plan")
+    status = bench.median(f"status over {count}", cfg, "status")
     for line in status.stdout.decode(errors="replace").splitlines()[-1:]:
         print(f"    status says: {line}", flush=True)
     # the old path beside it: every target's state read (no status index)
@@ -596,11 +604,11 @@ def idle_rows(fig: dict[str, float], count: int) -> list[tuple[str, str]]:
         (f"idle run --once over {count}", f"{fig[f'once_{count}']:.2f} s"),
         ("  ZITADEL / Vault calls per idle target",
          f"{fig[f'idle_zitadel_{count}']:.3f} / {fig[f'idle_vault_{count}']:.2f}"),
-        (f"plan over {count} (ZITADEL calls per target)",
+        (f"plan over {count}, median of 3 (ZITADEL calls per target)",
          f"{fig[f'plan_{count}']:.2f} s ({fig[f'plan_zitadel_{count}']:.3f})"),
         ("  Vault calls (status index)", f"{fig[f'plan_vault_{count}']:.0f}"),
         ("  plan --fresh (every state read)", f"{fig[f'plan_fresh_{count}']:.2f} s"),
-        (f"status over {count}", f"{fig[f'status_{count}']:.2f} s"),
+        (f"status over {count}, median of 3", f"{fig[f'status_{count}']:.2f} s"),
         ("  Vault calls (status index)", f"{fig[f'status_vault_{count}']:.0f}"),
         ("  status --fresh (every state read)", f"{fig[f'status_fresh_{count}']:.2f} s"),
         ("plan / status, the config in block YAML (parsing included)",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import importlib
 import io
 import json
@@ -286,9 +287,15 @@ def _target_names(action: argparse.Action) -> None:
 
 
 def _when(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "-" if value is None else _when_utc(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _when_utc(value: datetime) -> str:
+    # cached, and no strftime: `plan` writes four per projected rotation (160,000 at
+    # 10,000 targets), most of them one of a few midnights
+    t = value.astimezone(UTC)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d} UTC"
 
 
 def _jsonable(value: Any) -> Any:
@@ -306,12 +313,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-        out.write("\n")
+    widths = [max(map(len, column)) for column in zip(*rows, strict=True)]
+    # one format and one write: `plan` tables 40,000 rows at 10,000 targets
+    line = "  ".join(f"{{:<{width}}}" for width in widths)
+    out.write("".join(line.format(*row).rstrip() + "\n" for row in rows))
 
 
 def _setup_logging(fmt: str, debug: bool) -> None:
@@ -708,12 +713,11 @@ def cmd_plan(app: App, args: argparse.Namespace) -> int:
         sys.stdout.write(f"now: {_when(now)}\n")
         if targets:
             sys.stdout.write(_index_note(snapshot, missing, now) + "\n")
-        for r in results:
-            if r.outcome is Outcome.FAILED:
-                sys.stdout.write(f"{r.target}: cannot plan: {r.error}\n")
-                continue
-            for action in r.actions or ("nothing to do",):
-                sys.stdout.write(f"{r.target}: {action}\n")
+        sys.stdout.write("".join(
+            f"{r.target}: cannot plan: {r.error}\n" if r.outcome is Outcome.FAILED
+            else "".join(f"{r.target}: {action}\n" for action in r.actions or ("nothing to do",))
+            for r in results
+        ))
         if projected:
             sys.stdout.write(f"\nrotations in the next {format_duration(args.horizon)}:\n")
             rows = [["AT", "TARGET", "REASON", "OLD EXPIRES", "NEW EXPIRES", "RETIRE OLD"]]
@@ -924,6 +928,8 @@ _NO_MANAGEMENT_API = frozenset({"status", "verify"})
 _READ_CONCURRENCY = 16
 #: status and plan show progress only once they have taken this long.
 _QUIET_SECONDS = 2.0
+#: The cyclic collector's thresholds in one-shot commands (the default is 700, 10, 10).
+ONE_SHOT_GC_THRESHOLDS = (100_000, 20, 20)
 
 
 def _fail(message: str, exc: BaseException | None = None, *, debug: bool = False) -> None:
@@ -941,6 +947,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = root.parse_args(argv)
     if args.command == "completion":
         return cmd_completion(args)
+    if args.command != "run" or args.once:
+        # A one-shot command builds its objects and exits: the cyclic collector,
+        # run every 700 allocations, rescanned an ever larger heap (a fifth of
+        # `plan`'s CPU at 10,000 targets).  The daemon keeps the default.
+        gc.set_threshold(*ONE_SHOT_GC_THRESHOLDS)
     if args.command != "validate":  # it logs nothing: spare it structlog's import
         _setup_logging(args.log_format, args.debug)
     if not args.debug:

@@ -527,7 +527,9 @@ class _Section:
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             hint = " (quote it)" if numeric else ""
             self.fail(name, f"must be a string (got {_type_name(value)}){hint}")
-        value = self.ctx.expand(value, self.sub(name)).strip()
+        if "$" in value:  # most values name no variable: 60,000 of them at 10,000 targets
+            value = self.ctx.expand(value, self.sub(name))
+        value = value.strip()
         if not value and default is _REQUIRED:
             self.fail(name, "must not be empty")
         if choices and value not in choices:

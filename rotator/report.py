@@ -11,7 +11,7 @@ from enum import StrEnum
 
 from rotator import policy as rules
 from rotator.model import Policy, Target
-from rotator.planner import next_run
+from rotator.planner import NextRun, next_run
 from rotator.state import Phase, TargetState
 
 
@@ -235,7 +235,10 @@ def plan(
         actions.extend(_rotate_now(target, state, reason, now))
     elif not refused and state.current is not None and planned.rotation_at is not None:
         actions.append(f"rotate at {planned.rotation_at.isoformat()}")
-    return result(target, state, Outcome.DRY_RUN, now, actions=tuple(actions), with_status=False)
+    return result(
+        target, state, Outcome.DRY_RUN, now, actions=tuple(actions), with_status=False,
+        planned=planned,
+    )
 
 
 def _rotate_now(target: Target, state: TargetState, reason: str, now: datetime) -> list[str]:
@@ -266,9 +269,11 @@ def result(
     error: str | None = None,
     actions: tuple[str, ...] = (),
     with_status: bool = True,
+    planned: NextRun | None = None,
 ) -> RotationResult:
-    """The result of a run that ended with ``state``: its credentials and what comes next."""
-    planned = next_run(state, target.policy, target.schedule, now)
+    """The result of a run that ended with ``state``: its credentials and what comes
+    next (``planned``, when the caller has worked it out already)."""
+    planned = planned or next_run(state, target.policy, target.schedule, now)
     return RotationResult(
         target=target.name,
         outcome=outcome,

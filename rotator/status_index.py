@@ -34,6 +34,7 @@ import logging
 import threading
 import zlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 #: them missing and read their state until the next writer re-filed them).
 SHARDS = 64
 SCHEMA = 1
+#: Shards read at once by :meth:`StatusIndex.read`.
+READS_AT_ONCE = 8
 #: Check-and-set attempts per shard before the writer gives up on it (the next
 #: writer files what this one could not).
 _ATTEMPTS = 5
@@ -228,18 +231,15 @@ class StatusIndex:
         for name in names:
             wanted.setdefault(shard_of(name), []).append(name)
         entries: dict[str, Entry] = {}
-        for shard, members in sorted(wanted.items()):
-            stored = _entries(self.store.read(self.path(shard)))
-            for name in members:
-                raw = stored.get(name)
-                if not isinstance(raw, Mapping):
-                    continue
-                try:
-                    entries[name] = entry_state(raw)
-                except (KeyError, TypeError, ValueError):
-                    log.warning("status index: unreadable entry for %s: reading its state", name)
+        shards = sorted(wanted)
+        # side by side: 65 reads one after another were a fifth of `plan` at 10,000 targets
+        with ThreadPoolExecutor(READS_AT_ONCE, thread_name_prefix="index-read") as pool:
+            vouching = pool.submit(self.vouched_at)
+            read = pool.map(lambda shard: self.store.read(self.path(shard)), shards)
+            for shard, secret in zip(shards, read, strict=True):
+                entries.update(_take(_entries(secret), wanted[shard]))
         as_of = min((e.taken_at for e in entries.values()), default=None)
-        vouched = self.vouched_at() if entries else None
+        vouched = vouching.result() if entries else None
         if as_of is not None and vouched is not None:
             as_of = max(as_of, vouched)  # unchanged since, as the last full pass found
         return Snapshot(entries, as_of)
@@ -329,6 +329,20 @@ class StatusIndex:
             return 1
         log.warning("status index: shard %02d kept changing; left to the next writer", shard)
         return None
+
+
+def _take(stored: Mapping[str, Any], names: Sequence[str]) -> dict[str, Entry]:
+    """The readable entries of ``names`` in one shard's ``stored``."""
+    entries: dict[str, Entry] = {}
+    for name in names:
+        raw = stored.get(name)
+        if not isinstance(raw, Mapping):
+            continue
+        try:
+            entries[name] = entry_state(raw)
+        except (KeyError, TypeError, ValueError):
+            log.warning("status index: unreadable entry for %s: reading its state", name)
+    return entries
 
 
 def _entries(secret: StoredSecret | None) -> dict[str, Any]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -45,6 +46,8 @@ _MAX_STEPS = 20_000
 
 
 def _aware(value: datetime, what: str) -> datetime:
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         raise ValueError(f"{what}: needs a timezone (write e.g. 2026-12-20T00:00:00Z)")
     return value.astimezone(UTC)
@@ -330,60 +333,68 @@ def project(
     """
     now = _aware(now, "now")
     end = now + horizon
+    # Targets alike (same expiry, policy and windows: a fleet's keys expire at a
+    # few midnights) share one chain of rotations, computed once.
+    chains: dict[tuple[object, ...], list[_Step]] = {}
     planned: list[PlannedRotation] = []
     for st in targets:
-        policy = st.target.policy
-        margin = safety_margin(st.target.policy)
-        config_problems = _config_problems(st, now)
-        expires = st.expires_at.astimezone(UTC) if st.expires_at is not None else None
-        first = True
-        for _ in range(10_000):
-            problems = list(config_problems)
-            if expires is None:
-                # No credential yet: the engine issues one at once, windows or not.
-                at, due, reason, retire = now, now, "initial", None
-            else:
-                due = max(expires - policy.renew_before, now)
-                at, why = schedule_rotation(due, expires, st.windows, st.freezes, margin)
-                at = max(at, now)
-                reason = str(why)
-                if expires <= now:
-                    reason = "expired"
-                elif why is ScheduleReason.NO_WINDOW_BEFORE_EXPIRY:
-                    problems.append(
-                        f"no rotation window is open and unfrozen between {_fmt(due)} and "
-                        f"{_fmt(expires - margin)} (expiry {_fmt(expires)} minus grace and "
-                        f"retire_margin); rotating outside the windows at {_fmt(at)}"
-                    )
-                retire = retire_at(at, expires, policy)
-            if at > end and (not first or not config_problems):
-                # A broken config is reported even if its first rotation lies beyond the horizon.
-                break
-            first = False
-            new_exp = new_expiry(at, policy.lifetime)
-            planned.append(
-                PlannedRotation(
-                    target=st.target.name,
-                    at=at,
-                    due_at=due,
-                    reason=reason,
-                    old_expires_at=expires,
-                    new_expires_at=new_exp,
-                    retire_at=retire,
-                    problems=tuple(problems),
-                )
-            )
-            if new_exp - policy.renew_before <= at:
-                # The new credential would be due at once: rotating in a loop.
-                loop = (
-                    f"lifetime ({policy.lifetime}) leaves a new credential due at once "
-                    f"(renew_before {policy.renew_before})"
-                )
-                planned[-1] = replace(planned[-1], problems=(*problems, loop))
-                break
-            expires = new_exp
-    planned.sort(key=lambda p: (p.at, p.target))
+        key = (st.expires_at, st.target.policy, st.windows, st.freezes)
+        chain = chains.get(key)
+        if chain is None:
+            chain = chains[key] = _chain(st, now, end)
+        name = st.target.name
+        planned += [PlannedRotation(name, *step) for step in chain]
+    planned.sort(key=attrgetter("at", "target"))
     return planned
+
+
+#: A :class:`PlannedRotation`'s fields after ``target``.
+_Step = tuple[
+    datetime, datetime, str, datetime | None, datetime, datetime | None, tuple[str, ...]
+]
+
+
+def _chain(st: ScheduledTarget, now: datetime, end: datetime) -> list[_Step]:
+    """The rotations of one target from ``now`` to ``end`` (see :func:`project`)."""
+    policy = st.target.policy
+    margin = safety_margin(st.target.policy)
+    config_problems = _config_problems(st, now)
+    expires = _aware(st.expires_at, "expires_at") if st.expires_at is not None else None
+    steps: list[_Step] = []
+    for _ in range(10_000):
+        problems = list(config_problems)
+        if expires is None:
+            # No credential yet: the engine issues one at once, windows or not.
+            at, due, reason, retire = now, now, "initial", None
+        else:
+            due = max(expires - policy.renew_before, now)
+            at, why = schedule_rotation(due, expires, st.windows, st.freezes, margin)
+            at = max(at, now)
+            reason = str(why)
+            if expires <= now:
+                reason = "expired"
+            elif why is ScheduleReason.NO_WINDOW_BEFORE_EXPIRY:
+                problems.append(
+                    f"no rotation window is open and unfrozen between {_fmt(due)} and "
+                    f"{_fmt(expires - margin)} (expiry {_fmt(expires)} minus grace and "
+                    f"retire_margin); rotating outside the windows at {_fmt(at)}"
+                )
+            retire = retire_at(at, expires, policy)
+        if at > end and (steps or not config_problems):
+            # A broken config is reported even if its first rotation lies beyond the horizon.
+            break
+        new_exp = new_expiry(at, policy.lifetime)
+        if new_exp - policy.renew_before <= at:
+            # The new credential would be due at once: rotating in a loop.
+            problems.append(
+                f"lifetime ({policy.lifetime}) leaves a new credential due at once "
+                f"(renew_before {policy.renew_before})"
+            )
+            steps.append((at, due, reason, expires, new_exp, retire, tuple(problems)))
+            break
+        steps.append((at, due, reason, expires, new_exp, retire, tuple(problems)))
+        expires = new_exp
+    return steps
 
 
 def unsatisfiable(planned: Sequence[PlannedRotation]) -> list[PlannedRotation]:

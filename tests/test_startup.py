@@ -127,6 +127,26 @@ def test_validate_loads_neither_the_sdk_nor_grpc_nor_any_network_client(tmp_path
         assert loaded(modules, heavy) == [], heavy
 
 
+@pytest.mark.parametrize(
+    ("argv", "one_shot"),
+    [(["plan"], True), (["status"], True), (["run", "--once"], True), (["run"], False)],
+)
+def test_one_shot_commands_collect_cycles_rarely_and_the_daemon_as_python_does(
+    tmp_path: Path, argv: list[str], one_shot: bool
+) -> None:
+    script = (
+        "import gc, sys\nfrom rotator.cli import ONE_SHOT_GC_THRESHOLDS, main\n"
+        "default = gc.get_threshold()\nmain(sys.argv[1:])\n"
+        "print(gc.get_threshold() == ONE_SHOT_GC_THRESHOLDS, gc.get_threshold() == default)\n"
+    )
+    done = subprocess.run(  # the config is missing: the command stops right after parsing
+        [sys.executable, "-c", script, "--config", str(tmp_path / "missing.yaml"), *argv],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False,
+    )
+    assert "missing.yaml" in done.stderr
+    assert done.stdout.split() == [str(one_shot), str(not one_shot)]
+
+
 # ------------------------------------------------------------------- against ZITADEL and Vault
 
 

@@ -6,6 +6,8 @@ other transports is asserted in tests/contract/test_transport.py."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +22,7 @@ from rotator.errors import (
 from rotator.keys import generate_key_pair
 from rotator.model import User
 from rotator.zitadel.oidc import OidcClient, TokenSource
-from rotator.zitadel.v2 import UserServiceTransport, api_error
+from rotator.zitadel.v2 import PAGES_AT_ONCE, UserServiceTransport, _paginate, api_error
 from tests.harness.emulator import Emulator
 
 IN_30_DAYS = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
@@ -126,3 +128,65 @@ def test_no_error_carries_the_callers_token_or_the_sdk_exception(
         # raised "from None": a traceback shows no ApiError with headers and body
         assert error.__cause__ is None
         assert error.__context__ is None or error.__suppress_context__
+
+
+class _Pages:
+    """A listing of ``count`` items served a page at a time, as ZITADEL pages."""
+
+    def __init__(self, count: int, size: int, *, grows_by: int = 0, delay: float = 0.02) -> None:
+        self.items, self.size, self.grows_by, self.delay = list(range(count)), size, grows_by, delay
+        self.asked: list[int] = []
+        self.in_flight = self.most_in_flight = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, offset: int) -> tuple[list[int], int | None]:
+        with self._lock:
+            self.asked.append(offset)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            total = len(self.items)
+            if offset == 0 and self.grows_by:  # created after the first page answered
+                self.items += range(total, total + self.grows_by)
+        time.sleep(self.delay)
+        with self._lock:
+            self.in_flight -= 1
+            return self.items[offset : offset + self.size], total if offset == 0 else len(
+                self.items
+            )
+
+
+@pytest.mark.parametrize(("count", "size"), [(0, 10), (7, 10), (10, 10), (95, 10), (100, 10)])
+def test_a_listing_yields_every_item_once_in_order(count: int, size: int) -> None:
+    pages = _Pages(count, size)
+    assert list(_paginate(pages, size)) == list(range(count))
+    assert sorted(pages.asked) == list(range(0, max(count, 1), size))  # no page asked twice
+
+
+def test_pages_after_the_first_are_fetched_side_by_side() -> None:
+    pages = _Pages(10_000, 1000, delay=0.05)
+    started = time.perf_counter()
+    assert list(_paginate(pages, 1000)) == list(range(10_000))
+    assert pages.most_in_flight == PAGES_AT_ONCE
+    # one page, then nine in three rounds of four: not ten round trips one after another
+    assert time.perf_counter() - started < 9 * 0.05
+
+
+def test_a_listing_that_grew_after_the_first_page_is_read_to_its_end() -> None:
+    pages = _Pages(3000, 1000, grows_by=1500)
+    assert list(_paginate(pages, 1000)) == list(range(4500))
+
+
+def test_a_failed_page_fails_the_listing_and_no_further_page_is_sent() -> None:
+    def page(offset: int) -> tuple[list[int], int | None]:
+        asked.append(offset)
+        if offset == 1000:
+            raise ZitadelUnavailable("list keys: unreachable")
+        time.sleep(0.05)
+        return list(range(offset, offset + 1000)), 20_000
+
+    asked: list[int] = []
+    with pytest.raises(ZitadelUnavailable, match="unreachable"):
+        list(_paginate(page, 1000))
+    time.sleep(0.2)
+    # the first, those in flight and what freed workers took before the cut: not all twenty
+    assert len(asked) <= 1 + 2 * PAGES_AT_ONCE

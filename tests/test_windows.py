@@ -391,6 +391,28 @@ def test_projection_of_several_targets_is_sorted_by_start() -> None:
     assert {p.target for p in plan} == {"a", "b"}
 
 
+def test_targets_alike_each_get_their_own_rotations_and_ties_go_by_name() -> None:
+    alike = utc("2026-12-20T00:00")
+    plan = project(
+        [
+            ScheduledTarget(target("c"), expires_at=alike),
+            ScheduledTarget(target("a"), expires_at=alike),
+            ScheduledTarget(target("b", Policy(lifetime=20 * D, renew_before=5 * D, grace=D,
+                                              retire_margin=H)), expires_at=alike),
+        ],
+        60 * D,
+        NOW,
+    )
+    by_target = {name: [p for p in plan if p.target == name] for name in "abc"}
+    assert [(p.at, p.new_expires_at) for p in by_target["a"]] == [
+        (p.at, p.new_expires_at) for p in by_target["c"]
+    ]
+    assert by_target["b"][0].at == alike - 5 * D  # its own policy, not the others' chain
+    assert by_target["a"][0].at == alike - POLICY.renew_before
+    firsts = [p.target for p in plan if p.at == alike - POLICY.renew_before]
+    assert firsts == ["a", "c"]
+
+
 # --- `rotator plan --horizon` end to end (emulator + OpenBao) -----------------------------
 
 

@@ -595,6 +595,12 @@ def sort_key(instant: int) -> str:
     return f"{instant + _SORT_KEY_SHIFT:022d}"
 
 
+@functools.lru_cache(maxsize=64)
+def _scopes(text: str) -> tuple[str, ...]:
+    """A PAT's stored scopes (a JSON list; a fleet's PATs share a handful)."""
+    return tuple(json.loads(text))
+
+
 def _hash(secret: str) -> str:
     # Only digests of PATs, tokens and client secrets touch the disk.
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -783,7 +789,7 @@ class Domain:
 
     def _pat(self, row: sqlite3.Row) -> Pat:
         return Pat(row["id"], row["user_id"], row["org_id"], int(row["created"]),
-                   int(row["changed"]), int(row["expiration"]), tuple(json.loads(row["scopes"])),
+                   int(row["changed"]), int(row["expiration"]), _scopes(row["scopes"]),
                    _t(row["removed_at"]), row["sequence"])
 
     def _md(self, row: sqlite3.Row) -> Metadata:
