@@ -287,7 +287,7 @@ class Rotation:
             started_at=now,
             expires_at=expires_at,
             owner=self.identity,
-            deadline=now + 2 * self.intent_timeout + target.policy.verify_timeout,
+            deadline=self._intent_deadline(now, target),
             user_id=user.id,
         )
         state, version = self.save(target, state, version)  # intent
@@ -315,7 +315,7 @@ class Rotation:
         # it is sent only while our claim holds for one more call's time.
         guard = (
             fence.guard(
-                pending.deadline - self.intent_timeout,
+                self._fence_limit(pending.deadline),
                 self.clock.now,
                 f"{target.name}: regenerating the client secret of user {user.id}",
             )
@@ -539,11 +539,7 @@ class Rotation:
             # Removal names only the user: claim it in the state first, so that no
             # rotator regenerates this user's secret (which it would take) meanwhile.
             state.previous = None
-            state.removing = Removal(
-                user_id=user.id,
-                owner=self.identity,
-                deadline=self.clock.now() + 2 * self.intent_timeout,
-            )
+            state.removing = self._removal_claim(user.id, self.clock.now())
             state, version = self.save(target, state, version)
             state, version = self.finish_removal(run, state, version)
         elif previous.created_by_rotator or target.adopt:
@@ -584,17 +580,13 @@ class Rotation:
         now = self.clock.now()
         if claim.owner != self.identity and now < claim.deadline:
             return state, version
-        if claim.owner != self.identity or now >= claim.deadline - self.intent_timeout:
-            state.removing = claim = Removal(
-                user_id=claim.user_id,
-                owner=self.identity,
-                deadline=now + 2 * self.intent_timeout,
-            )
+        if claim.owner != self.identity or now >= self._fence_limit(claim.deadline):
+            state.removing = claim = self._removal_claim(claim.user_id, now)
             state, version = self.save(run.target, state, version)
         user = run.identity(claim.user_id)
         with (
             fence.guard(
-                claim.deadline - self.intent_timeout,
+                self._fence_limit(claim.deadline),
                 self.clock.now,
                 f"{run.target.name}: removing the client secret of user {user.id}",
             ),
@@ -712,23 +704,29 @@ class Rotation:
                 path=self.state_path(run.target),
             )
         run.rotation_id = pending.rotation_id
+        resumed_in = pending.phase
+        lost = resumed_in is Phase.CREATING
+        # --force regenerates a secret that does not verify, but with two identities
+        # never one consumers read already (verified before its promotion, then a crash)
+        redo = run.ops.replaces_in_place and forced and resumed_in is Phase.CREATED
+        if redo and not run.alone and pending.secret:
+            redo = not consumer.holds(self.store, run.target, pending.secret)
+        # Lost: the regeneration may have happened and its secret was never stored;
+        # the old one is dead then too.  Regenerate at once.
+        regenerating = run.ops.replaces_in_place and (lost or redo)
         # The state read may be stale (its claimant finished, and a newer rotation
         # completed since): take the rotation over with check-and-set before any
         # side effect; a stale read loses here and yields.
-        state, version = self.claim(run, state, version)
+        state, version = self.claim(
+            run, state, version, phase=Phase.CREATING if regenerating else None
+        )
         pending = state.pending
         assert pending is not None
-        run.emit("rotation.resumed", phase=pending.phase.value)
-        lost = pending.phase is Phase.CREATING
-        # --force regenerates a secret that does not verify, but with two identities
-        # never one consumers read already (verified before its promotion, then a crash)
-        redo = run.ops.replaces_in_place and forced and pending.phase is Phase.CREATED
-        if redo and not run.alone and pending.secret:
-            redo = not consumer.holds(self.store, run.target, pending.secret)
-        if run.ops.replaces_in_place and (lost or redo):
-            # Lost: the regeneration may have happened and its secret was never
-            # stored; the old one is dead then too.  Regenerate at once.
-            return self.regenerate(run, state, version, cause="lost" if lost else None)
+        run.emit("rotation.resumed", phase=resumed_in.value)
+        if regenerating:
+            return self.regenerate(
+                run, state, version, cause="lost" if lost else None, claimed=True
+            )
         if pending.phase in (Phase.CREATING, Phase.ABANDONED):
             return self.abandon(run, state, version, error=f"resumed in phase {pending.phase}")
         if (
@@ -751,27 +749,32 @@ class Rotation:
         consumer secret after another one took the rotation over."""
         pending = state.pending
         assert pending is not None
-        if pending.deadline is None or self.clock.now() >= pending.deadline - self.intent_timeout:
+        if pending.deadline is None or self.clock.now() >= self._fence_limit(pending.deadline):
             return self.claim(run, state, version)
         return state, version
 
-    def claim(self, run: Run, state: TargetState, version: int) -> tuple[TargetState, int]:
-        """Make the pending rotation ours until a new deadline (check-and-set)."""
+    def claim(
+        self, run: Run, state: TargetState, version: int, *, phase: Phase | None = None
+    ) -> tuple[TargetState, int]:
+        """Make the pending rotation ours until a new deadline (check-and-set),
+        moving it to ``phase`` in the same write when given."""
         pending = state.pending
         assert pending is not None
+        if phase is not None:
+            pending.phase = phase
         pending.owner = self.identity
-        pending.deadline = (
-            self.clock.now() + 2 * self.intent_timeout + run.target.policy.verify_timeout
-        )
+        pending.deadline = self._intent_deadline(self.clock.now(), run.target)
         return self.save(run.target, state, version)
 
     def regenerate(
-        self, run: Run, state: TargetState, version: int, *, cause: str | None
+        self, run: Run, state: TargetState, version: int, *, cause: str | None,
+        claimed: bool = False,
     ) -> tuple[TargetState, int]:
         """Regenerate the pending client secret and complete: its secret was lost
         (``cause="lost"``: found in ``creating``), refused for a whole verify
         window (``"refused"``: replaced by a late regeneration), or a person's
-        ``--force`` (None)."""
+        ``--force`` (None).  ``claimed``: the caller made the intent ours, in
+        phase ``creating``, already."""
         pending = state.pending
         assert pending is not None
         user = run.identity(pending.user_id)
@@ -780,13 +783,26 @@ class Rotation:
                 "secret.regenerated_after_loss", user=user, phase=pending.phase.value, cause=cause
             )
         run.regenerated = True
-        pending.phase = Phase.CREATING
-        pending.owner = self.identity
-        now = self.clock.now()
-        pending.deadline = now + 2 * self.intent_timeout + run.target.policy.verify_timeout
-        state, version = self.save(run.target, state, version)  # the intent is ours now
+        if not claimed:
+            state, version = self.claim(run, state, version, phase=Phase.CREATING)
         state, version = self.create_and_store(run, state, version)
         return self.verify_and_promote(run, state, version)
+
+    # ------------------------------------------------------------ claims
+
+    def _intent_deadline(self, now: datetime, target: Target) -> datetime:
+        """Until when an intent taken ``now`` is its owner's alone: creation and
+        storage (an intent timeout each) and verification."""
+        return now + 2 * self.intent_timeout + target.policy.verify_timeout
+
+    def _removal_claim(self, user_id: str, now: datetime) -> Removal:
+        """Our claim, from ``now``, on removing ``user_id``'s old client secret."""
+        return Removal(user_id=user_id, owner=self.identity, deadline=now + 2 * self.intent_timeout)
+
+    def _fence_limit(self, deadline: datetime) -> datetime:
+        """The last moment a call may be sent under a claim ending at ``deadline``:
+        one intent timeout (a call's time) before it."""
+        return deadline - self.intent_timeout
 
     # ------------------------------------------------------------ state
 

@@ -887,10 +887,19 @@ def test_a_regenerated_secret_lost_before_it_was_stored_is_regenerated_at_once(
     assert "rotation.rolled_back" not in kit.event_names()
     assert failed.next_run_at is not None
     kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    state_path = kit.engine.state_path(ledger)
+    first = kit.store.read(state_path).version + 1  # type: ignore[union-attr]
     resumed = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
     assert resumed.outcome is Outcome.ROTATED, resumed.error
     assert "secret.regenerated_after_loss" in kit.event_names()
     client_works(kit, secret(kit, ledger.vault_path))
+    # taken over and moved to `creating` in one check-and-set write, then created
+    phases = [
+        (data["pending"] or {}).get("phase")
+        for version in range(first, kit.store.read(state_path).version + 1)  # type: ignore[union-attr]
+        if (data := kit.store.version_data(state_path, version)) is not None
+    ]
+    assert phases.count("creating") == 1, phases
 
 
 def test_a_secret_that_does_not_verify_is_kept_and_retried_never_stuck(
