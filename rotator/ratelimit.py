@@ -14,12 +14,13 @@ cut halve nothing more (for a second): a burst of throttled answers to
 sixteen calls in flight is one signal, not sixteen.
 
 :class:`LimitedTransport` puts every call of a ZITADEL transport through it
-and retries a throttled call after the bucket allows it again, so a 429 is
-never a target failure.
+(a listing's every page: :func:`further_request`) and retries a throttled
+call after the bucket allows it again, so a 429 is never a target failure.
 """
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections import deque
@@ -113,10 +114,13 @@ class RateLimiter:
                 self._rate = min(self.limit, self._rate + max(0.05, self._rate / 50))
 
     def call(self, fn: Callable[[], T]) -> T:
-        """``fn()`` within the budget; a throttled answer is retried, not raised."""
+        """``fn()`` within the budget; a throttled answer is retried, not raised.
+        Requests ``fn`` makes beyond its first take a token each too
+        (:func:`further_request`)."""
         for attempt in range(_THROTTLE_RETRIES + 1):
             self.acquire()
             fence.check()  # the wait may have outlasted the rotation's claim
+            gate = _further.set(self.acquire)
             try:
                 result = fn()
             except ZitadelUnavailable as exc:
@@ -124,9 +128,26 @@ class RateLimiter:
                     raise
                 self.throttled_by_server()
                 continue
+            finally:
+                _further.reset(gate)
             self.answered()
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: While a limited call runs: how a further request of it waits for its token.
+_further: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "rotator_ratelimit_further", default=None
+)
+
+
+def further_request() -> None:
+    """A transport calls this before each request of one call beyond its first
+    (a listing's second and later pages, from any thread that copied the
+    caller's context): within a :meth:`RateLimiter.call` it waits for a token."""
+    acquire = _further.get()
+    if acquire is not None:
+        acquire()
 
 
 class LimitedTransport:

@@ -327,12 +327,15 @@ class Rotation:
                 fence.check()  # here, and again below us after any wait (throttle, token)
                 credential, secret = run.ops.create(self.transport, user, pending.expires_at)
         except ClaimLapsed:
-            # Nothing was sent, so the old secret still works: give the intent up
-            # (unless another rotator took it over) rather than leave it `creating`,
-            # which the next run would take for a lost regeneration.
-            state.pending = None
-            with suppress(RotatorError):
-                self.save(target, state, version)
+            if not run.regenerated:
+                # Nothing was sent, so the old secret still works: give the intent up
+                # (unless another rotator took it over) rather than leave it
+                # `creating`, which the next run would take for a lost regeneration.
+                state.pending = None
+                with suppress(RotatorError):
+                    self.save(target, state, version)
+            # A regeneration redone (lost, refused, --force): the old secret died with
+            # the first one.  The intent stays `creating`: the next run regenerates.
             raise
         except RotatorError as exc:
             if in_place:

@@ -1349,6 +1349,54 @@ def test_no_regeneration_is_sent_once_the_claim_on_the_rotation_may_have_lapsed(
     client_works(kit, secret(kit, ledger.vault_path))
 
 
+def test_a_lost_regeneration_whose_claim_lapses_before_it_is_redone_is_not_forgotten(
+    kit: FastKit, ledger: Target
+) -> None:
+    """A fresh rotation whose claim lapses before anything is sent gives its intent
+    up: the old secret still works.  A regeneration redone after a lost one keeps
+    it: the old secret died with the lost regeneration, and the next run must
+    regenerate at once rather than wait until the secret falls due."""
+    assert kit.engine.reconcile(ledger, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    kit.advance(DAY)  # not due: only a person's `rotate` rotates it now
+
+    def seal_after_regenerate(event: dict[str, Any]) -> None:
+        if event["event"] == "credential.created":
+            kit.store.sealed = True
+
+    kit.engine.audit.subscribe(seal_after_regenerate)
+    try:
+        failed = kit.engine.reconcile(ledger, trigger=Trigger.CLI, rotate_now=True)
+    finally:
+        kit.store.sealed = False
+        kit.engine.audit.unsubscribe(seal_after_regenerate)
+    assert failed.outcome is Outcome.FAILED
+    held = secret(kit, ledger.vault_path)
+    with pytest.raises(RotatorError):  # dead: the lost regeneration landed
+        client_works(kit, held)
+
+    def stall_before_the_regeneration(event: dict[str, Any]) -> None:
+        # a throttled retry or a slow token exchange outlasts the claim
+        if event["event"] == "secret.regenerated_after_loss":
+            kit.advance(3600)
+
+    assert failed.next_run_at is not None
+    kit.advance((failed.next_run_at - kit.clock.now()).total_seconds() + 1)
+    kit.engine.audit.subscribe(stall_before_the_regeneration)
+    try:
+        stalled = kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    finally:
+        kit.engine.audit.unsubscribe(stall_before_the_regeneration)
+    assert "claim on the rotation lapsed" in (stalled.error or "")
+    assert len(created_ids(kit)) == 2  # the first secret and the lost regeneration
+
+    # the next run (after the backoff) must regenerate: what consumers hold is
+    # dead; giving the intent up leaves it dead until it falls due (~20 days)
+    assert stalled.next_run_at is not None
+    kit.advance((stalled.next_run_at - kit.clock.now()).total_seconds() + 1)
+    kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    client_works(kit, secret(kit, ledger.vault_path))
+
+
 @pytest.mark.parametrize("kind", ["key", "pat"])
 def test_a_credential_consumers_hold_after_a_crash_is_neither_verified_nor_given_up_again(
     kit: FastKit, monkeypatch: pytest.MonkeyPatch, kind: str

@@ -9,7 +9,8 @@ import pytest
 
 from rotator import fence
 from rotator.errors import ClaimLapsed, ZitadelNotFound, ZitadelUnavailable
-from rotator.ratelimit import RateLimiter
+from rotator.ratelimit import RateLimiter, further_request
+from rotator.zitadel.v2 import _paginate
 
 
 class FakeTime:
@@ -149,3 +150,29 @@ def test_a_call_that_waited_past_its_claim_is_not_sent() -> None:
             bucket.call(lambda: sent.append("third"))  # would leave at 2 s
     bucket.call(lambda: sent.append("unguarded"))
     assert sent == ["first", "second", "unguarded"]
+
+
+class _Counting(RateLimiter):
+    def __init__(self) -> None:
+        super().__init__(1000, burst=1000)
+        self.taken = 0
+        self._count_lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._count_lock:
+            self.taken += 1
+        super().acquire()
+
+
+def test_every_page_of_a_listing_takes_a_token_whichever_thread_fetches_it() -> None:
+    items = list(range(4500))
+
+    def page(offset: int) -> tuple[list[int], int | None]:
+        return items[offset : offset + 1000], len(items)
+
+    bucket = _Counting()
+    # five pages: the first on the call's own token, four fetched side by side
+    assert bucket.call(lambda: list(_paginate(page, 1000))) == items
+    assert bucket.taken == 5
+    further_request()  # outside a limited call: no budget to take from
+    assert bucket.taken == 5

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import urllib3.exceptions
 from pydantic import ValidationError
 
-from rotator import netcause
+from rotator import netcause, ratelimit
 from rotator.errors import (
     ConfigError,
     RotatorError,
@@ -701,8 +701,11 @@ def _paginate(page: Callable[[int], tuple[list[Any], int | None]], page_size: in
     if total is not None and last == page_size and offset < total:
         offsets = range(offset, total, page_size)
         with ThreadPoolExecutor(PAGES_AT_ONCE, thread_name_prefix="zitadel-page") as pool:
-            # each page in a copy of this context: a call checks the rotation's fence
-            pages = [pool.submit(contextvars.copy_context().run, page, o) for o in offsets]
+            # each page in a copy of this context: the rotation's fence, the rate budget
+            pages = [
+                pool.submit(contextvars.copy_context().run, _further_page, page, o)
+                for o in offsets
+            ]
             try:
                 for future in pages:
                     items, total = future.result()
@@ -712,6 +715,14 @@ def _paginate(page: Callable[[int], tuple[list[Any], int | None]], page_size: in
                 for future in pages:
                     future.cancel()  # a page failed (or the caller stopped): send no more
     while last == page_size and (total is None or offset < total):
-        items, total = page(offset)
+        items, total = _further_page(page, offset)
         yield from items
         offset, last = offset + len(items), len(items)
+
+
+def _further_page(
+    page: Callable[[int], tuple[list[Any], int | None]], offset: int
+) -> tuple[list[Any], int | None]:
+    """A page after the first: within the rate budget, one more request."""
+    ratelimit.further_request()
+    return page(offset)

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import grpc
 from google.protobuf import timestamp_pb2
 
+from rotator import ratelimit
 from rotator.errors import (
     ConfigError,
     RotatorError,
@@ -285,7 +286,9 @@ class ManagementTransport:
         but an explicit limit keeps each answer small)."""
         size = page_size or self._page_size
         offset = 0
-        for _ in range(_MAX_PAGES):
+        for page in range(_MAX_PAGES):
+            if page:
+                ratelimit.further_request()  # within the rate budget, one more request
             query = object_pb.ListQuery(offset=offset, limit=size, asc=True)
             response = self._call(method, make_request(query), org_id)
             yield from response.result
