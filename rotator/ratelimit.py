@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import TypeVar, cast
 
 from rotator import fence
-from rotator.errors import ZitadelUnavailable
+from rotator.errors import ClaimLapsed, ZitadelUnavailable
 from rotator.model import Credential, CredentialKind, IssuedPat, IssuedSecret, User
 from rotator.ports import InventoryTransport, ZitadelTransport
 
@@ -117,19 +117,30 @@ class RateLimiter:
         """``fn()`` within the budget; a throttled answer is retried, not raised.
         Requests ``fn`` makes beyond its first take a token each too
         (:func:`further_request`)."""
+        throttled: ZitadelUnavailable | None = None
         for attempt in range(_THROTTLE_RETRIES + 1):
             self.acquire()
-            fence.check()  # the wait may have outlasted the rotation's claim
-            gate = _further.set(self.acquire)
+            gate = None
             try:
+                fence.check()  # the wait may have outlasted the rotation's claim
+                gate = _further.set(self.acquire)
                 result = fn()
+            except ClaimLapsed:
+                if throttled is not None:
+                    # Not "nothing was sent": ZITADEL may have carried out the
+                    # attempt it answered 429 (a regeneration then killed the old
+                    # secret).  Report that answer, as for any lost one.
+                    raise throttled from None
+                raise
             except ZitadelUnavailable as exc:
                 if exc.code != "resource_exhausted" or attempt == _THROTTLE_RETRIES:
                     raise
                 self.throttled_by_server()
+                throttled = exc
                 continue
             finally:
-                _further.reset(gate)
+                if gate is not None:
+                    _further.reset(gate)
             self.answered()
             return result
         raise AssertionError("unreachable")  # pragma: no cover

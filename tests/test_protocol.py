@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 
 from rotator import consumer
-from rotator.errors import RotatorError
+from rotator.errors import RotatorError, ZitadelUnavailable
 from rotator.failures import Backoff
 from rotator.kinds import ops_for
-from rotator.model import CredentialKind, Schedule, Target, Trigger
+from rotator.model import CredentialKind, IssuedSecret, Schedule, Target, Trigger, User
+from rotator.ratelimit import LimitedTransport, RateLimiter
 from rotator.report import Outcome
 from rotator.state import Removal, TargetState
 from rotator.windows import RotationWindow
@@ -1394,6 +1395,47 @@ def test_a_lost_regeneration_whose_claim_lapses_before_it_is_redone_is_not_forgo
     assert stalled.next_run_at is not None
     kit.advance((stalled.next_run_at - kit.clock.now()).total_seconds() + 1)
     kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE)
+    client_works(kit, secret(kit, ledger.vault_path))
+
+
+def test_a_regeneration_answered_429_whose_claim_lapses_before_the_retry_is_not_forgotten(
+    kit: FastKit, ledger: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ZITADEL may carry out a call it answers 429: when the claim lapses while
+    the retry waits for the rate budget, the intent stays `creating` and the
+    next run regenerates (the old secret may have died with the first call)."""
+    assert kit.engine.reconcile(ledger, trigger=Trigger.CLI).outcome is Outcome.ROTATED
+    held = secret(kit, ledger.vault_path)
+    kit.advance(DAY)  # not due: only a person's `rotate` rotates it now
+    inner, real = kit.transport, kit.transport.add_secret
+    answers = iter(["acted, then 429"])
+
+    def acted_then_throttled(user: User) -> IssuedSecret:
+        issued = real(user)
+        if next(answers, None):
+            raise ZitadelUnavailable("quota", code="resource_exhausted")
+        return issued
+
+    waited = [0.0]
+
+    def throttled_wait(seconds: float) -> None:  # the wait for a token outlasts the claim
+        waited[0] += seconds
+        kit.advance(3600)
+
+    limiter = RateLimiter(10, burst=10, clock=lambda: waited[0], sleep=throttled_wait)
+    monkeypatch.setattr(inner, "add_secret", acted_then_throttled)
+    monkeypatch.setattr(kit.engine.rotation, "transport", LimitedTransport(inner, limiter))
+    stalled = kit.engine.reconcile(ledger, trigger=Trigger.CLI, rotate_now=True)
+    monkeypatch.undo()
+    assert stalled.outcome is Outcome.FAILED
+    with pytest.raises(RotatorError):  # the throttled regeneration happened
+        client_works(kit, held)
+    pending = kit.store.read(kit.engine.state_path(ledger)).data["pending"]  # type: ignore[union-attr]
+    assert pending is not None
+    assert pending["phase"] == "creating"
+    assert stalled.next_run_at is not None
+    kit.advance((stalled.next_run_at - kit.clock.now()).total_seconds() + 1)
+    assert kit.engine.reconcile(ledger, trigger=Trigger.SCHEDULE).outcome is Outcome.ROTATED
     client_works(kit, secret(kit, ledger.vault_path))
 
 

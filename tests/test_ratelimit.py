@@ -176,3 +176,24 @@ def test_every_page_of_a_listing_takes_a_token_whichever_thread_fetches_it() -> 
     assert bucket.taken == 5
     further_request()  # outside a limited call: no budget to take from
     assert bucket.taken == 5
+
+
+def test_a_claim_that_lapses_after_a_throttled_attempt_reports_the_throttled_answer() -> None:
+    # ZITADEL may have carried out what it answered 429: the caller must not
+    # take the lapsed claim for "nothing was sent"
+    bucket, t = limiter(1, burst=1)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    sent: list[int] = []
+
+    def regenerate() -> None:
+        sent.append(1)
+        raise ZitadelUnavailable("quota", code="resource_exhausted")
+
+    with (
+        fence.guard(start + timedelta(seconds=0.5), lambda: start + timedelta(seconds=t.now),
+                    "regenerating a secret"),
+        pytest.raises(ZitadelUnavailable) as raised,
+    ):
+        bucket.call(regenerate)  # throttled, then the wait for a token outlasts the claim
+    assert raised.value.code == "resource_exhausted"
+    assert sent == [1]
