@@ -668,15 +668,22 @@ class Rotation:
                 )
                 for credential_id in found:
                     assert credential_id is not None
-                    with suppress(ZitadelNotFound):
+                    try:
                         run.ops.remove(self.transport, user, credential_id)
-                        run.emit(
-                            "orphan.removed",
-                            user=user,
-                            credential_id=credential_id,
-                            orphan_rotation_id=orphan.rotation_id,
-                            found_by="id" if by_id else "expiry_instant",
-                        )
+                        gone = False
+                    except ZitadelNotFound:
+                        # Removed already: by an earlier removal whose answer was
+                        # lost (a retry below us then meets NotFound), or by a
+                        # person.  Audited all the same, or it would be in no event.
+                        gone = True
+                    run.emit(
+                        "orphan.removed",
+                        user=user,
+                        credential_id=credential_id,
+                        orphan_rotation_id=orphan.rotation_id,
+                        found_by="id" if by_id else "expiry_instant",
+                        already_gone=gone,
+                    )
                 if not found and now < orphan.watch_until:
                     kept.append(orphan)  # its create may yet land, or the list lag
         except RotatorError as exc:

@@ -673,6 +673,33 @@ def test_a_create_retried_below_the_engine_leaves_no_twin(kit: FastKit) -> None:
     assert [e["found_by"] for e in removed] == ["expiry_instant"]
 
 
+def test_an_orphan_whose_removal_answer_was_lost_is_audited_by_its_id(kit: FastKit) -> None:
+    """ZITADEL removed the orphan but the answer was lost, and the retry below the
+    engine met NotFound: the removal is in the audit trail all the same."""
+    target = pat_target()
+    real_add, real_remove = kit.transport.add_pat, kit.transport.remove_pat
+
+    def add_twice(user: Any, expires_at: Any) -> Any:
+        real_add(user, expires_at)  # acted, answer lost; the retry:
+        return real_add(user, expires_at)
+
+    def removed_answer_lost(user: Any, pat_id: str) -> None:
+        real_remove(user, pat_id)  # acted, answer lost; the retry:
+        real_remove(user, pat_id)  # NotFound
+
+    kit.transport.add_pat = add_twice  # type: ignore[method-assign]
+    result = kit.engine.reconcile(target, trigger=Trigger.CLI)
+    kit.transport.add_pat = real_add  # type: ignore[method-assign]
+    twin = live_ids(kit, target.kind, target.user) - {result.credential_id}
+    kit.transport.remove_pat = removed_answer_lost  # type: ignore[method-assign]
+    kit.advance(60)
+    kit.engine.reconcile(target, trigger=Trigger.SCHEDULE)
+    kit.transport.remove_pat = real_remove  # type: ignore[method-assign]
+    assert live_ids(kit, target.kind, target.user) == {result.credential_id}
+    removed = [e for e in kit.events() if e["event"] == "orphan.removed"]
+    assert [(e["credential_id"], e["already_gone"]) for e in removed] == [(twin.pop(), True)]
+
+
 # --------------------------------------------------------------- two identities
 
 
