@@ -384,15 +384,15 @@ def _chain(st: ScheduledTarget, now: datetime, end: datetime) -> list[_Step]:
             # A broken config is reported even if its first rotation lies beyond the horizon.
             break
         new_exp = new_expiry(at, policy.lifetime)
-        if new_exp - policy.renew_before <= at:
-            # The new credential would be due at once: rotating in a loop.
+        looping = new_exp - policy.renew_before <= at
+        if looping:  # the new credential would be due at once: rotating in a loop
             problems.append(
                 f"lifetime ({policy.lifetime}) leaves a new credential due at once "
                 f"(renew_before {policy.renew_before})"
             )
-            steps.append((at, due, reason, expires, new_exp, retire, tuple(problems)))
-            break
         steps.append((at, due, reason, expires, new_exp, retire, tuple(problems)))
+        if looping:
+            break
         expires = new_exp
     return steps
 
